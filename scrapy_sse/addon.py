@@ -1,0 +1,42 @@
+"""``SSEAddon``: the one line a user adds to ``ADDONS``.
+
+It installs the stream handler for http and https, the spider middleware and the
+extension, and fills in ``SSE_*`` defaults. A handler the user had configured for
+http/https is kept as the fallback for requests that are not streams.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scrapy.utils.misc import load_object
+
+from .handler import SSEDownloadHandler
+from .settings import DEFAULTS
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+HANDLER_PATH = "scrapy_sse.handler.SSEDownloadHandler"
+
+
+class SSEAddon:
+    def update_settings(self, settings: BaseSettings) -> None:
+        for name, value in DEFAULTS.items():
+            settings.setdefault(name, value, priority="addon")
+        handlers = settings.getdict("DOWNLOAD_HANDLERS")
+        fallbacks = dict(settings.getdict("SSE_FALLBACK_HANDLERS"))
+        for scheme in ("http", "https"):
+            current = handlers.get(scheme)
+            if current and load_object(current) is not SSEDownloadHandler:
+                fallbacks.setdefault(scheme, current)
+        if fallbacks:
+            settings.set("SSE_FALLBACK_HANDLERS", fallbacks, priority="addon")
+        for scheme in ("http", "https"):
+            settings["DOWNLOAD_HANDLERS"][scheme] = HANDLER_PATH
+        settings.set_in_component_priority_dict(
+            "SPIDER_MIDDLEWARES", "scrapy_sse.middlewares.SSESpiderMiddleware", 950
+        )
+        settings.set_in_component_priority_dict(
+            "EXTENSIONS", "scrapy_sse.extension.SSEExtension", 500
+        )

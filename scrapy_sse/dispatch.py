@@ -1,0 +1,144 @@
+"""How a stream's events reach the spider: the callback Scrapy actually calls.
+
+Scrapy calls ``response.request.callback(response)`` once per response. The handler
+sets that request's callback to one of the functions built here, which iterate the
+stream and turn each event into the spider's output, so that items and requests go
+through the scraper, spider middlewares and item pipelines exactly as usual:
+
+* ``SSERequest(callback=cb)``: ``cb(event, **cb_kwargs)`` once per event.
+* no callback, spider defines ``parse``: ``parse(response)`` as Scrapy always does;
+  it reads ``response.events``.
+* no callback and no ``parse``: one :class:`~scrapy_sse.SSEEventItem` per event.
+
+Being async generators, these are pulled by the scraper only as fast as the item
+pipelines accept output, which is what lets the stream queue apply backpressure.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from time import time
+from typing import TYPE_CHECKING, Any
+
+from itemadapter import is_item
+from twisted.python.failure import Failure
+
+from scrapy import Request, Spider
+
+from .errors import SSEError
+from .events import SSEEventItem, parse_json_or_none
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from scrapy.crawler import Crawler
+
+    from .http import SSEResponse
+    from .stream import SSEStream
+
+logger = logging.getLogger(__name__)
+
+
+async def _outputs(result: Any) -> AsyncIterator[Any]:
+    """What a callback returned, as Scrapy would iterate it."""
+    if result is None:
+        return
+    if isinstance(result, (Request, dict)) or is_item(result):
+        yield result
+        return
+    if hasattr(result, "__anext__"):
+        async for value in result:
+            yield value
+        return
+    if inspect.isawaitable(result):
+        async for value in _outputs(await result):
+            yield value
+        return
+    if isinstance(result, (str, bytes)) or not hasattr(result, "__iter__"):
+        yield result
+        return
+    for value in result:
+        yield value
+
+
+def _has_own_parse(spider: Spider) -> bool:
+    return type(spider).parse is not Spider.parse
+
+
+def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | None:
+    """The callback Scrapy must call for the response of ``request`` (``None``: keep
+    the request's own, i.e. the spider's ``parse(response)``)."""
+    spider = crawler.spider
+    stats = crawler.stats
+    assert spider is not None and stats is not None
+    event_callback = request.callback
+    errback = request.errback
+
+    async def handle_errors(stream: SSEStream, exc: BaseException) -> AsyncIterator[Any]:
+        failure = Failure(exc)
+        failure.request = request  # type: ignore[attr-defined]
+        if errback is None:
+            logger.error(
+                "SSE stream %s ended with an error: %s", stream.url, exc,
+                extra={"spider": spider},
+            )
+            return
+        async for value in _outputs(errback(failure)):
+            yield value
+
+    if event_callback is None:
+        if _has_own_parse(spider):
+            return None
+
+        async def events_as_items(response: SSEResponse, **_: Any) -> AsyncIterator[Any]:
+            stream = response.stream
+            assert stream is not None
+            url = response.url
+            try:
+                async for event in stream:
+                    data = event[1]
+                    yield SSEEventItem(
+                        url, event[0], event[2], data, parse_json_or_none(data), time()
+                    )
+            except SSEError as exc:
+                async for value in handle_errors(stream, exc):
+                    yield value
+
+        return events_as_items
+
+    async def per_event(response: SSEResponse, **kwargs: Any) -> AsyncIterator[Any]:
+        stream = response.stream
+        assert stream is not None
+        try:
+            async for event in stream:
+                try:
+                    result = event_callback(event, **kwargs)
+                    if result is None:
+                        continue
+                    async for value in _outputs(result):
+                        yield value
+                except Exception as exc:
+                    stats.inc_value("sse/callback_errors")
+                    stats.inc_value(f"sse/callback_errors/{type(exc).__name__}")
+                    logger.error(
+                        "Spider callback failed on SSE event %r from %s",
+                        event, stream.url, exc_info=True, extra={"spider": spider},
+                    )
+                    if errback is not None:
+                        failure = Failure(exc)
+                        failure.request = request  # type: ignore[attr-defined]
+                        failure.event = event  # type: ignore[attr-defined]
+                        try:
+                            async for value in _outputs(errback(failure)):
+                                yield value
+                        except Exception:
+                            logger.error(
+                                "Errback failed for SSE event %r", event,
+                                exc_info=True, extra={"spider": spider},
+                            )
+        except SSEError as exc:
+            async for value in handle_errors(stream, exc):
+                yield value
+
+    return per_event

@@ -1,0 +1,145 @@
+"""Value types produced by the parser and handed to spiders.
+
+``SSEEvent`` is created once per event on the hot path, so it is a plain slotted class
+with no validation and no copies. It knows nothing about Scrapy: ``source`` is whatever
+the transport attached (an ``SSEResponse`` in a crawl), which gives the event its URL,
+status, headers and request without a per-event cost.
+"""
+
+from __future__ import annotations
+
+import json as _json
+from operator import itemgetter as _itemgetter
+from dataclasses import dataclass
+from typing import Any
+
+
+class SSEEvent(tuple[str, str, str, "int | None", Any]):
+    """One dispatched event, as the WHATWG processing model defines it.
+
+    ``event`` is the type (``"message"`` unless the server named one). ``id`` is the
+    last event id in effect when the event was dispatched (it persists across events
+    until the server changes or resets it), not only an id sent with this event.
+    ``retry`` is the reconnection time in milliseconds if this event's block carried a
+    valid ``retry:`` field, else ``None``.
+
+    An immutable tuple underneath: the parser builds one per event with a single C-level
+    call, which is measurably cheaper than running a Python ``__init__``. Equality
+    ignores ``source``.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        event: str = "message",
+        data: str = "",
+        id: str = "",  # noqa: A002 - the spec's name for it
+        retry: int | None = None,
+        source: Any = None,
+    ) -> SSEEvent:
+        return tuple.__new__(cls, (event, data, id, retry, source))
+
+    event: str = property(_itemgetter(0))  # type: ignore[assignment]
+    data: str = property(_itemgetter(1))  # type: ignore[assignment]
+    id: str = property(_itemgetter(2))  # type: ignore[assignment]
+    retry: int | None = property(_itemgetter(3))  # type: ignore[assignment]
+    source: Any = property(_itemgetter(4))
+
+    def json(self, **kwargs: Any) -> Any:
+        """Parse ``data`` as JSON (raises ``ValueError`` when it is not JSON)."""
+        return _json.loads(self[1], **kwargs)
+
+    @property
+    def response(self) -> Any:
+        """The stream's ``SSEResponse`` (``None`` outside a crawl)."""
+        return self[4]
+
+    @property
+    def url(self) -> str | None:
+        return getattr(self[4], "url", None)
+
+    @property
+    def status(self) -> int | None:
+        return getattr(self[4], "status", None)
+
+    @property
+    def headers(self) -> Any:
+        return getattr(self[4], "headers", None)
+
+    @property
+    def request(self) -> Any:
+        """The stream's request (the ``SSERequest`` the spider yielded)."""
+        stream = getattr(self[4], "stream", None)
+        return getattr(stream, "request", None)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SSEEvent):
+            return NotImplemented
+        return self[:4] == other[:4]
+
+    def __ne__(self, other: object) -> bool:
+        result = self.__eq__(other)
+        return result if result is NotImplemented else not result
+
+    def __hash__(self) -> int:
+        return hash(self[:4])
+
+    def __repr__(self) -> str:
+        data = self[1] if len(self[1]) <= 80 else self[1][:77] + "..."
+        return (
+            f"SSEEvent(event={self[0]!r}, id={self[2]!r}, data={data!r}"
+            + (f", retry={self[3]}" if self[3] is not None else "")
+            + ")"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The source (a live response) is not picklable and not part of the value.
+        return (SSEEvent, tuple(self[:4]))
+
+
+class SSEComment:
+    """A comment line (``: text``), surfaced only to consumers that ask for them.
+
+    Servers send comments as heartbeats; they carry no event but prove the connection
+    is alive.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SSEComment) and other.text == self.text
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SSEComment({self.text!r})"
+
+
+@dataclass(slots=True)
+class SSEEventItem:
+    """The item a stream yields when its request has no callback.
+
+    A dataclass, so feed exports and every itemadapter-based pipeline take it as is.
+    ``json`` holds ``data`` parsed as JSON when it is JSON, else ``None``.
+    """
+
+    url: str
+    event: str
+    id: str
+    data: str
+    json: Any
+    received_at: float
+
+
+def parse_json_or_none(data: str) -> Any:
+    """JSON value of ``data``, or ``None`` when ``data`` is not JSON (``[DONE]``, text)."""
+    if not data or data[0] not in '{["-0123456789tfn':
+        return None
+    try:
+        return _json.loads(data)
+    except ValueError:
+        return None

@@ -1,0 +1,89 @@
+"""``SSERequest`` and ``SSEResponse``: how a spider asks for a stream and what it gets.
+
+``SSERequest`` extends ``Request.attributes`` so that ``copy()``, ``replace()``,
+``to_dict()``/``request_from_dict()`` and pickling keep its fields: retries,
+redirects, JOBDIR disk queues and reconnects all rebuild requests that way.
+Nothing live is ever put into ``meta``, for the same reason.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request
+from scrapy.http import Response
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from .events import SSEEvent
+    from .stream import SSEStream
+
+#: ``meta`` key that marks any request (a ``FormRequest``, say) as an event stream.
+META_KEY = "sse"
+
+
+class SSERequest(Request):
+    """A request for a ``text/event-stream`` response.
+
+    ``callback`` is called once per event with an :class:`~scrapy_sse.SSEEvent`.
+    Without a callback, a spider's own ``parse(response)`` gets the live
+    :class:`SSEResponse`; a spider with no ``parse`` gets one
+    :class:`~scrapy_sse.SSEEventItem` per event.
+
+    ``last_event_id`` is sent as ``Last-Event-ID`` on the first connection.
+    ``reconnect=False`` means the stream is never reopened once it ends.
+    """
+
+    attributes: tuple[str, ...] = (*Request.attributes, "last_event_id", "reconnect")
+
+    def __init__(
+        self,
+        url: str,
+        *args: Any,
+        last_event_id: str | None = None,
+        reconnect: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(url, *args, **kwargs)
+        self.last_event_id = last_event_id
+        self.reconnect = reconnect
+        headers = self.headers
+        headers.setdefault(b"Accept", b"text/event-stream")
+        headers.setdefault(b"Cache-Control", b"no-cache")
+        # An explicit value wins over HttpCompressionMiddleware's setdefault: most
+        # servers then stream uncompressed, which is what a live feed wants.
+        headers.setdefault(b"Accept-Encoding", b"identity")
+        if last_event_id:
+            headers[b"Last-Event-ID"] = last_event_id.encode("utf-8")
+        # An open stream has an empty body at response time: caching it is wrong.
+        self.meta.setdefault("dont_cache", True)
+
+
+def is_sse_request(request: Request) -> bool:
+    """Whether the handler must open ``request`` as an event stream."""
+    return isinstance(request, SSERequest) or bool(
+        request._meta and request._meta.get(META_KEY)  # noqa: SLF001 - avoids creating meta
+    )
+
+
+class SSEResponse(Response):
+    """The response of an open stream, returned as soon as headers arrive.
+
+    ``body`` stays empty: events arrive through :attr:`events` (or the per-event
+    callback). ``stream`` is listed in ``attributes`` so that ``replace()``, as used by
+    downloader middlewares, keeps it.
+    """
+
+    attributes: tuple[str, ...] = (*Response.attributes, "stream")
+
+    def __init__(self, *args: Any, stream: SSEStream | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream = stream
+
+    @property
+    def events(self) -> AsyncIterator[SSEEvent]:
+        """The events of the stream, in order, as they arrive."""
+        if self.stream is None:
+            raise AttributeError("This SSEResponse has no live stream")
+        return aiter(self.stream)

@@ -1,0 +1,277 @@
+"""A sans-IO parser for ``text/event-stream`` (WHATWG HTML, "Server-sent events").
+
+Bytes go in through :meth:`SSEParser.feed`, complete events come out; no sockets, no
+Twisted, no Scrapy. This keeps the hardest logic testable with plain unit and property
+tests, and lets every transport (Twisted, aiohttp, a benchmark) share one parser.
+
+Speed matters here: every event of every stream passes through :meth:`feed`. The
+design choices that follow from that:
+
+* Bytes are decoded with one incremental UTF-8 decoder per stream (``errors="replace"``
+  gives U+FFFD for invalid sequences, and multibyte characters split across reads are
+  held back by the decoder itself).
+* Line ends are normalised only when a chunk contains a CR, so the common LF-only
+  stream pays one ``in`` scan. A CR at the very end of a read is taken as a line end at
+  once (no event waits for the next read) and a LF that starts the next read is then
+  skipped, which is how a CRLF split across two reads stays one line end.
+* A read is split into lines with one ``str.split``; only the unterminated last line is
+  kept between reads, so a slow trickle costs O(n) overall, not O(n²).
+* Per-event state lives in local variables inside the loop and is stored back once per
+  read.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import SSEEventTooLarge
+from .events import SSEComment, SSEEvent
+
+__all__ = ["DEFAULT_MAX_EVENT_SIZE", "SSEParser"]
+
+#: Default ceiling for one event (data of all its lines) or one line, in characters.
+DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
+
+_new_decoder = codecs.getincrementaldecoder("utf-8")
+_tuple_new = tuple.__new__
+
+#: An unfinished event is kept as text and re-split on the next read while it is
+#: shorter than this; past it, its complete lines are folded into the parser state so
+#: that a long multi-line event costs O(n), not O(n²), however it is cut into reads.
+_FOLD_AT = 2048
+
+
+class SSEParser:
+    """Incremental event-stream parser for one connection.
+
+    ``last_event_id`` seeds the id buffer (the id a reconnect resumed from) so that
+    events without an ``id:`` line carry the id in effect, as a browser would report.
+    With ``comments=True`` comment lines are returned as :class:`SSEComment` objects
+    among the events; they are always counted in :attr:`comments`.
+    ``source`` is attached to every event (the transport passes its response).
+    """
+
+    __slots__ = (
+        "_data",
+        "_data_size",
+        "_decode",
+        "_event_retry",
+        "_id_buffer",
+        "_keep_comments",
+        "_max_size",
+        "_pending",
+        "_pending_limit",
+        "_pending_size",
+        "_skip_lf",
+        "_started",
+        "_tail",
+        "_type",
+        "comments",
+        "last_event_id",
+        "retry",
+        "source",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        comments: bool = False,
+        last_event_id: str = "",
+        source: Any = None,
+    ) -> None:
+        self._decode = _new_decoder("replace").decode
+        self._max_size = max_event_size
+        self._keep_comments = comments
+        self._tail = ""
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._pending_limit = max_event_size
+        self._started = False
+        self._skip_lf = False
+        self._data: list[str] = []
+        self._data_size = 0
+        self._type = ""
+        self._event_retry: int | None = None
+        self._id_buffer = last_event_id
+        #: The last event id string of the stream: updated when an event is dispatched.
+        self.last_event_id = last_event_id
+        #: The latest valid ``retry:`` value (milliseconds) seen on this stream.
+        self.retry: int | None = None
+        #: Number of comment lines seen (heartbeats).
+        self.comments = 0
+        self.source = source
+
+    def feed(self, chunk: bytes) -> Sequence[Any]:
+        """Parse one read; return the events (and comments, if asked) it completed.
+
+        Raises :class:`SSEEventTooLarge` when an event or a line passes the limit; the
+        exception's ``events`` holds what this read completed before that.
+        """
+        # ``10 in chunk`` (an int) is several times faster than ``b"\n" in chunk``.
+        if 10 not in chunk and 13 not in chunk:
+            # No line end: nothing can complete. Keep the bytes undecoded; a trickle of
+            # tiny reads then costs one append each instead of a decode and a concat.
+            self._pending_size += len(chunk)
+            if self._pending_size > self._pending_limit:
+                size = self._pending_size + len(self._tail)
+                self._pending = []
+                self._pending_size = 0
+                raise SSEEventTooLarge(size, self._max_size)
+            self._pending.append(chunk)
+            return ()
+        if self._pending:
+            self._pending.append(chunk)
+            chunk = b"".join(self._pending)
+            self._pending = []
+            self._pending_size = 0
+        text = self._decode(chunk)
+        if not self._started:
+            self._started = True
+            if text[:1] == "\ufeff":
+                text = text[1:]
+        if self._skip_lf:
+            self._skip_lf = False
+            if text[:1] == "\n":
+                text = text[1:]
+        if "\r" in text:
+            self._skip_lf = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if self._tail:
+            text = self._tail + text
+        blocks = text.split("\n\n")
+        tail = blocks.pop()
+
+        out: list[Any] = []
+        append = out.append
+        max_size = self._max_size
+        id_buffer = self._id_buffer
+        source = self.source
+        # Only the first block can continue an event begun in an earlier read.
+        clean = not (self._data or self._type or self._event_retry is not None)
+        for block in blocks:
+            if clean and block.startswith("data:") and "\n" not in block:
+                # Fast path: a block that is exactly one data line.
+                value = block[6:] if block.startswith(" ", 5) else block[5:]
+                if len(value) >= max_size:
+                    raise SSEEventTooLarge(len(value) + 1, max_size, out)
+                append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source)))
+                continue
+            clean = True
+            self._id_buffer = id_buffer
+            try:
+                self._lines(block.split("\n"), out)
+            finally:
+                id_buffer = self._id_buffer
+            # The block ended with a blank line: dispatch. The id becomes the stream's
+            # last event id even when there is no data to dispatch.
+            data = self._data
+            if data:
+                append(
+                    SSEEvent(
+                        self._type or "message",
+                        data[0] if len(data) == 1 else "\n".join(data),
+                        id_buffer,
+                        self._event_retry,
+                        source,
+                    )
+                )
+                self._data = []
+                self._data_size = 0
+            self._type = ""
+            self._event_retry = None
+        if blocks:
+            self.last_event_id = id_buffer
+        self._id_buffer = id_buffer
+        if len(tail) > _FOLD_AT:
+            cut = tail.rfind("\n")
+            if cut >= 0:
+                # Complete lines of an unfinished event: fold them into the state now so
+                # a long multi-line event is not re-split on every read.
+                self._lines(tail[:cut].split("\n"), out)
+                tail = tail[cut + 1 :]
+            if len(tail) > max_size:
+                self._tail = ""
+                raise SSEEventTooLarge(len(tail), max_size, out)
+        self._tail = tail
+        self._pending_limit = max_size - len(tail)
+        return out
+
+    def _lines(self, lines: list[str], out: list[Any]) -> None:
+        """Apply the field lines of one (part of a) block to the current event."""
+        for line in lines:
+            if not line:
+                # A lone blank line inside a block (three or more line ends in a row,
+                # or one that started this read): dispatch, as at the end of a block.
+                self.last_event_id = self._id_buffer
+                if self._data:
+                    data = self._data
+                    out.append(
+                        SSEEvent(
+                            self._type or "message",
+                            "\n".join(data),
+                            self._id_buffer,
+                            self._event_retry,
+                            self.source,
+                        )
+                    )
+                    self._data = []
+                    self._data_size = 0
+                self._type = ""
+                self._event_retry = None
+                continue
+            if line[0] == ":":
+                self.comments += 1
+                if self._keep_comments:
+                    text = line[1:]
+                    out.append(SSEComment(text[1:] if text[:1] == " " else text))
+                continue
+            colon = line.find(":")
+            if colon < 0:
+                field = line
+                value = ""
+            else:
+                field = line[:colon]
+                value = line[colon + 1 :]
+                if value[:1] == " ":
+                    value = value[1:]
+            if field == "data":
+                self._data.append(value)
+                self._data_size += len(value) + 1
+                if self._data_size > self._max_size:
+                    size = self._data_size
+                    self._data = []
+                    self._data_size = 0
+                    raise SSEEventTooLarge(size, self._max_size, out)
+            elif field == "event":
+                self._type = value
+            elif field == "id":
+                if "\0" not in value:
+                    self._id_buffer = value
+            elif field == "retry":
+                if value.isdigit() and value.isascii():
+                    self._event_retry = self.retry = int(value)
+            # Any other field is ignored, as the spec requires.
+
+    @property
+    def pending(self) -> bool:
+        """Whether an incomplete event or line is buffered (it would be lost at EOF)."""
+        return bool(self._data or self._tail or self._type or self._pending)
+
+    def close(self) -> bool:
+        """End of stream: discard any incomplete event, as the spec requires.
+
+        Returns whether something was discarded, so the caller can count it.
+        """
+        dropped = self.pending
+        self._decode(b"", True)
+        self._pending = []
+        self._pending_size = 0
+        self._data = []
+        self._data_size = 0
+        self._tail = ""
+        self._type = ""
+        self._event_retry = None
+        return dropped

@@ -1,0 +1,218 @@
+"""The live stream between a transport (producer) and a spider (consumer).
+
+A transport pushes raw bytes in with :meth:`SSEStream.feed`; the parser turns them into
+events that wait in a bounded queue until the spider pulls them with ``async for``.
+When the queue reaches ``queue_size`` the transport is paused (real TCP backpressure);
+it is resumed once the spider has drained half of it. Nothing here knows Twisted or
+aiohttp: a transport only has to offer the three :class:`Producer` methods.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+from scrapy.utils.defer import maybe_deferred_to_future
+
+from .errors import SSEEventTooLarge
+from .events import SSEComment, SSEEvent
+from .parser import SSEParser
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Collection
+
+    from scrapy import Request
+    from scrapy.statscollectors import StatsCollector
+
+logger = logging.getLogger(__name__)
+
+
+class Producer(Protocol):
+    """What a transport lets the stream do to the connection."""
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+# End reasons: the suffix of the ``sse/ends/<reason>`` stat and what a reconnect
+# policy decides on. ``completed`` and ``closed`` are ends a user asked for.
+COMPLETED = "completed"  # an SSE_DONE_DATA event
+NO_CONTENT = "no_content"  # HTTP 204
+SERVER_CLOSED = "server_closed"  # clean end of body
+CONNECTION_LOST = "connection_lost"  # the connection broke mid-body
+EVENT_TOO_LARGE = "event_too_large"
+DECODE_ERROR = "decode_error"
+CLOSED = "closed"  # stream.close() from a callback
+SPIDER_CLOSED = "spider_closed"
+CALLBACK_DONE = "callback_done"  # a response callback returned without draining
+
+
+class SSEStream:
+    """One open event stream: parser, bounded queue, flow control, end reason."""
+
+    def __init__(
+        self,
+        request: Request,
+        *,
+        queue_size: int = 1000,
+        max_event_size: int,
+        done_data: Collection[str] = ("[DONE]",),
+        comments: bool = False,
+        stats: StatsCollector | None = None,
+        last_event_id: str = "",
+    ) -> None:
+        self.request = request
+        self.url = request.url
+        #: The SSEResponse this stream belongs to, once headers arrived.
+        self.response: Any = None
+        self.parser = SSEParser(
+            max_event_size=max_event_size, comments=comments, last_event_id=last_event_id
+        )
+        self._queue: deque[Any] = deque()
+        self._high = max(1, queue_size)
+        self._low = self._high // 2
+        self._done = frozenset(done_data)
+        self._stats = stats
+        self._producer: Producer | None = None
+        self._paused = False
+        self._waiter: Deferred[None] | None = None
+        self._on_end: list[Callable[[SSEStream], None]] = []
+        #: Why the stream ended (see the module constants), ``None`` while open.
+        self.end_reason: str | None = None
+        #: The error that ended the stream, if it failed.
+        self.error: BaseException | None = None
+        #: Id of the last event handed to the spider: where a resume must start.
+        self.last_delivered_id: str = last_event_id
+        self.events_received = 0
+        self.events_delivered = 0
+        self.bytes_received = 0
+        self.pauses = 0
+
+    # -- producer side -------------------------------------------------------------
+
+    def attach(self, producer: Producer) -> None:
+        self._producer = producer
+        if self.end_reason is not None:
+            producer.abort()
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the transport. Never raises: a parse failure ends the stream."""
+        if self.end_reason is not None:
+            return
+        self.bytes_received += len(data)
+        try:
+            events = self.parser.feed(data)
+        except SSEEventTooLarge as exc:
+            self._enqueue(exc.events)
+            logger.error(
+                "Closing SSE stream %s: %s. Raise SSE_MAX_EVENT_SIZE (setting or "
+                "meta['sse_max_event_size']) if such events are expected.",
+                self.url,
+                exc,
+            )
+            self.finish(EVENT_TOO_LARGE, exc)
+            return
+        if events:
+            self._enqueue(events)
+        if self._producer is not None and len(self._queue) >= self._high:
+            # Re-pause on every read while over the limit: Twisted resumes the transport
+            # by itself after replaying bytes that arrived with the headers.
+            if not self._paused:
+                self.pauses += 1
+            self._paused = True
+            self._producer.pause()
+
+    def _enqueue(self, events: Any) -> None:
+        done = self._done
+        for i, event in enumerate(events):
+            if done and type(event) is SSEEvent and event[1] in done:
+                self._queue.extend(events[:i])
+                self.events_received += i
+                self._wake()
+                self.finish(COMPLETED)
+                return
+        self._queue.extend(events)
+        self.events_received += len(events)
+        self._wake()
+
+    def finish(self, reason: str, error: BaseException | None = None) -> None:
+        """End the stream (idempotent). Events already queued are still delivered."""
+        if self.end_reason is not None:
+            return
+        self.end_reason = reason
+        self.error = error
+        if self.parser.close() and self._stats is not None:
+            self._stats.inc_value("sse/incomplete_events_dropped")
+        if self._producer is not None:
+            self._producer.abort()
+        if self._stats is not None:
+            self._stats.inc_value(f"sse/ends/{reason}")
+            self._stats.inc_value("sse/events", self.events_received)
+            self._stats.inc_value("sse/bytes", self.bytes_received)
+            self._stats.inc_value("sse/comments", self.parser.comments)
+            if self.pauses:
+                self._stats.inc_value("sse/backpressure_pauses", self.pauses)
+        self._wake()
+        callbacks, self._on_end = self._on_end, []
+        for callback in callbacks:
+            callback(self)
+
+    def on_end(self, callback: Callable[[SSEStream], None]) -> None:
+        if self.end_reason is not None:
+            callback(self)
+        else:
+            self._on_end.append(callback)
+
+    # -- consumer side -------------------------------------------------------------
+
+    def close(self, reason: str = CLOSED) -> None:
+        """Stop the stream now; queued events are dropped, nothing more is read."""
+        self._queue.clear()
+        self.finish(reason)
+
+    @property
+    def is_open(self) -> bool:
+        return self.end_reason is None
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    async def __aiter__(self) -> AsyncIterator[SSEEvent]:
+        """Events in order; ends when the stream ends, raising if it failed.
+
+        Each event handed out counts as delivered: a resume starts after the last one.
+        """
+        queue = self._queue
+        popleft = queue.popleft
+        while True:
+            if queue:
+                event = popleft()
+                if self._paused and len(queue) <= self._low:
+                    self._paused = False
+                    if self._producer is not None:
+                        self._producer.resume()
+                if type(event) is SSEEvent:
+                    self.last_delivered_id = event[2]
+                    self.events_delivered += 1
+                yield event
+                continue
+            if self.end_reason is not None:
+                if self.error is not None:
+                    raise self.error
+                return
+            waiter: Deferred[None] = Deferred()
+            self._waiter = waiter
+            await maybe_deferred_to_future(waiter)
+
+    def __repr__(self) -> str:
+        state = self.end_reason or "open"
+        return f"<SSEStream {self.url} {state} events={self.events_received}>"
+
+
+__all__ = ["SSEComment", "SSEStream"]

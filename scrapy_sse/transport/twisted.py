@@ -1,0 +1,234 @@
+"""The default transport: Twisted's HTTP/1.1 client, kept open for the whole stream.
+
+The connection and proxy/TLS set-up are Scrapy's own (see ``_scrapy_private``); what
+differs from the stock handler is that the body is never buffered: ``deliverBody``
+hands each read to the stream, and the stream can pause the transport (a real push
+producer, TLS included) when the spider falls behind.
+"""
+
+from __future__ import annotations
+
+import zlib
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.web.client import HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers as TxHeaders
+from zope.interface import implementer
+from twisted.web.iweb import IBodyProducer
+
+from scrapy.exceptions import DownloadTimeoutError
+from scrapy.http import Headers
+from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.python import to_bytes
+
+from .. import _scrapy_private
+from ..errors import SSEStreamError
+from ..stream import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from twisted.internet.interfaces import IConsumer, IPushProducer
+    from twisted.python.failure import Failure
+    from twisted.web.client import Response as TxResponse
+
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+
+    from ..stream import SSEStream
+
+
+@implementer(IBodyProducer)
+class _BodyProducer:
+    """The request body (an LLM prompt, say), written at once."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _Producer:
+    """The stream's view of the connection: Twisted's public push-producer calls."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: IPushProducer) -> None:
+        self._transport = transport
+
+    def pause(self) -> None:
+        self._transport.pauseProducing()
+
+    def resume(self) -> None:
+        self._transport.resumeProducing()
+
+    def abort(self) -> None:
+        self._transport.stopProducing()
+
+
+class _StreamProtocol(Protocol):
+    def __init__(self, stream: SSEStream, decode: Callable[[bytes], bytes] | None) -> None:
+        self._stream = stream
+        self._decode = decode
+        if decode is None:
+            # Bind the hot path once: one method call per read.
+            self.dataReceived = stream.feed  # type: ignore[method-assign]
+
+    def connectionMade(self) -> None:
+        self._stream.attach(_Producer(self.transport))  # type: ignore[arg-type]
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self._decode is not None
+        try:
+            data = self._decode(data)
+        except zlib.error as exc:
+            self._stream.finish(
+                DECODE_ERROR,
+                SSEStreamError(f"Could not decompress the stream: {exc}", DECODE_ERROR),
+            )
+            return
+        self._stream.feed(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._stream.finish(SERVER_CLOSED)
+        else:
+            self._stream.finish(
+                CONNECTION_LOST,
+                SSEStreamError(
+                    f"Connection to {self._stream.url} lost: {reason.getErrorMessage()}",
+                    CONNECTION_LOST,
+                ),
+            )
+
+
+class _PrefixReader(Protocol):
+    """Reads the start of an error body, then lets the connection go."""
+
+    def __init__(self, limit: int, finished: Deferred[bytes]) -> None:
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._finished = finished
+
+    def connectionMade(self) -> None:
+        if self._limit <= 0:
+            self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size >= self._limit:
+            self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._finished.called:
+            self._finished.callback(b"".join(self._chunks)[: self._limit])
+
+
+class _TwistedOpenedResponse:
+    def __init__(self, txresponse: TxResponse, url: str, timeout: float) -> None:
+        self._txresponse = txresponse
+        self._timeout = timeout
+        self.status: int = txresponse.code
+        self.headers = Headers(txresponse.headers.getAllRawHeaders())
+        self.url = url
+        self.ip_address: Any = None
+        self.certificate: Any = None
+        self.protocol: str | None = "HTTP/1.1"
+
+    async def read_prefix(self, limit: int) -> bytes:
+        from twisted.internet import reactor
+
+        if self._txresponse.length == 0:
+            return b""
+        finished: Deferred[bytes] = Deferred()
+        self._txresponse.deliverBody(_PrefixReader(limit, finished))
+        timer = reactor.callLater(self._timeout, finished.callback, b"")  # type: ignore[attr-defined]
+        try:
+            return await maybe_deferred_to_future(finished)
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    def stream_into(self, stream: SSEStream, decode: Callable[[bytes], bytes] | None) -> None:
+        if self._txresponse.length == 0:
+            stream.finish(SERVER_CLOSED)
+            return
+        self._txresponse.deliverBody(_StreamProtocol(stream, decode))
+
+    def abort(self) -> None:
+        self._txresponse.deliverBody(_PrefixReader(0, Deferred()))
+
+
+class TwistedTransport:
+    def __init__(self, crawler: Crawler) -> None:
+        from twisted.internet import reactor
+
+        self._crawler = crawler
+        # Streams never return a connection to a pool: not persistent.
+        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        self._tls_policy = _scrapy_private.load_tls_policy(crawler)
+        self._bind_address = crawler.settings.get("DOWNLOAD_BIND_ADDRESS")
+        self._timeout = crawler.settings.getfloat("DOWNLOAD_TIMEOUT")
+
+    async def open(self, request: Request) -> _TwistedOpenedResponse:
+        """Connect and wait for headers; ``download_timeout`` bounds only this part."""
+        from twisted.internet import reactor
+
+        timeout = request.meta.get("download_timeout") or self._timeout
+        agent, tunnel = _scrapy_private.build_twisted_agent(
+            request,
+            crawler=self._crawler,
+            tls_policy=self._tls_policy,
+            pool=self._pool,
+            bind_address=self._bind_address,
+            timeout=timeout,
+        )
+        headers = TxHeaders(request.headers)
+        if tunnel:
+            headers.removeHeader(b"Proxy-Authorization")
+        url = request.url.split("#", 1)[0]
+        body = _BodyProducer(request.body) if request.body else None
+        started = monotonic()
+        d = agent.request(to_bytes(request.method), to_bytes(url, "ascii"), headers, body)
+        timer = reactor.callLater(timeout, d.cancel)  # type: ignore[attr-defined]
+        try:
+            with _scrapy_private.wrap_twisted_exceptions():
+                txresponse = await maybe_deferred_to_future(d)
+        except CancelledError as exc:
+            raise DownloadTimeoutError(
+                f"Opening stream {url} took longer than {timeout} seconds "
+                "(DOWNLOAD_TIMEOUT bounds connect and headers only)"
+            ) from exc
+        except Exception as exc:
+            if not timer.active():
+                raise DownloadTimeoutError(
+                    f"Opening stream {url} took longer than {timeout} seconds "
+                    "(DOWNLOAD_TIMEOUT bounds connect and headers only)"
+                ) from exc
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+        request.meta["download_latency"] = monotonic() - started
+        return _TwistedOpenedResponse(txresponse, url, timeout)
+
+    async def close(self) -> None:
+        await maybe_deferred_to_future(self._pool.closeCachedConnections())
