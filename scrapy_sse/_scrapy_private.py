@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.utils._download_handlers import wrap_twisted_exceptions
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable
 
     from twisted.web.client import Agent, HTTPConnectionPool
@@ -28,8 +29,16 @@ __all__ = [
     "build_twisted_agent",
     "install_close_hook",
     "load_tls_policy",
+    "make_ssl_context",
     "wrap_twisted_exceptions",
 ]
+
+
+def make_ssl_context(crawler: Crawler) -> ssl.SSLContext:
+    """The ``ssl`` context Scrapy's aiohttp handler builds from the same settings."""
+    from scrapy.utils.ssl import _make_ssl_context
+
+    return _make_ssl_context(crawler.settings)
 
 
 def load_tls_policy(crawler: Crawler) -> IPolicyForHTTPS:
