@@ -1,0 +1,72 @@
+"""Child-process side of :func:`tests.crawl.run_crawl` (reads its config on stdin)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from itemadapter import ItemAdapter
+
+from scrapy import signals
+from scrapy.crawler import AsyncCrawlerProcess, CrawlerProcess
+from scrapy.utils.misc import load_object
+
+
+class RecordPipeline:
+    """Writes every item it receives, with the time it arrived, as one JSON line."""
+
+    def __init__(self, path: str, delay: float) -> None:
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._delay = delay
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> RecordPipeline:
+        return cls(crawler.settings["TEST_ITEMS_PATH"], crawler.settings.getfloat("TEST_PIPELINE_DELAY"))
+
+    def process_item(self, item: Any) -> Any:
+        if self._delay:
+            time.sleep(self._delay)  # a deliberately slow, blocking pipeline
+        row = ItemAdapter(item).asdict()
+        row["_type"] = type(item).__name__
+        row["_t"] = time.time()
+        self._file.write(json.dumps(row, default=str) + "\n")
+        self._file.flush()
+        return item
+
+    def close_spider(self) -> None:
+        self._file.close()
+
+
+def main() -> None:
+    config = json.loads(sys.stdin.read())
+    spidercls = load_object(f"tests.spiders.{config['spider']}")
+    settings = {
+        "ADDONS": {"scrapy_sse.SSEAddon": 500},
+        "ITEM_PIPELINES": {RecordPipeline: 100},
+        "LOG_LEVEL": "INFO",
+        "TELNETCONSOLE_ENABLED": False,
+        "TEST_ITEMS_PATH": config["items"],
+        "TEST_EXTRA_PATH": config["extra"],
+        **config["settings"],
+    }
+    if config["reactorless"]:
+        settings["TWISTED_REACTOR_ENABLED"] = False
+        process: CrawlerProcess | AsyncCrawlerProcess = AsyncCrawlerProcess(settings)
+    else:
+        process = CrawlerProcess(settings)
+    crawler = process.create_crawler(spidercls)
+
+    def dump_stats() -> None:
+        stats = crawler.stats.get_stats() if crawler.stats else {}
+        with open(config["stats"], "w", encoding="utf-8") as f:
+            json.dump(stats, f, default=str)
+
+    crawler.signals.connect(dump_stats, signal=signals.engine_stopped)
+    process.crawl(crawler, **config["args"])
+    process.start()
+
+
+if __name__ == "__main__":
+    main()

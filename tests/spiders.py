@@ -1,0 +1,145 @@
+"""Spiders used by the crawl tests, configured by spider arguments (``-a``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import scrapy
+from twisted.python.failure import Failure
+
+from scrapy_sse import SSEEvent, SSERequest, SSEResponse, SSEResponseError
+
+
+def _error_row(failure: Failure) -> dict[str, Any]:
+    exc = failure.value
+    row: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, SSEResponseError):
+        row.update(status=exc.status, content_type=exc.content_type, body=exc.body.decode())
+    event = getattr(failure, "event", None)
+    if event is not None:
+        row["event_id"] = event.id
+    return row
+
+
+class _Base(scrapy.Spider):
+    url: str
+    method = "GET"
+    body = ""
+
+    def request(self, **kwargs: Any) -> SSERequest:
+        return SSERequest(
+            self.url,
+            method=self.method,
+            body=self.body or None,
+            errback=self.on_error,
+            **kwargs,
+        )
+
+    def on_error(self, failure: Failure) -> dict[str, Any]:
+        return _error_row(failure)
+
+
+class PerEvent(_Base):
+    """``callback=`` style: one call per event."""
+
+    name = "per_event"
+
+    async def start(self) -> AsyncIterator[Any]:
+        for url in self.url.split("|"):
+            self.url = url
+            yield self.request(callback=self.parse_event)
+
+    def parse_event(self, event: SSEEvent) -> Any:
+        yield {
+            "url": event.url,
+            "event": event.event,
+            "id": event.id,
+            "data": event.data,
+            "retry": event.retry,
+            "status": event.status,
+            "stream_open": event.response.stream.is_open,
+        }
+
+
+class Items(_Base):
+    """No callback, no ``parse``: SSEEventItem per event."""
+
+    name = "items"
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield SSERequest(self.url)
+
+
+class ResponseStyle(scrapy.Spider):
+    """``parse(response)`` reading ``response.events``; stops after ``limit`` events."""
+
+    name = "response_style"
+    url: str
+    limit = "0"
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield SSERequest(self.url)
+
+    async def parse(self, response: SSEResponse) -> AsyncIterator[Any]:
+        count = 0
+        async for event in response.events:
+            yield {"id": event.id, "data": event.data, "type": type(response).__name__}
+            count += 1
+            if int(self.limit) and count >= int(self.limit):
+                break
+
+
+class FailingCallback(_Base):
+    """Raises on every third event; the stream must go on."""
+
+    name = "failing_callback"
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield self.request(callback=self.parse_event)
+
+    def parse_event(self, event: SSEEvent) -> dict[str, Any]:
+        seq = json.loads(event.data)["seq"]
+        if seq % 3 == 0:
+            raise ValueError(f"bad event {seq}")
+        return {"id": event.id}
+
+
+class Chat(_Base):
+    """OpenAI-style POST stream ending with ``[DONE]``."""
+
+    name = "chat"
+    method = "POST"
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield SSERequest(
+            self.url,
+            method="POST",
+            body=json.dumps({"model": "m", "stream": True, "n": int(getattr(self, "n", 5))}),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer k"},
+            callback=self.parse_event,
+            errback=self.on_error,
+        )
+
+    def parse_event(self, event: SSEEvent) -> dict[str, Any]:
+        chunk = event.json()
+        return {"content": chunk["choices"][0]["delta"].get("content"), "data": event.data}
+
+
+class Plain(scrapy.Spider):
+    """A normal (non-stream) request next to a stream: the fallback handler serves it."""
+
+    name = "plain"
+    url: str
+    page: str
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield scrapy.Request(self.page, callback=self.parse_page)
+        yield SSERequest(self.url, callback=self.parse_event)
+
+    def parse_page(self, response: scrapy.http.Response) -> dict[str, Any]:
+        return {"kind": "page", "status": response.status, "len": len(response.body)}
+
+    def parse_event(self, event: SSEEvent) -> dict[str, Any]:
+        return {"kind": "event", "id": event.id}

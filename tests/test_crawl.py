@@ -1,0 +1,257 @@
+"""Real crawls against the fault-injecting server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+
+import pytest
+
+from .crawl import run_crawl
+from .reference_parser import reference_parse
+from .servers.garbage import GARBAGE_BYTES
+from .servers.sse_server import SSEServer
+
+TEXT = "é€😀"
+
+
+def expected_ids(start: int, n: int) -> list[str]:
+    return [str(i) for i in range(start + 1, start + n + 1)]
+
+
+def test_events_reach_pipeline_in_order_while_connection_is_open(sse_server: SSEServer) -> None:
+    # The server keeps the connection open for 30 s after the last event: the crawl can
+    # only finish (by item count) if every item reached the pipeline before that.
+    url = sse_server.url("/stream?n=300&chunk=5&hold=30&seed=3&event=tick")
+    result = run_crawl("PerEvent", args={"url": url}, settings={"CLOSESPIDER_ITEMCOUNT": 300})
+    assert result.returncode == 0, result.log
+    assert [item["id"] for item in result.items] == expected_ids(0, 300)
+    assert all(item["stream_open"] for item in result.items)
+    first = result.items[0]
+    assert first["event"] == "tick"
+    assert first["status"] == 200
+    assert json.loads(first["data"]) == {"seq": 1, "text": TEXT}
+    assert result.stat("finish_reason") == "closespider_itemcount"
+    assert result.stat("sse/streams_opened") == 1
+    assert result.stat("sse/ends/spider_closed") == 1
+
+
+@pytest.mark.parametrize("endings", ["", "&crlf=1", "&cr=1", "&bom=1&crlf=1"])
+def test_one_byte_chunks_and_every_line_ending(sse_server: SSEServer, endings: str) -> None:
+    url = sse_server.url(f"/stream?n=40&chunk=1&multiline=1{endings}")
+    result = run_crawl("PerEvent", args={"url": url})
+    assert result.returncode == 0, result.log
+    assert [item["id"] for item in result.items] == expected_ids(0, 40)
+    assert [json.loads(i["data"]) for i in result.items] == [
+        {"seq": i, "text": TEXT} for i in range(1, 41)
+    ]
+    assert result.stat("sse/ends/server_closed") == 1
+
+
+def test_no_callback_yields_event_items(sse_server: SSEServer) -> None:
+    url = sse_server.url("/stream?n=5&event=price&retry=2500")
+    result = run_crawl("Items", args={"url": url})
+    assert result.returncode == 0, result.log
+    assert [item["_type"] for item in result.items] == ["SSEEventItem"] * 5
+    item = result.items[0]
+    assert item["url"] == url
+    assert (item["event"], item["id"]) == ("price", "1")
+    assert item["json"] == {"seq": 1, "text": TEXT}
+    assert json.loads(item["data"]) == item["json"]
+    assert item["received_at"] > 1.7e9
+
+
+def test_parse_response_style_and_stream_closed_when_callback_returns(
+    sse_server: SSEServer,
+) -> None:
+    url = sse_server.url("/stream?n=50&hold=30")
+    result = run_crawl("ResponseStyle", args={"url": url, "limit": "10"}, timeout=25)
+    assert result.returncode == 0, result.log
+    assert [item["id"] for item in result.items] == expected_ids(0, 10)
+    assert result.items[0]["type"] == "SSEResponse"
+    assert result.stat("sse/ends/callback_done") == 1
+    assert result.stat("finish_reason") == "finished"
+
+
+def test_callback_exception_is_logged_counted_sent_to_errback_and_stream_goes_on(
+    sse_server: SSEServer,
+) -> None:
+    url = sse_server.url("/stream?n=12")
+    result = run_crawl("FailingCallback", args={"url": url})
+    assert result.returncode == 0, result.log
+    ok = [item["id"] for item in result.items if "error" not in item]
+    errors = [item for item in result.items if "error" in item]
+    assert ok == [str(i) for i in range(1, 13) if i % 3]
+    assert [(e["error"], e["event_id"]) for e in errors] == [
+        ("ValueError", str(i)) for i in (3, 6, 9, 12)
+    ]
+    assert result.stat("sse/callback_errors") == 4
+    assert "Spider callback failed on SSE event" in result.log
+    assert "bad event 3" in result.log
+
+
+def test_post_stream_ends_at_done(sse_server: SSEServer) -> None:
+    result = run_crawl("Chat", args={"url": sse_server.url("/v1/chat/completions"), "n": "7"})
+    assert result.returncode == 0, result.log
+    assert len(result.items) == 7
+    assert all(item["data"] != "[DONE]" for item in result.items)
+    assert result.stat("sse/ends/completed") == 1
+    request = sse_server.requests_for("/v1/chat/completions")[-1]
+    assert request.method == "POST"
+    assert json.loads(request.body)["n"] == 7
+    assert request.headers["authorization"] == "Bearer k"
+    assert request.headers["accept"] == "text/event-stream"
+    assert request.headers["cache-control"] == "no-cache"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "ctype", "body"),
+    [
+        ("/status?code=401&body=%7B%22error%22%3A%22bad+key%22%7D&ctype=application/json",
+         401, "application/json", '{"error":"bad key"}'),
+        ("/status?code=500&body=boom&ctype=text/plain", 500, "text/plain", "boom"),
+        ("/ctype?type=text/html&body=%3Chtml%3E", 200, "text/html", "<html>"),
+    ],
+)
+def test_wrong_status_or_content_type_reaches_errback_with_body(
+    sse_server: SSEServer, path: str, status: int, ctype: str, body: str
+) -> None:
+    result = run_crawl("PerEvent", args={"url": sse_server.url(path)})
+    assert result.returncode == 0, result.log
+    [item] = result.items
+    assert item["error"] == "SSEResponseError"
+    assert (item["status"], item["content_type"].split(";")[0], item["body"]) == (
+        status, ctype, body
+    )
+    assert f"HTTP {status}" in item["message"]
+
+
+def test_no_content_ends_quietly(sse_server: SSEServer) -> None:
+    result = run_crawl("PerEvent", args={"url": sse_server.url("/nocontent")})
+    assert result.returncode == 0, result.log
+    assert result.items == []
+    assert result.stat("sse/ends/no_content") == 1
+    assert "ERROR" not in result.log
+
+
+def test_redirect_is_followed(sse_server: SSEServer) -> None:
+    url = sse_server.url("/redirect?to=/stream%3Fn%3D3&code=307")
+    result = run_crawl("PerEvent", args={"url": url})
+    assert result.returncode == 0, result.log
+    assert [item["id"] for item in result.items] == ["1", "2", "3"]
+    assert result.items[0]["url"].endswith("/stream?n=3")
+
+
+def test_malformed_input_gives_exactly_the_spec_events(sse_server: SSEServer) -> None:
+    result = run_crawl("PerEvent", args={"url": sse_server.url("/garbage?chunk=3&seed=5")})
+    assert result.returncode == 0, result.log
+    expected = reference_parse(GARBAGE_BYTES)
+    assert len(expected) == 6
+    assert [(i["event"], i["data"], i["id"]) for i in result.items] == [
+        (e.event, e.data, e.id) for e in expected
+    ]
+    assert result.stat("sse/incomplete_events_dropped") == 1
+
+
+def test_event_over_max_size_fails_stream_with_clear_error(sse_server: SSEServer) -> None:
+    url = sse_server.url("/stream?n=3&hold=1") + "|" + sse_server.url("/huge?size=300000")
+    result = run_crawl("PerEvent", args={"url": url}, settings={"SSE_MAX_EVENT_SIZE": 100_000})
+    assert result.returncode == 0, result.log
+    errors = [item for item in result.items if "error" in item]
+    assert [e["error"] for e in errors] == ["SSEEventTooLarge"]
+    assert "SSE_MAX_EVENT_SIZE=100000" in errors[0]["message"]
+    assert result.stat("sse/ends/event_too_large") == 1
+    assert len([item for item in result.items if "error" not in item]) == 3
+    assert "Raise SSE_MAX_EVENT_SIZE" in result.log
+
+
+def test_gzip_stream_is_decoded_incrementally(sse_server: SSEServer) -> None:
+    result = run_crawl("PerEvent", args={"url": sse_server.url("/gzip?n=25&chunk=4")})
+    assert result.returncode == 0, result.log
+    assert [item["id"] for item in result.items] == expected_ids(0, 25)
+
+
+def _log_time(log: str, message: str) -> datetime:
+    match = re.search(r"^(\S+ \S+) \[[^\]]+\] INFO: " + re.escape(message), log, re.M)
+    assert match, f"{message!r} not in log"
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
+
+
+def test_closing_spider_closes_live_streams_at_once(sse_server: SSEServer) -> None:
+    urls = "|".join(sse_server.url(f"/stream?n=5&hold=60&key=shut{i}") for i in range(3))
+    result = run_crawl(
+        "PerEvent", args={"url": urls}, settings={"CLOSESPIDER_TIMEOUT": 2}, timeout=30
+    )
+    assert result.returncode == 0, result.log
+    assert result.stat("finish_reason") == "closespider_timeout"
+    assert result.stat("sse/ends/spider_closed") == 3
+    assert len(result.items) == 15
+    closing = _log_time(result.log, "Closing spider")
+    closed = _log_time(result.log, "Spider closed")
+    assert (closed - closing).total_seconds() <= 1
+
+
+def test_slow_pipeline_pauses_the_socket_instead_of_buffering(sse_server: SSEServer) -> None:
+    # 100,000 small events sent as fast as possible; the pipeline takes 2 ms per item.
+    url = sse_server.url("/stream?n=100000&ascii=1&hold=30&key=slow")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url},
+        settings={"TEST_PIPELINE_DELAY": 0.002, "CLOSESPIDER_TIMEOUT": 3, "SSE_QUEUE_SIZE": 200},
+        timeout=40,
+    )
+    assert result.returncode == 0, result.log
+    delivered = len(result.items)
+    parsed = result.stat("sse/events")
+    assert 100 < delivered < 5000
+    # Parsed but undelivered events: at most the queue plus one read's worth.
+    assert parsed - delivered <= 200 + 3000
+    assert result.stat("sse/backpressure_pauses") >= 1
+
+
+def test_jobdir_disk_queue_round_trips_stream_requests(sse_server: SSEServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = sse_server.url("/stream?n=4") + "|" + sse_server.url("/stream?n=2&start=10")
+    result = run_crawl(
+        "PerEvent", args={"url": url}, settings={"JOBDIR": str(tmp_path / "job")}
+    )
+    assert result.returncode == 0, result.log
+    assert result.stat("scheduler/enqueued/disk") == 2
+    assert sorted(int(item["id"]) for item in result.items) == [1, 2, 3, 4, 11, 12]
+
+
+def test_max_streams_queues_extra_streams(sse_server: SSEServer) -> None:
+    urls = "|".join(sse_server.url(f"/stream?n=2&hold=0.5&key=cap{i}") for i in range(3))
+    result = run_crawl("PerEvent", args={"url": urls}, settings={"SSE_MAX_STREAMS": 1})
+    assert result.returncode == 0, result.log
+    assert len(result.items) == 6
+    arrivals = sorted(
+        r.time for r in sse_server.requests if r.query.get("key", "").startswith("cap")
+    )
+    assert len(arrivals) == 3
+    # Each stream opens only after the previous one (held 0.5 s) has ended.
+    assert all(b - a >= 0.45 for a, b in zip(arrivals, arrivals[1:], strict=False))
+
+
+def test_plain_requests_use_the_fallback_handler(sse_server: SSEServer) -> None:
+    result = run_crawl(
+        "Plain",
+        args={"url": sse_server.url("/stream?n=2"), "page": sse_server.url("/ctype?body=hello")},
+    )
+    assert result.returncode == 0, result.log
+    kinds = sorted(item["kind"] for item in result.items)
+    assert kinds == ["event", "event", "page"]
+    page = next(item for item in result.items if item["kind"] == "page")
+    assert (page["status"], page["len"]) == (200, 5)
+
+
+def test_reactorless_mode_streams_through_aiohttp(sse_server: SSEServer) -> None:
+    url = sse_server.url("/stream?n=60&chunk=7&hold=30&key=noreactor")
+    result = run_crawl(
+        "PerEvent", args={"url": url}, reactorless=True, settings={"CLOSESPIDER_ITEMCOUNT": 60}
+    )
+    assert result.returncode == 0, result.log
+    assert [item["id"] for item in result.items] == expected_ids(0, 60)
+    # Importing the Twisted reactor raises in this mode: only the aiohttp transport can work.
+    assert "'TWISTED_REACTOR_ENABLED': False" in result.log
+    assert result.stat("sse/ends/spider_closed") == 1
