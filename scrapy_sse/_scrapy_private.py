@@ -18,12 +18,11 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import Awaitable, Callable
 
-    from twisted.web.client import Agent, HTTPConnectionPool
-    from twisted.web.iweb import IPolicyForHTTPS
-
     from scrapy import Request
     from scrapy.core.engine import ExecutionEngine
     from scrapy.crawler import Crawler
+    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.iweb import IPolicyForHTTPS
 
 __all__ = [
     "build_twisted_agent",
@@ -75,9 +74,7 @@ def build_twisted_agent(
     return agent, isinstance(agent, _TunnelingAgent)
 
 
-def install_close_hook(
-    engine: ExecutionEngine, hook: Callable[[str], Awaitable[None]]
-) -> None:
+def install_close_hook(engine: ExecutionEngine, hook: Callable[[str], Awaitable[None]]) -> None:
     """Run ``hook(reason)`` when the engine starts closing the spider.
 
     ``close_spider_async`` waits for in-progress requests before it sends any signal,

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from scrapy.utils.misc import load_object
 
+from .extension import SSEExtension
 from .handler import SSEDownloadHandler
+from .middlewares import SSESpiderMiddleware
 from .settings import DEFAULTS
 
 if TYPE_CHECKING:
@@ -34,9 +36,5 @@ class SSEAddon:
             settings.set("SSE_FALLBACK_HANDLERS", fallbacks, priority="addon")
         for scheme in ("http", "https"):
             settings["DOWNLOAD_HANDLERS"][scheme] = HANDLER_PATH
-        settings.set_in_component_priority_dict(
-            "SPIDER_MIDDLEWARES", "scrapy_sse.middlewares.SSESpiderMiddleware", 950
-        )
-        settings.set_in_component_priority_dict(
-            "EXTENSIONS", "scrapy_sse.extension.SSEExtension", 500
-        )
+        settings.set_in_component_priority_dict("SPIDER_MIDDLEWARES", SSESpiderMiddleware, 950)
+        settings.set_in_component_priority_dict("EXTENSIONS", SSEExtension, 500)

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from time import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from itemadapter import is_item
-from twisted.python.failure import Failure
-
 from scrapy import Request, Spider
+from twisted.python.failure import Failure
 
 from .errors import SSEError
 from .events import SSEEventItem, parse_json_or_none
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
     from scrapy.crawler import Crawler
 
@@ -72,7 +72,7 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
     spider = crawler.spider
     stats = crawler.stats
     assert spider is not None and stats is not None
-    event_callback = request.callback
+    event_callback = cast("Callable[..., Any] | None", request.callback)
     errback = request.errback
 
     async def handle_errors(stream: SSEStream, exc: BaseException) -> AsyncIterator[Any]:
@@ -80,7 +80,9 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
         failure.request = request  # type: ignore[attr-defined]
         if errback is None:
             logger.error(
-                "SSE stream %s ended with an error: %s", stream.url, exc,
+                "SSE stream %s ended with an error: %s",
+                stream.url,
+                exc,
                 extra={"spider": spider},
             )
             return
@@ -123,7 +125,10 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
                     stats.inc_value(f"sse/callback_errors/{type(exc).__name__}")
                     logger.error(
                         "Spider callback failed on SSE event %r from %s",
-                        event, stream.url, exc_info=True, extra={"spider": spider},
+                        event,
+                        stream.url,
+                        exc_info=True,
+                        extra={"spider": spider},
                     )
                     if errback is not None:
                         failure = Failure(exc)
@@ -134,8 +139,10 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
                                 yield value
                         except Exception:
                             logger.error(
-                                "Errback failed for SSE event %r", event,
-                                exc_info=True, extra={"spider": spider},
+                                "Errback failed for SSE event %r",
+                                event,
+                                exc_info=True,
+                                extra={"spider": spider},
                             )
         except SSEError as exc:
             async for value in handle_errors(stream, exc):

@@ -9,8 +9,8 @@ status, headers and request without a per-event cost.
 from __future__ import annotations
 
 import json as _json
-from operator import itemgetter as _itemgetter
 from dataclasses import dataclass
+from operator import itemgetter as _itemgetter
 from typing import Any
 
 
@@ -34,7 +34,7 @@ class SSEEvent(tuple[str, str, str, "int | None", Any]):
         cls,
         event: str = "message",
         data: str = "",
-        id: str = "",  # noqa: A002 - the spec's name for it
+        id: str = "",
         retry: int | None = None,
         source: Any = None,
     ) -> SSEEvent:

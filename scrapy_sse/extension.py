@@ -17,9 +17,8 @@ from .settings import SSESettings
 from .stream import SPIDER_CLOSED
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
-
     from scrapy.crawler import Crawler
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 

@@ -86,9 +86,9 @@ class SSEDownloadHandler(BaseDownloadHandler):
 
     async def download_request(self, request: Request) -> Response:
         if not is_sse_request(request):
-            return await self._fallback(urlparse_cached(request).scheme).download_request(
-                request
-            )
+            fallback = self._fallback(urlparse_cached(request).scheme)
+            response: Response = await fallback.download_request(request)
+            return response
         await self._registry.acquire()
         try:
             opened = await self._get_transport().open(request)
@@ -153,12 +153,10 @@ class SSEDownloadHandler(BaseDownloadHandler):
             comments=settings.for_request(request, "comments"),
             stats=self.crawler.stats,
             last_event_id=getattr(request, "last_event_id", None)
-            or request.headers.get(b"Last-Event-ID", b"").decode("utf-8", "replace"),
+            or (request.headers.get(b"Last-Event-ID") or b"").decode("utf-8", "replace"),
         )
 
-    def _response(
-        self, request: Request, opened: OpenedResponse, stream: SSEStream
-    ) -> SSEResponse:
+    def _response(self, request: Request, opened: OpenedResponse, stream: SSEStream) -> SSEResponse:
         callback = build_callback(request, self.crawler)
         response_request = request if callback is None else request.replace(callback=callback)
         response = SSEResponse(

@@ -62,9 +62,7 @@ class SSERequest(Request):
 
 def is_sse_request(request: Request) -> bool:
     """Whether the handler must open ``request`` as an event stream."""
-    return isinstance(request, SSERequest) or bool(
-        request._meta and request._meta.get(META_KEY)  # noqa: SLF001 - avoids creating meta
-    )
+    return isinstance(request, SSERequest) or bool(request._meta and request._meta.get(META_KEY))
 
 
 class SSEResponse(Response):

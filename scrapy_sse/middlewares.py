@@ -15,10 +15,9 @@ from .stream import CALLBACK_DONE
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from scrapy.crawler import Crawler
     from scrapy.http import Response
     from typing_extensions import Self
-
-    from scrapy.crawler import Crawler
 
 
 class SSESpiderMiddleware:

@@ -250,9 +250,8 @@ class SSEParser:
             elif field == "id":
                 if "\0" not in value:
                     self._id_buffer = value
-            elif field == "retry":
-                if value.isdigit() and value.isascii():
-                    self._event_retry = self.retry = int(value)
+            elif field == "retry" and value.isdigit() and value.isascii():
+                self._event_retry = self.retry = int(value)
             # Any other field is ignored, as the spec requires.
 
     @property

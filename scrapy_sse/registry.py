@@ -12,9 +12,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
-from twisted.internet.defer import Deferred
-
 from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet.defer import Deferred
 
 from .errors import SSEStreamError
 

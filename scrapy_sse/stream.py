@@ -13,9 +13,8 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred
-
 from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet.defer import Deferred
 
 from .errors import SSEEventTooLarge
 from .events import SSEComment, SSEEvent

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from itemadapter import ItemAdapter
-
 from scrapy import signals
 from scrapy.crawler import AsyncCrawlerProcess, CrawlerProcess
 from scrapy.utils.misc import load_object
@@ -23,7 +22,8 @@ class RecordPipeline:
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> RecordPipeline:
-        return cls(crawler.settings["TEST_ITEMS_PATH"], crawler.settings.getfloat("TEST_PIPELINE_DELAY"))
+        settings = crawler.settings
+        return cls(settings["TEST_ITEMS_PATH"], settings.getfloat("TEST_PIPELINE_DELAY"))
 
     def process_item(self, item: Any) -> Any:
         if self._delay:

@@ -54,7 +54,6 @@ def reference_parse(stream: bytes) -> list[SSEEvent]:
         elif field == "id":
             if "\0" not in value:
                 last_id = value
-        elif field == "retry":
-            if value and all("0" <= c <= "9" for c in value):
-                retry = int(value)
+        elif field == "retry" and value and all("0" <= c <= "9" for c in value):
+            retry = int(value)
     return events

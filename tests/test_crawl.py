@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from datetime import datetime
@@ -108,8 +109,12 @@ def test_post_stream_ends_at_done(sse_server: SSEServer) -> None:
 @pytest.mark.parametrize(
     ("path", "status", "ctype", "body"),
     [
-        ("/status?code=401&body=%7B%22error%22%3A%22bad+key%22%7D&ctype=application/json",
-         401, "application/json", '{"error":"bad key"}'),
+        (
+            "/status?code=401&body=%7B%22error%22%3A%22bad+key%22%7D&ctype=application/json",
+            401,
+            "application/json",
+            '{"error":"bad key"}',
+        ),
         ("/status?code=500&body=boom&ctype=text/plain", 500, "text/plain", "boom"),
         ("/ctype?type=text/html&body=%3Chtml%3E", 200, "text/html", "<html>"),
     ],
@@ -122,7 +127,9 @@ def test_wrong_status_or_content_type_reaches_errback_with_body(
     [item] = result.items
     assert item["error"] == "SSEResponseError"
     assert (item["status"], item["content_type"].split(";")[0], item["body"]) == (
-        status, ctype, body
+        status,
+        ctype,
+        body,
     )
     assert f"HTTP {status}" in item["message"]
 
@@ -212,9 +219,7 @@ def test_slow_pipeline_pauses_the_socket_instead_of_buffering(sse_server: SSESer
 
 def test_jobdir_disk_queue_round_trips_stream_requests(sse_server: SSEServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = sse_server.url("/stream?n=4") + "|" + sse_server.url("/stream?n=2&start=10")
-    result = run_crawl(
-        "PerEvent", args={"url": url}, settings={"JOBDIR": str(tmp_path / "job")}
-    )
+    result = run_crawl("PerEvent", args={"url": url}, settings={"JOBDIR": str(tmp_path / "job")})
     assert result.returncode == 0, result.log
     assert result.stat("scheduler/enqueued/disk") == 2
     assert sorted(int(item["id"]) for item in result.items) == [1, 2, 3, 4, 11, 12]
@@ -230,7 +235,7 @@ def test_max_streams_queues_extra_streams(sse_server: SSEServer) -> None:
     )
     assert len(arrivals) == 3
     # Each stream opens only after the previous one (held 0.5 s) has ended.
-    assert all(b - a >= 0.45 for a, b in zip(arrivals, arrivals[1:], strict=False))
+    assert all(b - a >= 0.45 for a, b in itertools.pairwise(arrivals))
 
 
 def test_plain_requests_use_the_fallback_handler(sse_server: SSEServer) -> None:

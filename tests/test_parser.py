@@ -75,8 +75,15 @@ def test_id_only_block_updates_last_event_id_without_event() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(b"3000", 3000), (b"-5", None), (b"+5", None), (b"1_0", None), (b"10abc", None),
-     (b"", None), (b" 5", 5)],
+    [
+        (b"3000", 3000),
+        (b"-5", None),
+        (b"+5", None),
+        (b"1_0", None),
+        (b"10abc", None),
+        (b"", None),
+        (b" 5", 5),
+    ],
 )
 def test_retry_only_digits(value: bytes, expected: int | None) -> None:
     # "retry: 5" (one space) is the value "5"; "retry:  5" would be " 5" and ignored.
@@ -178,7 +185,8 @@ def event_streams(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         # Sprinkle invalid UTF-8.
         pos = draw(st.integers(0, len(data)))
-        data = data[:pos] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xe2\x82", b"\x80"])) + data[pos:]
+        bad = draw(st.sampled_from([b"\xff", b"\xc3", b"\xe2\x82", b"\x80"]))
+        data = data[:pos] + bad + data[pos:]
     return data
 
 

@@ -32,9 +32,7 @@ class OpenedResponse(Protocol):
     async def read_prefix(self, limit: int) -> bytes:
         """Up to ``limit`` bytes of the body (for error messages), then close."""
 
-    def stream_into(
-        self, stream: SSEStream, decode: Callable[[bytes], bytes] | None
-    ) -> None:
+    def stream_into(self, stream: SSEStream, decode: Callable[[bytes], bytes] | None) -> None:
         """Push body bytes (through ``decode``) into ``stream`` until either ends."""
 
     def abort(self) -> None:

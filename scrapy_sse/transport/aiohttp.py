@@ -14,7 +14,6 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-
 from scrapy.exceptions import (
     CannotResolveHostError,
     DownloadConnectionRefusedError,

@@ -12,18 +12,17 @@ import zlib
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from scrapy.exceptions import DownloadTimeoutError
+from scrapy.http import Headers
+from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.python import to_bytes
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.web.client import HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers as TxHeaders
-from zope.interface import implementer
 from twisted.web.iweb import IBodyProducer
-
-from scrapy.exceptions import DownloadTimeoutError
-from scrapy.http import Headers
-from scrapy.utils.defer import maybe_deferred_to_future
-from scrapy.utils.python import to_bytes
+from zope.interface import implementer
 
 from .. import _scrapy_private
 from ..errors import SSEStreamError
@@ -32,12 +31,10 @@ from ..stream import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from twisted.internet.interfaces import IConsumer, IPushProducer
-    from twisted.python.failure import Failure
-    from twisted.web.client import Response as TxResponse
-
     from scrapy import Request
     from scrapy.crawler import Crawler
+    from twisted.python.failure import Failure
+    from twisted.web.client import Response as TxResponse
 
     from ..stream import SSEStream
 
@@ -50,7 +47,7 @@ class _BodyProducer:
         self.body = body
         self.length = len(body)
 
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+    def startProducing(self, consumer: Any) -> Deferred[None]:
         consumer.write(self.body)
         return succeed(None)
 
@@ -64,12 +61,19 @@ class _BodyProducer:
         pass
 
 
+def _reactor() -> Any:
+    """The installed reactor, imported late: importing it installs the default one."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
 class _Producer:
     """The stream's view of the connection: Twisted's public push-producer calls."""
 
     __slots__ = ("_transport",)
 
-    def __init__(self, transport: IPushProducer) -> None:
+    def __init__(self, transport: Any) -> None:
         self._transport = transport
 
     def pause(self) -> None:
@@ -91,7 +95,7 @@ class _StreamProtocol(Protocol):
             self.dataReceived = stream.feed  # type: ignore[method-assign]
 
     def connectionMade(self) -> None:
-        self._stream.attach(_Producer(self.transport))  # type: ignore[arg-type]
+        self._stream.attach(_Producer(self.transport))
 
     def dataReceived(self, data: bytes) -> None:
         assert self._decode is not None
@@ -154,13 +158,12 @@ class _TwistedOpenedResponse:
         self.protocol: str | None = "HTTP/1.1"
 
     async def read_prefix(self, limit: int) -> bytes:
-        from twisted.internet import reactor
-
-        if self._txresponse.length == 0:
+        reactor = _reactor()
+        if self._txresponse.length == 0:  # type: ignore[comparison-overlap]
             return b""
         finished: Deferred[bytes] = Deferred()
         self._txresponse.deliverBody(_PrefixReader(limit, finished))
-        timer = reactor.callLater(self._timeout, finished.callback, b"")  # type: ignore[attr-defined]
+        timer = reactor.callLater(self._timeout, finished.callback, b"")
         try:
             return await maybe_deferred_to_future(finished)
         finally:
@@ -168,7 +171,7 @@ class _TwistedOpenedResponse:
                 timer.cancel()
 
     def stream_into(self, stream: SSEStream, decode: Callable[[bytes], bytes] | None) -> None:
-        if self._txresponse.length == 0:
+        if self._txresponse.length == 0:  # type: ignore[comparison-overlap]
             stream.finish(SERVER_CLOSED)
             return
         self._txresponse.deliverBody(_StreamProtocol(stream, decode))
@@ -179,19 +182,16 @@ class _TwistedOpenedResponse:
 
 class TwistedTransport:
     def __init__(self, crawler: Crawler) -> None:
-        from twisted.internet import reactor
-
         self._crawler = crawler
         # Streams never return a connection to a pool: not persistent.
-        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        self._pool = HTTPConnectionPool(_reactor(), persistent=False)
         self._tls_policy = _scrapy_private.load_tls_policy(crawler)
         self._bind_address = crawler.settings.get("DOWNLOAD_BIND_ADDRESS")
         self._timeout = crawler.settings.getfloat("DOWNLOAD_TIMEOUT")
 
     async def open(self, request: Request) -> _TwistedOpenedResponse:
         """Connect and wait for headers; ``download_timeout`` bounds only this part."""
-        from twisted.internet import reactor
-
+        reactor = _reactor()
         timeout = request.meta.get("download_timeout") or self._timeout
         agent, tunnel = _scrapy_private.build_twisted_agent(
             request,
@@ -207,8 +207,8 @@ class TwistedTransport:
         url = request.url.split("#", 1)[0]
         body = _BodyProducer(request.body) if request.body else None
         started = monotonic()
-        d = agent.request(to_bytes(request.method), to_bytes(url, "ascii"), headers, body)
-        timer = reactor.callLater(timeout, d.cancel)  # type: ignore[attr-defined]
+        d = agent.request(to_bytes(request.method), to_bytes(url, "ascii"), headers, body)  # type: ignore[arg-type]
+        timer = reactor.callLater(timeout, d.cancel)
         try:
             with _scrapy_private.wrap_twisted_exceptions():
                 txresponse = await maybe_deferred_to_future(d)
