@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scrapy.utils.misc import load_object
-
 from .extension import SSEExtension
 from .handler import SSEDownloadHandler
 from .middlewares import SSESpiderMiddleware
@@ -22,6 +20,13 @@ if TYPE_CHECKING:
 HANDLER_PATH = "scrapy_sse.handler.SSEDownloadHandler"
 
 
+def _is_sse_handler(handler: object) -> bool:
+    """Without importing a path: a user's handler may need optional dependencies."""
+    if isinstance(handler, str):
+        return handler == HANDLER_PATH
+    return isinstance(handler, type) and issubclass(handler, SSEDownloadHandler)
+
+
 class SSEAddon:
     def update_settings(self, settings: BaseSettings) -> None:
         for name, value in DEFAULTS.items():
@@ -30,7 +35,7 @@ class SSEAddon:
         fallbacks = dict(settings.getdict("SSE_FALLBACK_HANDLERS"))
         for scheme in ("http", "https"):
             current = handlers.get(scheme)
-            if current and load_object(current) is not SSEDownloadHandler:
+            if current and not _is_sse_handler(current):
                 fallbacks.setdefault(scheme, current)
         if fallbacks:
             settings.set("SSE_FALLBACK_HANDLERS", fallbacks, priority="addon")

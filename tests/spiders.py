@@ -29,11 +29,13 @@ class _Base(scrapy.Spider):
     body = ""
 
     def request(self, **kwargs: Any) -> SSERequest:
+        proxy = getattr(self, "proxy", None)
         return SSERequest(
             self.url,
             method=self.method,
             body=self.body or None,
             errback=self.on_error,
+            meta={"proxy": proxy} if proxy else None,
             **kwargs,
         )
 

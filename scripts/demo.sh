@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job (README "Run it"): the example project's spiders against the bundled
+# demo stream server, writing to the default embedded store, then a summary.
+# Creates .venv if needed and installs the package first. Extra arguments go to
+# example_project/run_demo.py (try --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e .
+exec .venv/bin/python example_project/run_demo.py "$@"

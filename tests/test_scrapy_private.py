@@ -1,0 +1,56 @@
+"""Fails loudly when a Scrapy release moves a private name scrapy-sse relies on.
+
+Each check names the private piece and what breaks for users without it.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from scrapy.utils.test import get_crawler
+
+from scrapy_sse import _scrapy_private
+
+
+def test_http11_agent_factory_still_exists() -> None:
+    # Proxies, CONNECT tunnels and bind addresses for streams come from here.
+    from scrapy.core.downloader.handlers import http11
+
+    assert hasattr(http11, "_ScrapyAgent"), "http11._ScrapyAgent is gone"
+    assert hasattr(http11, "_TunnelingAgent"), "http11._TunnelingAgent is gone"
+    params = inspect.signature(http11._ScrapyAgent.__init__).parameters
+    for name in ("contextFactory", "connectTimeout", "bindAddress", "pool", "crawler"):
+        assert name in params, f"_ScrapyAgent no longer takes {name!r}"
+    assert list(inspect.signature(http11._ScrapyAgent._get_agent).parameters) == [
+        "self",
+        "request",
+        "timeout",
+    ]
+
+
+def test_tls_helpers_still_exist() -> None:
+    from scrapy.core.downloader import contextfactory
+    from scrapy.utils import ssl
+
+    assert callable(contextfactory._load_context_factory_from_settings)
+    assert callable(ssl._make_ssl_context)
+    crawler = get_crawler()
+    assert _scrapy_private.load_tls_policy(crawler) is not None
+    assert _scrapy_private.make_ssl_context(crawler) is not None
+
+
+def test_engine_close_spider_async_is_wrappable() -> None:
+    # Shutdown closes streams before the engine waits for in-progress requests.
+    from scrapy.core.engine import ExecutionEngine
+
+    params = inspect.signature(ExecutionEngine.close_spider_async).parameters
+    assert "reason" in params
+    assert params["reason"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("name", ["wrap_twisted_exceptions"])
+def test_download_handler_utils_still_exist(name: str) -> None:
+    from scrapy.utils import _download_handlers
+
+    assert callable(getattr(_download_handlers, name))

@@ -1,0 +1,75 @@
+"""TLS, CONNECT proxies and a third-party server (sse-starlette under uvicorn)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from .crawl import run_crawl
+from .servers.proxy import ConnectProxy
+from .servers.sse_server import SSEServer
+from .servers.starlette_app import UvicornServer
+from .servers.tls import TemporaryTLS
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[SSEServer]:
+    with TemporaryTLS() as tls, SSEServer(ssl_context=tls.server_context()) as server:
+        yield server
+
+
+def ids(result: object) -> list[str]:
+    return [item["id"] for item in result.items]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("reactorless", [False, True], ids=["twisted", "aiohttp"])
+def test_https_with_self_signed_certificate(tls_server: SSEServer, reactorless: bool) -> None:
+    url = tls_server.url("/stream?n=20&chunk=9")
+    assert url.startswith("https://")
+    result = run_crawl("PerEvent", args={"url": url}, reactorless=reactorless)
+    assert result.returncode == 0, result.log
+    assert ids(result) == [str(i) for i in range(1, 21)]
+
+
+@pytest.mark.parametrize("reactorless", [False, True], ids=["twisted", "aiohttp"])
+def test_https_through_connect_proxy(tls_server: SSEServer, reactorless: bool) -> None:
+    url = tls_server.url("/stream?n=10&key=proxied")
+    with ConnectProxy() as proxy:
+        result = run_crawl(
+            "PerEvent", args={"url": url, "proxy": proxy.url}, reactorless=reactorless
+        )
+        targets = proxy.connect_targets
+    assert result.returncode == 0, result.log
+    assert ids(result) == [str(i) for i in range(1, 11)]
+    host_port = url.split("/")[2]
+    assert host_port in targets
+
+
+def test_plain_http_through_proxy(sse_server: SSEServer) -> None:
+    url = sse_server.url("/stream?n=5&key=plainproxy")
+    with ConnectProxy() as proxy:
+        result = run_crawl("PerEvent", args={"url": url, "proxy": proxy.url})
+        records = proxy.records
+    assert result.returncode == 0, result.log
+    assert ids(result) == ["1", "2", "3", "4", "5"]
+    assert records, "the request did not go through the proxy"
+
+
+@pytest.fixture(scope="module")
+def starlette() -> Iterator[UvicornServer]:
+    with UvicornServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize("sep", ["crlf", "lf", "cr"])
+def test_sse_starlette_stream(starlette: UvicornServer, sep: str) -> None:
+    url = starlette.url(f"/stream?n=30&event=update&retry=1500&sep={sep}&done=1&ping=0.2")
+    result = run_crawl("PerEvent", args={"url": url})
+    assert result.returncode == 0, result.log
+    assert ids(result) == [str(i) for i in range(1, 31)]
+    assert {item["event"] for item in result.items} == {"update"}
+    assert [json.loads(item["data"])["seq"] for item in result.items] == list(range(1, 31))
+    assert result.items[0]["retry"] == 1500
+    assert result.stat("sse/ends/completed") == 1
