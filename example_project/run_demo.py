@@ -1,0 +1,234 @@
+"""Main job of the example project: run every spider against the demo server.
+
+It starts ``demo_server.py`` on a free port in a background thread, runs the
+``wikimedia``, ``prices`` and ``chat`` spiders together in one Scrapy process
+for a bounded time each (``CLOSESPIDER_TIMEOUT``), stores their items as JSON
+lines under ``output/<spider>.jsonl`` and prints a summary.  It exits non-zero
+when a spider produced no item, so it doubles as an end-to-end smoke test that
+needs no network access::
+
+    python example_project/run_demo.py --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUTPUT = HERE / "output"
+SPIDER_PATHS: dict[str, str] = {
+    "wikimedia": "/v2/stream/recentchange",
+    "prices": "/prices",
+    "chat": "/v1/chat/completions",
+}
+#: The scrapy_sse stat counting events received (dispatched to the spider).
+EVENT_COUNT_STAT = "sse/events"
+EXIT_NO_ITEMS = 1
+EXIT_CRAWL_FAILED = 2
+EXIT_WATCHDOG = 3
+
+
+def _prepare_imports() -> None:
+    """Make ``sse_demo`` and ``scrapy_sse`` importable without installing them.
+
+    The project directory holds ``sse_demo``; ``scrapy_sse`` is preferably the
+    installed package, else the source checkout this example ships in.
+    """
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    if importlib.util.find_spec("scrapy_sse") is None:
+        sys.path.append(str(HERE.parent))
+    # Ours, whatever the environment says: this script only makes sense with it.
+    os.environ["SCRAPY_SETTINGS_MODULE"] = "sse_demo.settings"
+
+
+@dataclass
+class SpiderResult:
+    """What the summary reports about one finished crawl."""
+
+    name: str
+    stats: dict[str, Any]
+    output: Path
+
+    @property
+    def items(self) -> int:
+        return int(self.stats.get("item_scraped_count", 0))
+
+    @property
+    def elapsed(self) -> float:
+        return float(self.stats.get("elapsed_time_seconds") or 0.0)
+
+    @property
+    def events(self) -> int | None:
+        value = self.stats.get(EVENT_COUNT_STAT)
+        return value if isinstance(value, int) else None
+
+    def rate(self, count: int | None) -> str:
+        if count is None or self.elapsed <= 0:
+            return "n/a"
+        return f"{count / self.elapsed:.1f}"
+
+    def output_lines(self) -> int:
+        if not self.output.exists():
+            return 0
+        with self.output.open("rb") as handle:
+            return sum(1 for _ in handle)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=5.0,
+        help="how long each streaming spider runs (CLOSESPIDER_TIMEOUT), default 5",
+    )
+    parser.add_argument(
+        "--spiders",
+        default=",".join(SPIDER_PATHS),
+        help="comma-separated subset of: " + ", ".join(SPIDER_PATHS),
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="feed directory")
+    parser.add_argument("--seed", type=int, default=42, help="demo server seed")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="extra seconds allowed for shutdown before the run is aborted",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    args.spider_names = [name.strip() for name in args.spiders.split(",") if name.strip()]
+    unknown = sorted(set(args.spider_names) - set(SPIDER_PATHS))
+    if unknown or not args.spider_names:
+        parser.error(f"unknown or no spiders: {unknown or args.spiders!r}")
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    return args
+
+
+def start_watchdog(limit: float, running: Mapping[str, Any]) -> threading.Timer:
+    """Abort the process if the crawl outlives *limit* seconds.
+
+    Closing a spider waits for in-flight downloads, and an SSE download never
+    finishes by itself; if stream cancellation ever breaks, this turns a hang
+    into a clear failure instead of a job that never returns.
+    """
+
+    def abort() -> None:
+        stuck = sorted(name for name, crawler in running.items() if crawler.crawling)
+        print(
+            f"run_demo: crawl still running after {limit:.0f} s (spiders: {stuck}); aborting",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_WATCHDOG)
+
+    timer = threading.Timer(limit, abort)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def print_summary(results: list[SpiderResult], base_url: str) -> None:
+    print()
+    print(f"== SSE demo summary (demo server {base_url}) ==")
+    print(f"{'spider':<10} {'items':>6} {'seconds':>8} {'items/s':>8} {'events/s':>9}  reason")
+    for result in results:
+        print(
+            f"{result.name:<10} {result.items:>6} {result.elapsed:>8.2f} "
+            f"{result.rate(result.items):>8} {result.rate(result.events):>9}  "
+            f"{result.stats.get('finish_reason', '?')}"
+        )
+    for result in results:
+        interesting = {
+            key: value
+            for key, value in sorted(result.stats.items())
+            if key.startswith(("sse/", f"{result.name}/"))
+        }
+        if interesting:
+            print(f"-- {result.name} stats")
+            for key, value in interesting.items():
+                print(f"   {key}: {value}")
+    print("-- outputs")
+    for result in results:
+        print(f"   {result.output} ({result.output_lines()} lines)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _prepare_imports()
+
+    from demo_server import DemoConfig, serve_in_thread
+    from scrapy.crawler import AsyncCrawlerProcess, Crawler
+    from scrapy.utils.project import get_project_settings
+
+    output_dir: Path = args.output.resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = get_project_settings()
+    settings.set("CLOSESPIDER_TIMEOUT", args.seconds, priority="cmdline")
+    settings.set("LOG_LEVEL", args.log_level, priority="cmdline")
+    settings.set(
+        "FEEDS",
+        {
+            str(output_dir / "%(name)s.jsonl"): {
+                "format": "jsonlines",
+                "overwrite": True,
+                "encoding": "utf-8",
+            }
+        },
+        priority="cmdline",
+    )
+
+    # A malformed event now and then shows the wikimedia spider's skip counter.
+    base_url, stop_server = serve_in_thread(
+        0, config=DemoConfig(seed=args.seed, wiki_malformed_every=40)
+    )
+    crawlers: dict[str, Crawler] = {}
+    try:
+        process = AsyncCrawlerProcess(settings)
+        for name in args.spider_names:
+            crawler = process.create_crawler(name)
+            crawlers[name] = crawler
+            process.crawl(crawler, url=base_url + SPIDER_PATHS[name])
+        watchdog = start_watchdog(args.seconds + args.grace, crawlers)
+        started = time.monotonic()
+        try:
+            process.start()
+        finally:
+            watchdog.cancel()
+        wall = time.monotonic() - started
+    finally:
+        stop_server()
+
+    results = [
+        SpiderResult(
+            name,
+            dict(crawler.stats.get_stats()) if crawler.stats else {},
+            output_dir / f"{name}.jsonl",
+        )
+        for name, crawler in crawlers.items()
+    ]
+    print_summary(results, base_url)
+    print(f"-- wall time {wall:.2f} s")
+    if getattr(process, "bootstrap_failed", False):
+        print("run_demo: a crawler failed to start", file=sys.stderr)
+        return EXIT_CRAWL_FAILED
+    empty = [result.name for result in results if result.items == 0]
+    if empty:
+        print(f"run_demo: no items from {', '.join(empty)}", file=sys.stderr)
+        return EXIT_NO_ITEMS
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Example Scrapy project consuming Server-Sent Events streams with ``scrapy_sse``."""

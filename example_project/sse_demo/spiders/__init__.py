@@ -1,0 +1,1 @@
+"""Spiders of the example project; Scrapy discovers them through ``SPIDER_MODULES``."""
