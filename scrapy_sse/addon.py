@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .extension import SSEExtension
 from .handler import SSEDownloadHandler
-from .middlewares import SSESpiderMiddleware
+from .middlewares import SSEDownloaderMiddleware, SSESpiderMiddleware
 from .settings import DEFAULTS
 
 if TYPE_CHECKING:
@@ -41,5 +41,12 @@ class SSEAddon:
             settings.set("SSE_FALLBACK_HANDLERS", fallbacks, priority="addon")
         for scheme in ("http", "https"):
             settings["DOWNLOAD_HANDLERS"][scheme] = HANDLER_PATH
-        settings.set_in_component_priority_dict("SPIDER_MIDDLEWARES", SSESpiderMiddleware, 950)
+        # Nearest the engine: the reconnect requests it adds bypass DepthMiddleware
+        # (a reconnect is not a level deeper) and the off-site filter.
+        settings.set_in_component_priority_dict("SPIDER_MIDDLEWARES", SSESpiderMiddleware, 25)
+        # Nearest the downloader: it sees a stream's connection errors before
+        # RetryMiddleware and turns them into an ended stream.
+        settings.set_in_component_priority_dict(
+            "DOWNLOADER_MIDDLEWARES", SSEDownloaderMiddleware, 950
+        )
         settings.set_in_component_priority_dict("EXTENSIONS", SSEExtension, 500)

@@ -26,7 +26,6 @@ from itemadapter import is_item
 from scrapy import Request, Spider
 from twisted.python.failure import Failure
 
-from .errors import SSEError
 from .events import SSEEventItem, parse_json_or_none
 
 if TYPE_CHECKING:
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
     from .http import SSEResponse
-    from .stream import SSEStream
 
 logger = logging.getLogger(__name__)
 
@@ -75,20 +73,6 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
     event_callback = cast("Callable[..., Any] | None", request.callback)
     errback = request.errback
 
-    async def handle_errors(stream: SSEStream, exc: BaseException) -> AsyncIterator[Any]:
-        failure = Failure(exc)
-        failure.request = request  # type: ignore[attr-defined]
-        if errback is None:
-            logger.error(
-                "SSE stream %s ended with an error: %s",
-                stream.url,
-                exc,
-                extra={"spider": spider},
-            )
-            return
-        async for value in _outputs(errback(failure)):
-            yield value
-
     if event_callback is None:
         if _has_own_parse(spider):
             return None
@@ -97,55 +81,45 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
             stream = response.stream
             assert stream is not None
             url = response.url
-            try:
-                async for event in stream:
-                    data = event[1]
-                    yield SSEEventItem(
-                        url, event[0], event[2], data, parse_json_or_none(data), time()
-                    )
-            except SSEError as exc:
-                async for value in handle_errors(stream, exc):
-                    yield value
+            async for event in stream:
+                data = event[1]
+                yield SSEEventItem(url, event[0], event[2], data, parse_json_or_none(data), time())
 
         return events_as_items
 
     async def per_event(response: SSEResponse, **kwargs: Any) -> AsyncIterator[Any]:
         stream = response.stream
         assert stream is not None
-        try:
-            async for event in stream:
-                try:
-                    result = event_callback(event, **kwargs)
-                    if result is None:
-                        continue
-                    async for value in _outputs(result):
-                        yield value
-                except Exception as exc:
-                    stats.inc_value("sse/callback_errors")
-                    stats.inc_value(f"sse/callback_errors/{type(exc).__name__}")
-                    logger.error(
-                        "Spider callback failed on SSE event %r from %s",
-                        event,
-                        stream.url,
-                        exc_info=True,
-                        extra={"spider": spider},
-                    )
-                    if errback is not None:
-                        failure = Failure(exc)
-                        failure.request = request  # type: ignore[attr-defined]
-                        failure.event = event  # type: ignore[attr-defined]
-                        try:
-                            async for value in _outputs(errback(failure)):
-                                yield value
-                        except Exception:
-                            logger.error(
-                                "Errback failed for SSE event %r",
-                                event,
-                                exc_info=True,
-                                extra={"spider": spider},
-                            )
-        except SSEError as exc:
-            async for value in handle_errors(stream, exc):
-                yield value
+        async for event in stream:
+            try:
+                result = event_callback(event, **kwargs)
+                if result is None:
+                    continue
+                async for value in _outputs(result):
+                    yield value
+            except Exception as exc:
+                stats.inc_value("sse/callback_errors")
+                stats.inc_value(f"sse/callback_errors/{type(exc).__name__}")
+                logger.error(
+                    "Spider callback failed on SSE event %r from %s",
+                    event,
+                    stream.url,
+                    exc_info=True,
+                    extra={"spider": spider},
+                )
+                if errback is not None:
+                    failure = Failure(exc)
+                    failure.request = request  # type: ignore[attr-defined]
+                    failure.event = event  # type: ignore[attr-defined]
+                    try:
+                        async for value in _outputs(errback(failure)):
+                            yield value
+                    except Exception:
+                        logger.error(
+                            "Errback failed for SSE event %r",
+                            event,
+                            exc_info=True,
+                            extra={"spider": spider},
+                        )
 
     return per_event

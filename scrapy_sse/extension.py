@@ -7,11 +7,14 @@ would wait for open streams, which never end by themselves.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
+from scrapy.utils.asyncio import create_looping_call
+from scrapy.utils.job import job_dir
 
 from . import _scrapy_private
+from .checkpoint import Checkpoints
 from .registry import StreamRegistry
 from .settings import SSESettings
 from .stream import SPIDER_CLOSED
@@ -26,8 +29,9 @@ logger = logging.getLogger(__name__)
 class SSEExtension:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
-        settings = SSESettings.from_settings(crawler.settings)
-        self.registry = StreamRegistry.for_crawler(crawler, settings.max_streams)
+        self.settings = SSESettings.from_settings(crawler.settings)
+        self.registry = StreamRegistry.for_crawler(crawler)
+        self._checkpoint_timer: Any = None
         crawler.signals.connect(self._engine_started, signal=signals.engine_started)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
@@ -38,6 +42,17 @@ class SSEExtension:
     def _engine_started(self) -> None:
         assert self.crawler.engine is not None
         _scrapy_private.install_close_hook(self.crawler.engine, self._closing)
+        jobdir = job_dir(self.crawler.settings)
+        if jobdir:
+            self.registry.checkpoints = Checkpoints(jobdir)
+            if len(self.registry.checkpoints):
+                logger.info(
+                    "Loaded SSE checkpoints for %d stream(s) from %s",
+                    len(self.registry.checkpoints),
+                    self.registry.checkpoints.path,
+                )
+            self._checkpoint_timer = create_looping_call(self.registry.flush_checkpoints)
+            self._checkpoint_timer.start(self.settings.checkpoint_interval, now=False)
 
     async def _closing(self, reason: str) -> None:
         closed = self.registry.close_all(SPIDER_CLOSED)
@@ -50,3 +65,7 @@ class SSEExtension:
 
     def _spider_closed(self) -> None:
         self.registry.close_all(SPIDER_CLOSED)
+        if self._checkpoint_timer is not None and self._checkpoint_timer.running:
+            self._checkpoint_timer.stop()
+        # Every stream has ended and every delivered item has been processed by now.
+        self.registry.flush_checkpoints()

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy.core.downloader.handlers.base import BaseDownloadHandler
 from scrapy.exceptions import NotConfigured, NotSupported
-from scrapy.http import Response
+from scrapy.http import Headers, Response
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import build_from_crawler, load_object
 
 from .dispatch import build_callback
-from .errors import SSEResponseError
+from .errors import SSEResponseError, SSEStreamError
 from .http import SSEResponse, is_sse_request
 from .registry import StreamRegistry
 from .settings import SSESettings
-from .stream import NO_CONTENT, SSEStream
+from .stream import HTTP_ERROR, NETWORK_ERROR, NO_CONTENT, SSEStream
 from .transport import body_decoder
 
 if TYPE_CHECKING:
@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 
 #: Bytes of an error body kept in SSEResponseError (APIs explain errors there).
 ERROR_BODY_LIMIT = 1024
+
+
+def download_slot(request: Request) -> str:
+    """The key ``SSE_MAX_STREAMS_PER_SLOT`` counts by: Scrapy's download slot."""
+    slot = request.meta.get("download_slot")
+    return str(slot) if slot is not None else (urlparse_cached(request).hostname or "")
 
 
 def is_event_stream(content_type: bytes | None) -> bool:
@@ -49,7 +55,7 @@ class SSEDownloadHandler(BaseDownloadHandler):
     def __init__(self, crawler: Crawler) -> None:
         super().__init__(crawler)
         self._settings = SSESettings.from_settings(crawler.settings)
-        self._registry = StreamRegistry.for_crawler(crawler, self._settings.max_streams)
+        self._registry = StreamRegistry.for_crawler(crawler)
         self._fallbacks: dict[str, Any] = {}
         self._transport: Transport | None = None
 
@@ -89,15 +95,16 @@ class SSEDownloadHandler(BaseDownloadHandler):
             fallback = self._fallback(urlparse_cached(request).scheme)
             response: Response = await fallback.download_request(request)
             return response
-        await self._registry.acquire()
+        slot = download_slot(request)
+        await self._registry.acquire(slot)
         try:
             opened = await self._get_transport().open(request)
-            return await self._respond(request, opened)
+            return await self._respond(request, opened, slot)
         except BaseException:
-            self._registry.release()
+            self._registry.release(slot)
             raise
 
-    async def _respond(self, request: Request, opened: OpenedResponse) -> Response:
+    async def _respond(self, request: Request, opened: OpenedResponse, slot: str) -> Response:
         """Turn an opened response into what Scrapy should see. On return without a
         live stream registered, the caller releases the stream slot."""
         status = opened.status
@@ -107,14 +114,14 @@ class SSEDownloadHandler(BaseDownloadHandler):
         if 300 <= status < 400 and b"Location" in headers:
             # Let RedirectMiddleware follow it (method, body and headers as it decides).
             opened.abort()
-            self._registry.release()
+            self._registry.release(slot)
             return Response(opened.url, status=status, headers=headers, request=request)
         content_type = headers.get(b"Content-Type")
         if status == 204:
             opened.abort()
             stream = self._new_stream(request)
             stream.finish(NO_CONTENT)
-            self._registry.release()
+            self._registry.release(slot)
             logger.info("SSE stream %s answered 204 No Content: not streaming", request.url)
             return self._response(request, opened, stream)
         if status != 200 or not is_event_stream(content_type):
@@ -136,7 +143,7 @@ class SSEDownloadHandler(BaseDownloadHandler):
         headers.pop(b"Content-Encoding", None)
         headers.pop(b"Content-Length", None)
         stream = self._new_stream(request)
-        self._registry.add(stream)
+        self._registry.add(stream, slot)
         stats.inc_value("sse/streams_opened")
         logger.debug("Opened SSE stream %s", request.url)
         response = self._response(request, opened, stream)
@@ -144,35 +151,20 @@ class SSEDownloadHandler(BaseDownloadHandler):
         return response
 
     def _new_stream(self, request: Request) -> SSEStream:
-        settings = self._settings
-        return SSEStream(
-            request,
-            queue_size=settings.for_request(request, "queue_size"),
-            max_event_size=settings.for_request(request, "max_event_size"),
-            done_data=settings.done_data,
-            comments=settings.for_request(request, "comments"),
-            stats=self.crawler.stats,
-            last_event_id=getattr(request, "last_event_id", None)
-            or (request.headers.get(b"Last-Event-ID") or b"").decode("utf-8", "replace"),
-        )
+        return new_stream(self.crawler, self._settings, request)
 
     def _response(self, request: Request, opened: OpenedResponse, stream: SSEStream) -> SSEResponse:
-        callback = build_callback(request, self.crawler)
-        response_request = request if callback is None else request.replace(callback=callback)
-        response = SSEResponse(
-            opened.url,
+        return stream_response(
+            self.crawler,
+            request,
+            stream,
+            url=opened.url,
             status=opened.status,
             headers=opened.headers,
-            body=b"",
-            request=response_request,
-            stream=stream,
             ip_address=opened.ip_address,
             certificate=opened.certificate,
             protocol=opened.protocol,
         )
-        stream.response = response
-        stream.parser.source = response
-        return response
 
     async def close(self) -> None:
         self._registry.close_all("spider_closed")
@@ -180,3 +172,76 @@ class SSEDownloadHandler(BaseDownloadHandler):
             await self._transport.close()
         for handler in self._fallbacks.values():
             await handler.close()
+
+
+def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSEStream:
+    """The stream object for one connection of ``request``, configured per request."""
+    last_event_id = getattr(request, "last_event_id", None) or (
+        request.headers.get(b"Last-Event-ID") or b""
+    ).decode("utf-8", "replace")
+    skip_ids = request.meta.get("sse_skip_ids") or ([last_event_id] if last_event_id else [])
+    return SSEStream(
+        request,
+        queue_size=settings.for_request(request, "queue_size"),
+        max_event_size=settings.for_request(request, "max_event_size"),
+        done_data=settings.done_data,
+        comments=settings.for_request(request, "comments"),
+        stats=crawler.stats,
+        last_event_id=last_event_id,
+        read_timeout=float(settings.for_request(request, "read_timeout") or 0),
+        skip_ids=skip_ids,
+    )
+
+
+def stream_response(
+    crawler: Crawler,
+    request: Request,
+    stream: SSEStream,
+    *,
+    url: str,
+    status: int,
+    headers: Headers | None,
+    **kwargs: Any,
+) -> SSEResponse:
+    """The ``SSEResponse`` Scrapy passes on, with the callback that reads the stream.
+
+    Its request is a copy that carries that callback and ``handle_httpstatus_all``:
+    a failed connection also becomes an ``SSEResponse`` (with an error status), which
+    must reach the spider middleware instead of being filtered by HttpErrorMiddleware.
+    """
+    callback = build_callback(request, crawler)
+    meta = dict(request.meta)
+    meta["handle_httpstatus_all"] = True
+    changes: dict[str, Any] = {"meta": meta}
+    if callback is not None:
+        changes["callback"] = callback
+    response = SSEResponse(
+        url,
+        status=status,
+        headers=headers,
+        body=b"",
+        request=request.replace(**changes),
+        stream=stream,
+        **kwargs,
+    )
+    stream.response = response
+    stream.parser.source = response
+    return response
+
+
+def failed_response(crawler: Crawler, request: Request, exc: BaseException) -> SSEResponse:
+    """An ``SSEResponse`` whose stream ended before it began, carrying ``exc``."""
+    settings = SSESettings.from_settings(crawler.settings)
+    stream = new_stream(crawler, settings, request)
+    if isinstance(exc, SSEResponseError):
+        reason = HTTP_ERROR
+        status = exc.status
+        headers = Headers(exc.headers)
+    else:
+        reason = exc.reason if isinstance(exc, SSEStreamError) else NETWORK_ERROR
+        status = 0
+        headers = None
+    stream.finish(reason, exc)
+    return stream_response(
+        crawler, request, stream, url=request.url, status=status, headers=headers
+    )

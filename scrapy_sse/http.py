@@ -33,6 +33,11 @@ class SSERequest(Request):
 
     ``last_event_id`` is sent as ``Last-Event-ID`` on the first connection.
     ``reconnect=False`` means the stream is never reopened once it ends.
+
+    Unlike a page, a stream is a subscription: ``dont_filter`` defaults to ``True``, so
+    a restarted ``JOBDIR`` crawl reopens it (from its checkpoint) instead of the
+    duplicate filter dropping it. Scrapy's ``RetryMiddleware`` is switched off for it
+    (``dont_retry``): reconnection has its own policy.
     """
 
     attributes: tuple[str, ...] = (*Request.attributes, "last_event_id", "reconnect")
@@ -45,6 +50,7 @@ class SSERequest(Request):
         reconnect: bool = True,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("dont_filter", True)
         super().__init__(url, *args, **kwargs)
         self.last_event_id = last_event_id
         self.reconnect = reconnect
@@ -58,6 +64,7 @@ class SSERequest(Request):
             headers[b"Last-Event-ID"] = last_event_id.encode("utf-8")
         # An open stream has an empty body at response time: caching it is wrong.
         self.meta.setdefault("dont_cache", True)
+        self.meta.setdefault("dont_retry", True)
 
 
 def is_sse_request(request: Request) -> bool:

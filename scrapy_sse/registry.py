@@ -1,25 +1,33 @@
-"""Which streams are open in a crawl, and how many may be.
+"""The open streams of a crawl, how many may be open, and their timers.
 
-One registry per crawler, shared by the download handlers (one instance per scheme)
-and the extension (which closes everything when the spider closes). It lives in a
-weak mapping keyed by the crawler so no component has to find another.
+One registry per crawler, shared by the download handlers (one instance per scheme),
+the middlewares and the extension (which closes everything when the spider closes).
+It lives in a weak mapping keyed by the crawler so no component has to find another.
+
+It also owns the only timers: one watchdog for read timeouts of all streams (not a
+timer per read, which would cost a reschedule per chunk), and the cancellable waits
+before reconnects, so that closing the spider ends them at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from typing import TYPE_CHECKING
+from collections import defaultdict, deque
+from time import monotonic
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
+from scrapy.utils.asyncio import call_later, create_looping_call
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from .errors import SSEStreamError
+from .stream import READ_TIMEOUT
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
+    from .checkpoint import Checkpoints
     from .stream import SSEStream
 
 logger = logging.getLogger(__name__)
@@ -27,54 +35,163 @@ logger = logging.getLogger(__name__)
 _registries: WeakKeyDictionary[Crawler, StreamRegistry] = WeakKeyDictionary()
 
 
-class StreamRegistry:
-    def __init__(self, max_streams: int = 0) -> None:
-        self.max_streams = max_streams
-        self.streams: set[SSEStream] = set()
-        self._reserved = 0
-        self._waiting: deque[Deferred[None]] = deque()
-        self.closing = False
+class _Gate:
+    """A counting gate: at most ``limit`` holders (0: no limit), FIFO waiters."""
 
-    @classmethod
-    def for_crawler(cls, crawler: Crawler, max_streams: int = 0) -> StreamRegistry:
-        registry = _registries.get(crawler)
-        if registry is None:
-            registry = _registries[crawler] = cls(max_streams)
-        return registry
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.waiting: deque[Deferred[None]] = deque()
 
-    async def acquire(self) -> None:
-        """Wait for a free stream slot (``SSE_MAX_STREAMS``)."""
-        if self.closing:
-            raise SSEStreamError("The spider is closing; no new stream is opened", "closing")
-        if not self.max_streams or self._reserved < self.max_streams:
-            self._reserved += 1
-            return
-        waiter: Deferred[None] = Deferred()
-        self._waiting.append(waiter)
-        await maybe_deferred_to_future(waiter)
+    def try_take(self) -> bool:
+        if not self.limit or self.held < self.limit:
+            self.held += 1
+            return True
+        return False
 
     def release(self) -> None:
-        if self._waiting and not self.closing:
-            # Hand the slot straight to the next waiting stream.
-            self._waiting.popleft().callback(None)
+        if self.waiting:
+            self.waiting.popleft().callback(None)  # the slot passes on as is
         else:
-            self._reserved -= 1
+            self.held -= 1
 
-    def add(self, stream: SSEStream) -> None:
+
+class StreamRegistry:
+    def __init__(self, max_streams: int = 0, max_per_slot: int = 0) -> None:
+        self._total = _Gate(max_streams)
+        self._max_per_slot = max_per_slot
+        self._slots: defaultdict[str, _Gate] = defaultdict(lambda: _Gate(max_per_slot))
+        self.streams: set[SSEStream] = set()
+        self._sleeps: set[Deferred[bool]] = set()
+        self._watchdog: Any = None
+        self._watch_interval = 0.0
+        self.closing = False
+        #: Delivered-id checkpoints (set by the extension when JOBDIR is set).
+        self.checkpoints: Checkpoints | None = None
+
+    @classmethod
+    def for_crawler(cls, crawler: Crawler) -> StreamRegistry:
+        registry = _registries.get(crawler)
+        if registry is None:
+            settings = crawler.settings
+            registry = _registries[crawler] = cls(
+                settings.getint("SSE_MAX_STREAMS"), settings.getint("SSE_MAX_STREAMS_PER_SLOT")
+            )
+        return registry
+
+    # -- caps ----------------------------------------------------------------------
+
+    async def acquire(self, slot: str) -> None:
+        """Wait for a free stream slot: crawl-wide (``SSE_MAX_STREAMS``), then per
+        download slot (``SSE_MAX_STREAMS_PER_SLOT``)."""
+        for gate in (self._total, self._slots[slot]):
+            if self.closing:
+                raise SSEStreamError("The spider is closing; no new stream is opened", "closing")
+            if gate.try_take():
+                continue
+            waiter: Deferred[None] = Deferred()
+            gate.waiting.append(waiter)
+            try:
+                await maybe_deferred_to_future(waiter)
+            except BaseException:
+                if gate is self._slots[slot]:
+                    self._total.release()
+                raise
+
+    def release(self, slot: str) -> None:
+        gate = self._slots[slot]
+        gate.release()
+        if not gate.held and not gate.waiting:
+            del self._slots[slot]
+        self._total.release()
+
+    # -- open streams ----------------------------------------------------------------
+
+    def add(self, stream: SSEStream, slot: str) -> None:
         self.streams.add(stream)
-        stream.on_end(self._ended)
+        stream.on_end(lambda s: self._ended(s, slot))
+        if stream.read_timeout:
+            stream.last_activity = monotonic()
+            self._watch(stream.read_timeout)
 
-    def _ended(self, stream: SSEStream) -> None:
+    def _ended(self, stream: SSEStream, slot: str) -> None:
         self.streams.discard(stream)
-        self.release()
+        self.release(slot)
+        self.record(stream)
+
+    def record(self, stream: SSEStream) -> None:
+        """Checkpoint the stream's last delivered id (a no-op without JOBDIR)."""
+        if self.checkpoints is not None and stream.last_delivered_id:
+            key = stream.request.meta.get("sse_stream_key")
+            if key:
+                self.checkpoints.set(key, stream.last_delivered_id)
+
+    def flush_checkpoints(self) -> None:
+        if self.checkpoints is None:
+            return
+        for stream in self.streams:
+            self.record(stream)
+        self.checkpoints.flush()
+
+    def _watch(self, timeout: float) -> None:
+        interval = max(0.05, min(1.0, timeout / 4))
+        if self._watchdog is not None and interval >= self._watch_interval:
+            return
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self._watch_interval = interval
+        self._watchdog = create_looping_call(self._check_idle)
+        self._watchdog.start(interval, now=False)
+
+    def _check_idle(self) -> None:
+        now = monotonic()
+        for stream in list(self.streams):
+            timeout = stream.read_timeout
+            # A paused stream is silent because we stopped reading, not the server.
+            if timeout and not stream.is_paused and now - stream.last_activity > timeout:
+                logger.warning(
+                    "SSE stream %s received nothing for %.1f s (SSE_READ_TIMEOUT): "
+                    "dropping the connection",
+                    stream.url,
+                    now - stream.last_activity,
+                )
+                stream.finish(
+                    READ_TIMEOUT,
+                    SSEStreamError(f"No data for {timeout} s (SSE_READ_TIMEOUT)", READ_TIMEOUT),
+                )
+
+    # -- reconnect waits ---------------------------------------------------------------
+
+    async def sleep(self, seconds: float) -> bool:
+        """Wait before a reconnect; ``False`` if the spider closed meanwhile."""
+        if self.closing:
+            return False
+        if seconds <= 0:
+            return True
+        waiter: Deferred[bool] = Deferred()
+        timer = call_later(seconds, waiter.callback, True)
+        self._sleeps.add(waiter)
+        try:
+            return await maybe_deferred_to_future(waiter)
+        finally:
+            timer.cancel()
+            self._sleeps.discard(waiter)
+
+    # -- shutdown --------------------------------------------------------------------
 
     def close_all(self, reason: str) -> int:
-        """Close every open stream and refuse waiting ones; returns how many closed."""
+        """Close every open stream, end reconnect waits and refuse waiting streams."""
         self.closing = True
-        waiting, self._waiting = self._waiting, deque()
-        for waiter in waiting:
-            waiter.errback(SSEStreamError("The spider closed before the stream opened", reason))
+        for gate in (self._total, *self._slots.values()):
+            waiting, gate.waiting = gate.waiting, deque()
+            for waiter in waiting:
+                waiter.errback(SSEStreamError("The spider closed before the stream opened", reason))
+        for sleep in list(self._sleeps):
+            if not sleep.called:
+                sleep.callback(False)
         streams = list(self.streams)
         for stream in streams:
             stream.close(reason)
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
         return len(streams)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .parser import DEFAULT_MAX_EVENT_SIZE
+from .policy import PolicySettings
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -30,6 +31,22 @@ DEFAULTS: dict[str, Any] = {
     "SSE_COMMENTS": False,
     # Per scheme, the handler non-stream requests go to; default: what Scrapy would use.
     "SSE_FALLBACK_HANDLERS": {},
+    # Most streams open at once per download slot (meta["download_slot"]); 0: no limit.
+    "SSE_MAX_STREAMS_PER_SLOT": 0,
+    # Seconds without a byte (comments count) before a connection is dropped; 0: never.
+    "SSE_READ_TIMEOUT": 300.0,
+    # Seconds before reconnecting when the server sent no retry: field.
+    "SSE_RETRY_DELAY": 1.0,
+    # Ceiling of the exponential backoff between consecutive failed connections.
+    "SSE_BACKOFF_MAX": 60.0,
+    # Events a connection must deliver to count as healthy (resets the backoff).
+    "SSE_BACKOFF_RESET_AFTER": 1,
+    # Reconnects of one stream before giving up; None: unlimited.
+    "SSE_MAX_RECONNECTS": None,
+    # Seconds of consecutive failures before giving up; None: never.
+    "SSE_GIVE_UP_AFTER": None,
+    # Seconds between JOBDIR checkpoints of delivered ids (also written at close).
+    "SSE_CHECKPOINT_INTERVAL": 1.0,
 }
 
 
@@ -40,6 +57,13 @@ class SSESettings:
     done_data: tuple[str, ...]
     max_streams: int
     comments: bool
+    read_timeout: float
+    retry_delay: float
+    backoff_max: float
+    backoff_reset_after: int
+    max_reconnects: int | None
+    give_up_after: float | None
+    checkpoint_interval: float
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> SSESettings:
@@ -53,8 +77,30 @@ class SSESettings:
             done_data=tuple(settings.getlist("SSE_DONE_DATA", DEFAULTS["SSE_DONE_DATA"])),
             max_streams=int(get("SSE_MAX_STREAMS")),
             comments=bool(settings.getbool("SSE_COMMENTS", DEFAULTS["SSE_COMMENTS"])),
+            read_timeout=float(get("SSE_READ_TIMEOUT")),
+            retry_delay=float(get("SSE_RETRY_DELAY")),
+            backoff_max=float(get("SSE_BACKOFF_MAX")),
+            backoff_reset_after=int(get("SSE_BACKOFF_RESET_AFTER")),
+            max_reconnects=_optional(settings.get("SSE_MAX_RECONNECTS"), int),
+            give_up_after=_optional(settings.get("SSE_GIVE_UP_AFTER"), float),
+            checkpoint_interval=float(get("SSE_CHECKPOINT_INTERVAL")),
+        )
+
+    def policy(self, request: Request) -> PolicySettings:
+        """Reconnect settings for one request (``meta["sse_<name>"]`` overrides)."""
+        return PolicySettings(
+            retry_delay=float(self.for_request(request, "retry_delay")),
+            backoff_max=float(self.for_request(request, "backoff_max")),
+            backoff_reset_after=int(self.for_request(request, "backoff_reset_after")),
+            max_reconnects=_optional(self.for_request(request, "max_reconnects"), int),
+            give_up_after=_optional(self.for_request(request, "give_up_after"), float),
         )
 
     def for_request(self, request: Request, name: str) -> Any:
         """The value for one request: ``meta["sse_<name>"]`` wins over the setting."""
         return request.meta.get(f"sse_{name}", getattr(self, name))
+
+
+def _optional(value: Any, kind: type[Any]) -> Any:
+    """``None`` and ``""`` mean "no limit" (a setting given as ``-s X=`` on the CLI)."""
+    return None if value in (None, "") else kind(value)

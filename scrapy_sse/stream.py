@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scrapy.utils.defer import maybe_deferred_to_future
@@ -48,6 +49,13 @@ DECODE_ERROR = "decode_error"
 CLOSED = "closed"  # stream.close() from a callback
 SPIDER_CLOSED = "spider_closed"
 CALLBACK_DONE = "callback_done"  # a response callback returned without draining
+RESTART = "restart"  # stream.restart() from a callback: reconnect now
+READ_TIMEOUT = "read_timeout"  # nothing received for SSE_READ_TIMEOUT seconds
+HTTP_ERROR = "http_error"  # the server answered, but not with a usable stream
+NETWORK_ERROR = "network_error"  # no response at all (refused, DNS, TLS, timeout)
+
+#: How many recently delivered ids a reconnect remembers to skip resent events.
+DEDUP_WINDOW = 64
 
 
 class SSEStream:
@@ -63,6 +71,8 @@ class SSEStream:
         comments: bool = False,
         stats: StatsCollector | None = None,
         last_event_id: str = "",
+        read_timeout: float = 0.0,
+        skip_ids: Collection[str] = (),
     ) -> None:
         self.request = request
         self.url = request.url
@@ -90,6 +100,14 @@ class SSEStream:
         self.events_delivered = 0
         self.bytes_received = 0
         self.pauses = 0
+        #: Seconds without any byte after which the watchdog aborts (0: never).
+        self.read_timeout = read_timeout
+        #: ``time.monotonic()`` of the last read (set by the watchdog's clock).
+        self.last_activity = 0.0
+        self.recent_ids: deque[str] = deque(skip_ids, maxlen=DEDUP_WINDOW)
+        # Ids delivered before a reconnect: a server that resends them is skipped.
+        self._skip_ids = frozenset(skip_ids)
+        self.duplicates_skipped = 0
 
     # -- producer side -------------------------------------------------------------
 
@@ -103,6 +121,7 @@ class SSEStream:
         if self.end_reason is not None:
             return
         self.bytes_received += len(data)
+        self.last_activity = _monotonic()
         try:
             events = self.parser.feed(data)
         except SSEEventTooLarge as exc:
@@ -155,6 +174,8 @@ class SSEStream:
             self._stats.inc_value("sse/comments", self.parser.comments)
             if self.pauses:
                 self._stats.inc_value("sse/backpressure_pauses", self.pauses)
+            if self.duplicates_skipped:
+                self._stats.inc_value("sse/duplicates_skipped", self.duplicates_skipped)
         self._wake()
         callbacks, self._on_end = self._on_end, []
         for callback in callbacks:
@@ -169,9 +190,20 @@ class SSEStream:
     # -- consumer side -------------------------------------------------------------
 
     def close(self, reason: str = CLOSED) -> None:
-        """Stop the stream now; queued events are dropped, nothing more is read."""
+        """Stop the stream for good; queued events are dropped, nothing more is read."""
         self._queue.clear()
         self.finish(reason)
+
+    def restart(self) -> None:
+        """Drop the connection and reconnect now, resuming after the last delivered
+        event (queued, undelivered events are fetched again from the server)."""
+        self._queue.clear()
+        self.finish(RESTART)
+
+    @property
+    def is_paused(self) -> bool:
+        """Whether the transport is paused because the spider is behind."""
+        return self._paused
 
     @property
     def is_open(self) -> bool:
@@ -183,9 +215,11 @@ class SSEStream:
             waiter.callback(None)
 
     async def __aiter__(self) -> AsyncIterator[SSEEvent]:
-        """Events in order; ends when the stream ends, raising if it failed.
+        """Events in order; ends when the stream ends (see ``end_reason``, ``error``).
 
         Each event handed out counts as delivered: a resume starts after the last one.
+        It never raises for a failed stream: the end of a stream (reconnect, give up,
+        errback) is handled once, by the spider middleware, whatever the callback style.
         """
         queue = self._queue
         popleft = queue.popleft
@@ -197,13 +231,20 @@ class SSEStream:
                     if self._producer is not None:
                         self._producer.resume()
                 if type(event) is SSEEvent:
-                    self.last_delivered_id = event[2]
+                    event_id = event[2]
+                    if self._skip_ids:
+                        if event_id and event_id in self._skip_ids:
+                            self.duplicates_skipped += 1
+                            continue
+                        # The first new event: the resent part is over.
+                        self._skip_ids = frozenset()
+                    if event_id != self.last_delivered_id:
+                        self.last_delivered_id = event_id
+                        self.recent_ids.append(event_id)
                     self.events_delivered += 1
                 yield event
                 continue
             if self.end_reason is not None:
-                if self.error is not None:
-                    raise self.error
                 return
             waiter: Deferred[None] = Deferred()
             self._waiter = waiter

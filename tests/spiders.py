@@ -24,9 +24,13 @@ def _error_row(failure: Failure) -> dict[str, Any]:
 
 
 class _Base(scrapy.Spider):
+    """``-a reconnect=1`` turns reconnection on (off by default here, so that a test
+    of a stream's end sees that end rather than a reconnect)."""
+
     url: str
     method = "GET"
     body = ""
+    reconnect = "0"
 
     def request(self, **kwargs: Any) -> SSERequest:
         proxy = getattr(self, "proxy", None)
@@ -36,6 +40,7 @@ class _Base(scrapy.Spider):
             body=self.body or None,
             errback=self.on_error,
             meta={"proxy": proxy} if proxy else None,
+            reconnect=self.reconnect == "1",
             **kwargs,
         )
 
@@ -71,7 +76,7 @@ class Items(_Base):
     name = "items"
 
     async def start(self) -> AsyncIterator[Any]:
-        yield SSERequest(self.url)
+        yield SSERequest(self.url, reconnect=False)
 
 
 class ResponseStyle(scrapy.Spider):
@@ -82,7 +87,7 @@ class ResponseStyle(scrapy.Spider):
     limit = "0"
 
     async def start(self) -> AsyncIterator[Any]:
-        yield SSERequest(self.url)
+        yield SSERequest(self.url, reconnect=False)
 
     async def parse(self, response: SSEResponse) -> AsyncIterator[Any]:
         count = 0
@@ -122,6 +127,7 @@ class Chat(_Base):
             headers={"Content-Type": "application/json", "Authorization": "Bearer k"},
             callback=self.parse_event,
             errback=self.on_error,
+            reconnect=self.reconnect == "1",
         )
 
     def parse_event(self, event: SSEEvent) -> dict[str, Any]:
@@ -138,7 +144,7 @@ class Plain(scrapy.Spider):
 
     async def start(self) -> AsyncIterator[Any]:
         yield scrapy.Request(self.page, callback=self.parse_page)
-        yield SSERequest(self.url, callback=self.parse_event)
+        yield SSERequest(self.url, callback=self.parse_event, reconnect=False)
 
     def parse_page(self, response: scrapy.http.Response) -> dict[str, Any]:
         return {"kind": "page", "status": response.status, "len": len(response.body)}

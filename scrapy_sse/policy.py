@@ -1,0 +1,201 @@
+"""Reconnection decisions, as pure functions of what happened.
+
+No I/O, no clock, no Scrapy: given how a connection ended and the history of the
+logical stream, say whether to reconnect, after how long, or to give up. The random
+source and the clock readings are passed in, so every rule is unit-testable.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from .stream import (
+    CALLBACK_DONE,
+    CLOSED,
+    COMPLETED,
+    NO_CONTENT,
+    RESTART,
+    SPIDER_CLOSED,
+)
+
+RECONNECT = "reconnect"
+GIVE_UP = "give_up"
+STOP = "stop"
+
+#: Ends that a user or the server asked for: never reconnected.
+FINAL_ENDS = frozenset({COMPLETED, NO_CONTENT, CLOSED, SPIDER_CLOSED, CALLBACK_DONE})
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    retry_delay: float = 1.0  # seconds, when the server sent no retry:
+    backoff_max: float = 60.0
+    backoff_reset_after: int = 1  # events delivered on one connection
+    max_reconnects: int | None = None
+    give_up_after: float | None = None  # seconds of failing without delivering
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What the reconnect policy remembers about one logical stream.
+
+    Stored in ``request.meta["sse_history"]`` as a plain dict, so it survives
+    request serialization (JOBDIR) with the request it belongs to.
+    """
+
+    reconnects: int = 0
+    failures: int = 0  # consecutive connections that delivered too little
+    failing_since: float | None = None  # clock reading of the first of them
+    retry_ms: int | None = None  # the server's latest retry:
+    auth_refreshed: bool = False  # the previous reconnect followed a 401/403 refresh
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reconnects": self.reconnects,
+            "failures": self.failures,
+            "failing_since": self.failing_since,
+            "retry_ms": self.retry_ms,
+            "auth_refreshed": self.auth_refreshed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> History:
+        if not data:
+            return cls()
+        return cls(
+            reconnects=int(data.get("reconnects", 0)),
+            failures=int(data.get("failures", 0)),
+            failing_since=data.get("failing_since"),
+            retry_ms=data.get("retry_ms"),
+            auth_refreshed=bool(data.get("auth_refreshed", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one connection ended, as the policy needs to know it."""
+
+    reason: str  # a stream end reason, or "http_<status>", or "network_error"
+    status: int | None = None
+    delivered: int = 0  # events handed to the spider on this connection
+    retry_ms: int | None = None  # latest retry: seen on this connection
+    retry_after: float | None = None  # seconds, from a Retry-After header
+    has_auth_hook: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: str  # RECONNECT, GIVE_UP or STOP
+    delay: float = 0.0
+    reason: str = ""
+    refresh_auth: bool = False
+    history: History = field(default_factory=History)
+
+
+def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now_epoch)
+
+
+def backoff_delay(settings: PolicySettings, history: History, rng: random.Random) -> float:
+    """The wait before the next connection.
+
+    The base is the server's latest ``retry:`` (else ``SSE_RETRY_DELAY``): the spec's
+    reconnection time, always honoured, so a server that fails instantly still sees
+    at least that gap. Each consecutive failure doubles the ceiling (up to
+    ``SSE_BACKOFF_MAX``) and the delay is drawn uniformly between base and ceiling
+    (jitter spreads reconnects of many clients after an outage).
+    """
+    base = history.retry_ms / 1000 if history.retry_ms is not None else settings.retry_delay
+    if history.failures <= 0:
+        return base
+    ceiling = min(settings.backoff_max, base * (2 ** min(history.failures, 32)))
+    if ceiling <= base:
+        return base
+    return rng.uniform(base, ceiling)
+
+
+def decide(
+    outcome: Outcome,
+    history: History,
+    settings: PolicySettings,
+    *,
+    reconnect_enabled: bool,
+    now: float,
+    rng: random.Random,
+) -> Decision:
+    """What to do after one connection of a stream ended."""
+    reason = outcome.reason
+    if reason in FINAL_ENDS:
+        return Decision(STOP, reason=reason, history=history)
+    if not reconnect_enabled:
+        return Decision(GIVE_UP if _is_failure(outcome) else STOP, reason=reason, history=history)
+
+    status = outcome.status
+    if status in (401, 403):
+        if not outcome.has_auth_hook:
+            return Decision(GIVE_UP, reason=f"http_{status}", history=history)
+        if history.auth_refreshed:
+            # Refreshed credentials were refused again straight away.
+            return Decision(GIVE_UP, reason=f"http_{status}_after_refresh", history=history)
+    elif status is not None and 400 <= status < 500 and status != 429:
+        return Decision(GIVE_UP, reason=f"http_{status}", history=history)
+    elif reason in ("bad_content_type", "event_too_large", "unsupported_encoding"):
+        return Decision(GIVE_UP, reason=reason, history=history)
+
+    retry_ms = outcome.retry_ms if outcome.retry_ms is not None else history.retry_ms
+    healthy = outcome.delivered >= max(1, settings.backoff_reset_after)
+    if healthy or reason == RESTART:
+        failures = 0
+        failing_since = None
+    else:
+        failures = history.failures + 1
+        failing_since = history.failing_since if history.failing_since is not None else now
+    new = replace(
+        history,
+        reconnects=history.reconnects + 1,
+        failures=failures,
+        failing_since=failing_since,
+        retry_ms=retry_ms,
+        auth_refreshed=status in (401, 403),
+    )
+    if settings.max_reconnects is not None and history.reconnects >= settings.max_reconnects:
+        return Decision(GIVE_UP, reason="max_reconnects", history=history)
+    if (
+        settings.give_up_after is not None
+        and failing_since is not None
+        and now - failing_since >= settings.give_up_after
+    ):
+        return Decision(GIVE_UP, reason="give_up_after", history=history)
+    if reason == RESTART:
+        delay = 0.0
+    else:
+        # Delay for this reconnect: the backoff of the failures so far (before this one
+        # counts, the first reconnect after a healthy connection waits the base delay).
+        delay = backoff_delay(settings, replace(new, failures=max(0, failures - 1)), rng)
+        if outcome.retry_after is not None:
+            delay = max(delay, outcome.retry_after)
+    return Decision(
+        RECONNECT,
+        delay=delay,
+        reason=reason,
+        refresh_auth=status in (401, 403),
+        history=new,
+    )
+
+
+def _is_failure(outcome: Outcome) -> bool:
+    return outcome.status is not None or outcome.reason not in ("server_closed",)
