@@ -185,7 +185,9 @@ class SSEParser:
         if blocks:
             self.last_event_id = id_buffer
         self._id_buffer = id_buffer
-        if len(tail) > _FOLD_AT:
+        if len(tail) > _FOLD_AT or tail[:1] == ":":
+            # Long, or starting with a comment (a heartbeat must count as soon as it
+            # arrives, not when an event finally follows).
             cut = tail.rfind("\n")
             if cut >= 0:
                 # Complete lines of an unfinished event: fold them into the state now so

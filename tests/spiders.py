@@ -151,3 +151,38 @@ class Plain(scrapy.Spider):
 
     def parse_event(self, event: SSEEvent) -> dict[str, Any]:
         return {"kind": "event", "id": event.id}
+
+
+class Auth(PerEvent):
+    """Starts with ``-a token=``; no way to refresh it."""
+
+    name = "auth"
+    token = "old"
+
+    def request(self, **kwargs: Any) -> SSERequest:
+        request = super().request(**kwargs)
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        return request
+
+
+class AuthRefresh(Auth):
+    """Renews its token through the reconnect hook (``-a new_token=``)."""
+
+    name = "auth_refresh"
+    new_token = "new"
+
+    async def sse_refresh_auth(self, request: SSERequest, response_or_failure: Any) -> Any:
+        self.crawler.stats.inc_value("test/refresh_calls")
+        return {"headers": {"Authorization": f"Bearer {self.new_token}"}}
+
+
+class Restarter(PerEvent):
+    """Calls ``stream.restart()`` after event 5, once."""
+
+    name = "restarter"
+
+    def parse_event(self, event: SSEEvent) -> Any:
+        yield from super().parse_event(event)
+        if event.id == "5" and not getattr(self, "_restarted", False):
+            self._restarted = True
+            event.response.stream.restart()
