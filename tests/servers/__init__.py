@@ -9,8 +9,14 @@ can use them from blocking code (Scrapy, Twisted, ``http.client``)::
         url = srv.url("/stream?n=10&drop_at=120&key=t1")
 
 The uvicorn/sse-starlette server lives in :mod:`.starlette_app` and is not imported
-here, so using the others does not import (and monkey-patch) uvicorn.
+here, so using the others does not import (and monkey-patch) uvicorn.  ``SSEServer``
+is imported lazily so that ``python -m tests.servers.sse_server`` does not find its
+own module already imported (runpy warns about that).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .garbage import GARBAGE_BYTES, GARBAGE_EVENTS, GARBAGE_RETRY
 from .http_client import RawResponse, fetch
@@ -19,8 +25,19 @@ from .proxy import ConnectProxy, basic_credentials
 from .scenarios import ScenarioState
 from .sse_plan import StreamParams, StreamPlan, build_plan, drop_points, plan_from_query
 from .sse_reference import ReferenceParser, RefEvent, parse_all
-from .sse_server import SSEServer
 from .tls import TemporaryTLS, TLSFiles, make_tls_files
+
+if TYPE_CHECKING:
+    from .sse_server import SSEServer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SSEServer":
+        from .sse_server import SSEServer
+
+        return SSEServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GARBAGE_BYTES",

@@ -83,6 +83,7 @@ class ThreadedTCPServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._next_id = 0
+        self._stopping = False
         self._lock = threading.Lock()
 
     # -- lifecycle (called from the test thread) ---------------------------------------
@@ -176,6 +177,12 @@ class ThreadedTCPServer:
             # The peer went away, TLS failed or the wall-clock cap fired: all normal in fault
             # tests.  (asyncio.TimeoutError is distinct from TimeoutError before 3.11.)
             pass
+        except asyncio.CancelledError:
+            # Our own shutdown cancelled the handler.  End the task normally: asyncio's
+            # StreamReaderProtocol calls task.exception() on it, which would raise and
+            # log "Exception in callback" for a cancelled task.
+            if not self._stopping:
+                raise
         except Exception:
             logger.exception("%s: connection %d handler failed", self.name, conn_id)
         finally:
@@ -193,6 +200,7 @@ class ThreadedTCPServer:
         return len(writers)
 
     async def _shutdown(self) -> None:
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         await self._abort_all()

@@ -198,9 +198,7 @@ async def serve_stream(
     pieces = plan.preamble + plan.pieces[index:]
     headers = [*SSE_HEADERS, ("X-Scenario-Connection", str(state.connections))]
     length = sum(len(p.data) for p in pieces)
-    await ctx.responder.start(
-        200, headers, framing=opts.framing, length=length, close=opts.close
-    )
+    await ctx.responder.start(200, headers, framing=opts.framing, length=length, close=opts.close)
     if not await _send_pieces(ctx, plan, pieces, opts, rng):
         return
     if opts.hold:
@@ -316,9 +314,12 @@ async def serve_gzip(ctx: Context) -> None:
     compressor = zlib.compressobj(wbits=31)
     rng = random.Random(f"chunks:{opts.seed}")
     await ctx.responder.start(200, [*SSE_HEADERS, ("Content-Encoding", "gzip")])
-    for number, piece in enumerate(plan.preamble + plan.pieces[index:]):
-        if number and opts.delay and piece.kind == "event":
-            await asyncio.sleep(opts.delay)
+    sent_event = False
+    for piece in plan.preamble + plan.pieces[index:]:
+        if piece.kind in ("event", "done"):
+            if sent_event and opts.delay:
+                await asyncio.sleep(opts.delay)
+            sent_event = True
         data = compressor.compress(piece.data) + compressor.flush(zlib.Z_SYNC_FLUSH)
         await emit(ctx.responder, data, rng, opts.chunk)
     await ctx.responder.write(compressor.flush())

@@ -37,9 +37,9 @@ Scenarios (query parameters; all sizes and durations are capped):
 ``/redirect``  ``code`` (302) to ``to`` (relative or absolute, sent verbatim).
 ``/auth``  401 + JSON unless ``Authorization: Bearer <token>``; then ``/stream``.
 ``/silent``  ``after`` events, then silence for ``hold`` s (default and cap 60).
-``/heartbeat``  ``: ping`` every ``every`` s, ``count`` times, then end.
+``/heartbeat``  ``: ping`` every ``every`` s (1), ``count`` (3) times, then end; ``crlf=1``.
 ``/garbage``  :data:`servers.garbage.GARBAGE_BYTES` (``chunk``/``seed`` split it).
-``/huge``  one event whose data is ``size`` bytes.
+``/huge``  one event (``id: 1``) whose data is ``size`` bytes of ``x`` (1 MiB; cap 256 MiB).
 ``/gzip``  ``/stream`` bytes with ``Content-Encoding: gzip``, flushed per event.
 ``POST /v1/chat/completions``  OpenAI-style chunks; JSON body ``n`` (20); ``x_echo``.
 """
@@ -261,13 +261,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"serving on {server.base_url} (Ctrl+C to stop)", flush=True)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         idle = threading.Event()  # never set: waiting on it is an interruptible sleep
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             while deadline is None or time.monotonic() < deadline:
-                remaining = 60.0 if deadline is None else deadline - time.monotonic()
-                idle.wait(max(0.0, min(60.0, remaining)))
-                print(f"{len(server.requests)} requests so far", flush=True)
-        except KeyboardInterrupt:
-            print("stopping", flush=True)
+                remaining = 3600.0 if deadline is None else deadline - time.monotonic()
+                idle.wait(max(0.0, min(3600.0, remaining)))
+        print(f"stopping after {len(server.requests)} requests", flush=True)
 
 
 if __name__ == "__main__":
