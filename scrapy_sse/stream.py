@@ -174,8 +174,6 @@ class SSEStream:
             self._stats.inc_value("sse/comments", self.parser.comments)
             if self.pauses:
                 self._stats.inc_value("sse/backpressure_pauses", self.pauses)
-            if self.duplicates_skipped:
-                self._stats.inc_value("sse/duplicates_skipped", self.duplicates_skipped)
         self._wake()
         callbacks, self._on_end = self._on_end, []
         for callback in callbacks:
@@ -235,6 +233,8 @@ class SSEStream:
                     if self._skip_ids:
                         if event_id and event_id in self._skip_ids:
                             self.duplicates_skipped += 1
+                            if self._stats is not None:
+                                self._stats.inc_value("sse/duplicates_skipped")
                             continue
                         # The first new event: the resent part is over.
                         self._skip_ids = frozenset()

@@ -242,3 +242,19 @@ def test_resume_against_sse_starlette() -> None:
     assert result.returncode == 0, result.log
     assert ids(result) == list(range(1, 41))
     assert seen[:5] == [None, "7", "14", "21", "28"]
+
+
+def test_events_resent_after_reconnect_are_not_delivered_twice(sse_server: SSEServer) -> None:
+    # The server replays the 3 events before the resume point on every reconnect.
+    url = sse_server.url("/stream?n=300&drops=5&seed=4&resend=3&key=resend&chunk=0")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url, "reconnect": "1"},
+        settings={**FAST, "CLOSESPIDER_ITEMCOUNT": 300},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.log
+    assert ids(result) == list(range(1, 301))
+    reconnects = result.stat("sse/reconnects/connection_lost")
+    assert reconnects >= 5
+    assert result.stat("sse/duplicates_skipped") == 3 * reconnects

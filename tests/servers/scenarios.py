@@ -194,7 +194,16 @@ async def serve_stream(
         state.drop_points = drop_points(query, plan)
     state.connections += 1
     rng = random.Random(f"chunks:{opts.seed}:{state.connections}")
-    index = plan.resume_index(ctx.request.headers.get("last-event-id"))
+    last_event_id = ctx.request.headers.get("last-event-id")
+    index = plan.resume_index(last_event_id)
+    if last_event_id is not None:
+        # resend=K: a server that replays the K events up to and including the one
+        # the client already has (clients must not deliver them twice).
+        resend = int_param(query, "resend", 0, 0, 1000)
+        while resend and index > len(plan.preamble):
+            index -= 1
+            if plan.pieces[index].kind == "event":
+                resend -= 1
     pieces = plan.preamble + plan.pieces[index:]
     headers = [*SSE_HEADERS, ("X-Scenario-Connection", str(state.connections))]
     length = sum(len(p.data) for p in pieces)

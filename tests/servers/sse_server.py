@@ -27,7 +27,8 @@ Scenarios (query parameters; all sizes and durations are capped):
     write per event), ``chunk_delay=S``, ``delay=S`` between events, ``hold=S`` keep
     open after the last event, ``framing=chunked|close|length``, ``close=1``
     (``Connection: close``), ``seed`` for the chunking and drop RNGs.  Honours
-    ``Last-Event-ID``.  Drops: ``drop_at=B1,B2`` / ``drops=K`` cut the connection
+    ``Last-Event-ID`` (``resend=K`` replays the K events before the resume point,
+    as some servers do).  Drops: ``drop_at=B1,B2`` / ``drops=K`` cut the connection
     once at each offset of the logical stream (``rst=1``: TCP reset); state is per
     ``key`` (default: the request target).  See :mod:`servers.sse_plan`.
 ``/status``  ``code`` (500) with ``body``, ``ctype``, ``retry_after`` for the first
