@@ -23,6 +23,7 @@ design choices that follow from that:
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,13 @@ _tuple_new = tuple.__new__
 #: shorter than this; past it, its complete lines are folded into the parser state so
 #: that a long multi-line event costs O(n), not O(n²), however it is cut into reads.
 _FOLD_AT = 2048
+
+#: A whole block of the shape price feeds send: optional ``event:``/``id:`` lines
+#: (``event`` may come before or after ``id``) and one ``data:`` line. One C-level
+#: match replaces a Python loop over its lines; anything else takes the general path.
+_simple_block = re.compile(
+    r"(?:event: ?([^\n]*)\n)?(?:id: ?([^\n]*)\n)?(?:event: ?([^\n]*)\n)?data: ?([^\n]*)"
+).fullmatch
 
 
 class SSEParser:
@@ -141,10 +149,38 @@ class SSEParser:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         if self._tail:
             text = self._tail + text
-        blocks = text.split("\n\n")
-        tail = blocks.pop()
-
         out: list[Any] = []
+        # Split where a blank line is followed by a data field: in the common
+        # data-only stream every middle piece is then exactly one event's value.
+        parts = text.split("\n\ndata: ")
+        if len(parts) == 1:
+            self._blocks(text, out, complete=False)
+            return out
+        self._blocks(parts[0], out, complete=True)
+        last = parts.pop()
+        max_size = self._max_size
+        id_buffer = self._id_buffer
+        source = self.source
+        append = out.append
+        for i in range(1, len(parts)):
+            value = parts[i]
+            if "\n" not in value:
+                if len(value) >= max_size:
+                    raise SSEEventTooLarge(len(value) + 1, max_size, out)
+                append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source)))
+            else:
+                self.last_event_id = id_buffer
+                self._blocks("data: " + value, out, complete=True)
+                id_buffer = self._id_buffer
+        self.last_event_id = id_buffer
+        self._blocks("data: " + last, out, complete=False)
+        return out
+
+    def _blocks(self, text: str, out: list[Any], *, complete: bool) -> None:
+        """Parse ``text``; with ``complete`` it ends at a blank line, else its last
+        block is unfinished and kept for the next read."""
+        blocks = text.split("\n\n")
+        tail = "" if complete else blocks.pop()
         append = out.append
         max_size = self._max_size
         id_buffer = self._id_buffer
@@ -159,12 +195,27 @@ class SSEParser:
                     raise SSEEventTooLarge(len(value) + 1, max_size, out)
                 append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source)))
                 continue
+            if clean:
+                match = _simple_block(block)
+                if match is not None:
+                    # Fast path: event/id lines and one data line, as tickers send.
+                    event_type, event_id, event_type2, value = match.groups()
+                    if event_id is None or "\0" not in event_id:
+                        if event_id is not None:
+                            id_buffer = event_id
+                        if len(value) >= max_size:
+                            raise SSEEventTooLarge(len(value) + 1, max_size, out)
+                        event_type = event_type2 if event_type2 is not None else event_type
+                        append(
+                            _tuple_new(
+                                SSEEvent, (event_type or "message", value, id_buffer, None, source)
+                            )
+                        )
+                        continue
             clean = True
             self._id_buffer = id_buffer
-            try:
-                self._lines(block.split("\n"), out)
-            finally:
-                id_buffer = self._id_buffer
+            self._lines(block.split("\n"), out)
+            id_buffer = self._id_buffer
             # The block ended with a blank line: dispatch. The id becomes the stream's
             # last event id even when there is no data to dispatch.
             data = self._data
@@ -185,6 +236,11 @@ class SSEParser:
         if blocks:
             self.last_event_id = id_buffer
         self._id_buffer = id_buffer
+        if tail[:1] == "\n":
+            # The unfinished part starts with a blank line (a third line end in a
+            # row): it dispatches now, not when more text arrives.
+            self._lines([""], out)
+            tail = tail[1:]
         if len(tail) > _FOLD_AT or tail[:1] == ":":
             # Long, or starting with a comment (a heartbeat must count as soon as it
             # arrives, not when an event finally follows).
@@ -199,62 +255,73 @@ class SSEParser:
                 raise SSEEventTooLarge(len(tail), max_size, out)
         self._tail = tail
         self._pending_limit = max_size - len(tail)
-        return out
 
     def _lines(self, lines: list[str], out: list[Any]) -> None:
         """Apply the field lines of one (part of a) block to the current event."""
-        for line in lines:
-            if not line:
-                # A lone blank line inside a block (three or more line ends in a row,
-                # or one that started this read): dispatch, as at the end of a block.
-                self.last_event_id = self._id_buffer
-                if self._data:
-                    data = self._data
-                    out.append(
-                        SSEEvent(
-                            self._type or "message",
-                            "\n".join(data),
-                            self._id_buffer,
-                            self._event_retry,
-                            self.source,
+        data = self._data
+        data_size = self._data_size
+        etype = self._type
+        event_retry = self._event_retry
+        id_buffer = self._id_buffer
+        max_size = self._max_size
+        try:
+            for line in lines:
+                if not line:
+                    # A lone blank line inside a block (three or more line ends in a
+                    # row, or one that started this read): dispatch.
+                    self.last_event_id = id_buffer
+                    if data:
+                        out.append(
+                            SSEEvent(
+                                etype or "message",
+                                "\n".join(data),
+                                id_buffer,
+                                event_retry,
+                                self.source,
+                            )
                         )
-                    )
-                    self._data = []
-                    self._data_size = 0
-                self._type = ""
-                self._event_retry = None
-                continue
-            if line[0] == ":":
-                self.comments += 1
-                if self._keep_comments:
-                    text = line[1:]
-                    out.append(SSEComment(text[1:] if text[:1] == " " else text))
-                continue
-            colon = line.find(":")
-            if colon < 0:
-                field = line
-                value = ""
-            else:
-                field = line[:colon]
-                value = line[colon + 1 :]
-                if value[:1] == " ":
-                    value = value[1:]
-            if field == "data":
-                self._data.append(value)
-                self._data_size += len(value) + 1
-                if self._data_size > self._max_size:
-                    size = self._data_size
-                    self._data = []
-                    self._data_size = 0
-                    raise SSEEventTooLarge(size, self._max_size, out)
-            elif field == "event":
-                self._type = value
-            elif field == "id":
-                if "\0" not in value:
-                    self._id_buffer = value
-            elif field == "retry" and value.isdigit() and value.isascii():
-                self._event_retry = self.retry = int(value)
-            # Any other field is ignored, as the spec requires.
+                        data = []
+                        data_size = 0
+                    etype = ""
+                    event_retry = None
+                    continue
+                if line[0] == ":":
+                    self.comments += 1
+                    if self._keep_comments:
+                        text = line[1:]
+                        out.append(SSEComment(text[1:] if text[:1] == " " else text))
+                    continue
+                colon = line.find(":")
+                if colon < 0:
+                    field = line
+                    value = ""
+                else:
+                    field = line[:colon]
+                    value = line[colon + 1 :]
+                    if value[:1] == " ":
+                        value = value[1:]
+                if field == "data":
+                    data.append(value)
+                    data_size += len(value) + 1
+                    if data_size > max_size:
+                        size = data_size
+                        data = []
+                        data_size = 0
+                        raise SSEEventTooLarge(size, max_size, out)
+                elif field == "event":
+                    etype = value
+                elif field == "id":
+                    if "\0" not in value:
+                        id_buffer = value
+                elif field == "retry" and value.isdigit() and value.isascii():
+                    event_retry = self.retry = int(value)
+                # Any other field is ignored, as the spec requires.
+        finally:
+            self._data = data
+            self._data_size = data_size
+            self._type = etype
+            self._event_retry = event_retry
+            self._id_buffer = id_buffer
 
     @property
     def pending(self) -> bool:

@@ -1,0 +1,553 @@
+"""``BatchingPipeline``: the batching, retrying, spilling core of every sink.
+
+A feed at market open can deliver thousands of events per second; one INSERT per item
+falls behind, and a sink that is down for a minute must neither stop the stream nor
+lose rows. This class holds the parts every sink needs so that a sink only writes one
+batch (:meth:`BatchingPipeline.write_batch`):
+
+* rows are buffered and written in batches of ``<prefix>_BATCH_SIZE`` or after
+  ``<prefix>_FLUSH_INTERVAL`` seconds, whichever comes first, one flush at a time;
+* flushes run in the background, so ``process_item`` returns at once; only when the
+  buffer holds ``<prefix>_MAX_BUFFER`` rows (2 batches by default) does it wait for the
+  running flush: memory stays bounded and the stream slows down (TCP backpressure)
+  instead of the process growing without limit;
+* a failed write is retried with exponential backoff; when the sink stays down the
+  batch is spilled to a JSON-lines file under ``SSE_SPILL_DIR``, and spilled files are
+  replayed into the sink (then removed) after the next successful write and at open;
+* the final flush happens in ``close_spider``, which Scrapy also runs on the graceful
+  stop after Ctrl-C, so nothing buffered is lost at shutdown.
+
+An item may also be a batch: a ``list`` of items, or any object with an
+``sse_batch_rows`` attribute (an iterable of items). All of its items are buffered by
+one ``process_item`` call and the batch object is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import datetime as dt
+import importlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from itemadapter import ItemAdapter
+from scrapy.utils.asyncio import call_later, run_in_thread, sleep
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from twisted.internet.defer import Deferred
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+    from scrapy.utils.asyncio import CallLaterResult
+    from twisted.python.failure import Failure
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
+
+#: Longest wait between two attempts of one batch, whatever the backoff settings say.
+MAX_RETRY_DELAY = 60.0
+
+
+class MissingDependencyError(ImportError):
+    """A sink's driver is not installed; the message names the pip extra to install.
+
+    An ``ImportError`` rather than ``NotConfigured`` on purpose: Scrapy silently
+    disables a component that raises ``NotConfigured``, and a storage pipeline that the
+    user enabled must not turn into a crawl that stores nothing.
+    """
+
+
+def default_sink_name(prefix: str) -> str:
+    """``"SSE_SQLITE"`` -> ``"sqlite"``: the name in stats, logs and the spill folder."""
+    name = prefix.lower()
+    return name[4:] if name.startswith("sse_") else name
+
+
+def batch_members(item: Any) -> list[Any]:
+    """The items carried by *item*: itself, or every member of a batch item."""
+    if isinstance(item, list):
+        return item
+    members = getattr(item, "sse_batch_rows", None)
+    if members is not None:
+        return list(members)
+    return [item]
+
+
+# -- spill files: JSON lines that give back the Python types of common values ---------
+
+_TAG = "__sse_type__"
+
+
+def _encode(value: Any) -> Any:
+    """``json.dumps`` default: tag the types JSON has not, so a replay restores them."""
+    if isinstance(value, dt.datetime):
+        return {_TAG: "datetime", "v": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {_TAG: "date", "v": value.isoformat()}
+    if isinstance(value, dt.time):
+        return {_TAG: "time", "v": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {_TAG: "decimal", "v": str(value)}
+    if isinstance(value, bytes | bytearray):
+        return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, uuid.UUID):
+        return {_TAG: "uuid", "v": str(value)}
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)  # last resort: keep the information, as text
+
+
+_DECODERS: dict[str, Any] = {
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "decimal": Decimal,
+    "bytes": base64.b64decode,
+    "uuid": uuid.UUID,
+}
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    kind = obj.get(_TAG)
+    if isinstance(kind, str) and kind in _DECODERS and len(obj) == 2 and "v" in obj:
+        return _DECODERS[kind](obj["v"])
+    return obj
+
+
+def dump_rows(rows: Iterable[dict[str, Any]]) -> str:
+    """Rows as JSON lines (the spill format)."""
+    return "".join(
+        json.dumps(row, default=_encode, ensure_ascii=False, separators=(",", ":")) + "\n"
+        for row in rows
+    )
+
+
+def load_rows(text: str) -> list[dict[str, Any]]:
+    """The inverse of :func:`dump_rows`."""
+    return [json.loads(line, object_hook=_decode) for line in text.splitlines() if line]
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+class BatchingPipeline(abc.ABC):
+    """Abstract item pipeline that writes items to a sink in batches (module doc).
+
+    Subclasses set :attr:`setting_prefix` (and :attr:`extra`), read their own settings
+    from ``self.settings`` after ``super().__init__(crawler)``, and implement
+    :meth:`open`, :meth:`write_batch` and :meth:`close`. All three run on the
+    reactor thread and must not block it: use an async driver or
+    :func:`scrapy.utils.asyncio.run_in_thread`. The base class guarantees that they
+    are never run concurrently with each other for one pipeline instance.
+    """
+
+    #: Prefix of the sink's settings, e.g. ``"SSE_SQLITE"``.
+    setting_prefix: ClassVar[str]
+    #: pip extra that installs the sink's driver (``pip install scrapy-sse[<extra>]``).
+    extra: ClassVar[str | None] = None
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+        self.settings: BaseSettings = self._effective_settings(crawler)
+        prefix = self.setting_prefix
+        #: Name in stats (``sse/sink/<name>/...``), logs and the spill folder.
+        self.name: str = self.settings.get(f"{prefix}_SINK_NAME") or default_sink_name(prefix)
+        self.batch_size = max(1, self._int("BATCH_SIZE", "SSE_BATCH_SIZE", 500))
+        self.flush_interval = self._float("FLUSH_INTERVAL", "SSE_FLUSH_INTERVAL", 1.0)
+        self.max_buffer = max(
+            self.batch_size, self._int("MAX_BUFFER", "SSE_MAX_BUFFER", 2 * self.batch_size)
+        )
+        self.retry_times = max(0, self._int("RETRY_TIMES", "SSE_SINK_RETRY_TIMES", 3))
+        self.retry_backoff = max(0.0, self._float("RETRY_BACKOFF", "SSE_SINK_RETRY_BACKOFF", 0.5))
+        self.spill_dir = Path(self.settings.get("SSE_SPILL_DIR") or "sse_spill") / self.name
+
+        self._buffer: list[dict[str, Any]] = []
+        self._opened = False
+        self._closing = False
+        self._flushing = False
+        self._due = False  # the flush interval elapsed while rows were buffered
+        self._sink_down = False  # the last batch was spilled: skip retries until a write works
+        self._spill_pending = False
+        self._spill_seq = 0
+        self._timer: CallLaterResult | None = None
+        self._waiters: list[Deferred[None]] = []
+        self._drain_d: Deferred[None] | None = None
+
+    # -- for subclasses ------------------------------------------------------------
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    @classmethod
+    def with_settings(cls, crawler: Crawler, overrides: dict[str, Any]) -> Self:
+        """An instance that sees ``crawler.settings`` with *overrides* applied.
+
+        Used to run a second instance of a sink next to the main one (dead letters into
+        another table, for example) without touching the crawler's settings.
+        """
+        self = cls.__new__(cls)
+        self.__dict__["_settings_overrides"] = dict(overrides)
+        self.__init__(crawler)  # type: ignore[misc]
+        return self
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, and create the table if asked; called once from ``open_spider``."""
+
+    @abc.abstractmethod
+    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+        """Write *rows* (do not modify them: a failed batch is retried or spilled).
+
+        Raise on failure; the base class retries, spills and replays.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the connection; called once, after the final flush (if open worked)."""
+
+    def to_row(self, item: Any) -> dict[str, Any]:
+        """The row written for *item*: its fields as a dict (any item type)."""
+        return ItemAdapter(item).asdict()
+
+    @staticmethod
+    def require(module: str, extra: str) -> ModuleType:
+        """Import a sink's driver, or fail with the pip command that installs it."""
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"{module} is not installed; it is needed by this scrapy-sse sink: "
+                f"pip install scrapy-sse[{extra}]"
+            ) from exc
+
+    # -- Scrapy item pipeline --------------------------------------------------------
+
+    async def open_spider(self) -> None:
+        await self.open()
+        self._opened = True
+        logger.info(
+            "Sink %s: batches of %d rows, flushed at least every %.3g s",
+            self.name,
+            self.batch_size,
+            self.flush_interval,
+        )
+        self._spill_pending = await run_in_thread(self._has_spill_files)
+        if self._spill_pending:
+            await self._exclusive(self._replay_spills())
+        self._arm_timer()
+        self._kick()
+
+    async def process_item(self, item: Any) -> Any:
+        rows = [self.to_row(member) for member in batch_members(item)]
+        while len(self._buffer) >= self.max_buffer:
+            self._kick()
+            if not self._flushing:
+                break  # not open yet, or closing: nothing to wait for
+            self._stat_inc("backpressure_waits")
+            await self._wait()
+        self.buffer_rows(rows)
+        return item
+
+    async def close_spider(self) -> None:
+        self._closing = True
+        self._cancel_timer()
+        while self._flushing:
+            await self._wait()
+        if not self._opened:
+            if self._buffer:  # open failed or never ran: keep the rows on disk
+                rows, self._buffer = self._buffer, []
+                await self._spill(rows, "the sink was never opened")
+            return
+        await self._exclusive(self._drain(force=True))
+        await self.close()
+
+    def buffer_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Buffer rows that are already rows (no :meth:`to_row`), without waiting.
+
+        For producers that cannot await, such as :meth:`DeadLetters.record
+        <scrapy_sse.deadletter.DeadLetters.record>`; they give up backpressure.
+        """
+        self._buffer.extend(rows)
+        self._arm_timer()
+        self._kick()
+
+    # -- flushing ------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Start a background flush if one is due and none is running."""
+        if self._flushing or not self._opened or self._closing or not self._buffer:
+            return
+        if self._due or len(self._buffer) >= self.batch_size:
+            self._flushing = True
+            self._drain_d = deferred_from_coro(self._run_drain())
+            self._drain_d.addErrback(self._log_failure)
+
+    async def _run_drain(self) -> None:
+        try:
+            await self._drain(force=False)
+        finally:
+            self._release()
+
+    async def _exclusive(self, coro: Any) -> None:
+        """Run *coro* (a flush or a replay) as the one flush of this pipeline."""
+        while self._flushing:
+            await self._wait()
+        self._flushing = True
+        try:
+            await coro
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._flushing = False
+        self._notify()
+        self._arm_timer()
+        self._kick()
+
+    async def _drain(self, *, force: bool) -> None:
+        while self._buffer and (force or self._due or len(self._buffer) >= self.batch_size):
+            batch = self._buffer[: self.batch_size]
+            del self._buffer[: self.batch_size]
+            if not self._buffer:
+                self._due = False
+                self._cancel_timer()
+            self._notify()  # room in the buffer for items waiting on backpressure
+            await self._flush(batch)
+
+    async def _flush(self, rows: list[dict[str, Any]]) -> None:
+        started = time.monotonic()
+        error = await self._write_with_retries(rows)
+        if self.crawler.stats is not None:
+            self.crawler.stats.max_value(
+                f"sse/sink/{self.name}/flush_seconds_max", round(time.monotonic() - started, 6)
+            )
+        if error is not None:
+            await self._spill(rows, error)
+            return
+        self._stat_inc("rows_written", len(rows))
+        self._stat_inc("batches")
+        if self._spill_pending:
+            await self._replay_spills()
+
+    async def _write_with_retries(self, rows: list[dict[str, Any]]) -> BaseException | None:
+        """Write *rows*; the last error if every attempt failed, else ``None``."""
+        attempts = 1 if self._sink_down else self.retry_times + 1
+        error: BaseException | None = None
+        for attempt in range(attempts):
+            try:
+                await self.write_batch(rows)
+            except Exception as exc:
+                error = exc
+                if attempt + 1 == attempts:
+                    break
+                delay = min(self.retry_backoff * 2**attempt, MAX_RETRY_DELAY)
+                self._stat_inc("retries")
+                logger.warning(
+                    "Sink %s: writing %d rows failed (%s: %s); retry %d of %d in %.2f s",
+                    self.name,
+                    len(rows),
+                    type(exc).__name__,
+                    exc,
+                    attempt + 1,
+                    attempts - 1,
+                    delay,
+                )
+                await sleep(delay)
+            else:
+                if self._sink_down:
+                    logger.info("Sink %s accepts writes again", self.name)
+                self._sink_down = False
+                return None
+        self._sink_down = True
+        return error
+
+    # -- timer ---------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if (
+            self._timer is None
+            and self._buffer
+            and self.flush_interval > 0
+            and self._opened
+            and not self._closing
+        ):
+            self._timer = call_later(self.flush_interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._buffer:
+            self._due = True
+            self._kick()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- waiting for the running flush -----------------------------------------------
+
+    async def _wait(self) -> None:
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        await maybe_deferred_to_future(waiter)
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    # -- spill and replay ------------------------------------------------------------
+
+    async def _spill(self, rows: list[dict[str, Any]], error: BaseException | str) -> None:
+        reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+        self._spill_seq += 1
+        try:
+            path = await run_in_thread(self._write_spill_file, rows, self._spill_seq)
+        except Exception:
+            self._stat_inc("lost_rows", len(rows))
+            logger.critical(
+                "Sink %s is unavailable (%s) and %d rows could not be spilled to %s: they are lost",
+                self.name,
+                reason,
+                len(rows),
+                self.spill_dir,
+                exc_info=True,
+            )
+            return
+        self._spill_pending = True
+        self._stat_inc("spilled_rows", len(rows))
+        self._stat_inc("spilled_batches")
+        logger.error(
+            "Sink %s is unavailable (%s): spilled %d rows to %s; they are written to the "
+            "sink when it accepts writes again",
+            self.name,
+            reason,
+            len(rows),
+            path,
+        )
+
+    def _write_spill_file(self, rows: list[dict[str, Any]], seq: int) -> Path:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        # Names sort in spill order, so replays keep the order of the stream.
+        path = self.spill_dir / f"{time.time_ns():020d}-{os.getpid()}-{seq:06d}.jsonl"
+        _atomic_write(path, dump_rows(rows))
+        return path
+
+    def _spill_files(self) -> list[Path]:
+        if not self.spill_dir.is_dir():
+            return []
+        return sorted(self.spill_dir.glob("*.jsonl"))
+
+    def _has_spill_files(self) -> bool:
+        return bool(self._spill_files())
+
+    async def _replay_spills(self) -> None:
+        """Write spilled files into the sink, oldest first, removing each when written.
+
+        Stops at the first failure (the sink went down again); what was not written
+        stays on disk for the next successful flush.
+        """
+        for path in await run_in_thread(self._spill_files):
+            try:
+                rows = await run_in_thread(_read_rows, path)
+            except (OSError, ValueError) as exc:
+                logger.error(
+                    "Sink %s: cannot read spill file %s (%s); left in place", self.name, path, exc
+                )
+                continue
+            done = 0
+            try:
+                for chunk in _chunks(rows, self.batch_size):
+                    await self.write_batch(chunk)
+                    done += len(chunk)
+            except Exception as exc:
+                if done:  # never write the same rows twice
+                    await run_in_thread(_atomic_write, path, dump_rows(rows[done:]))
+                    self._stat_inc("replayed_rows", done)
+                logger.warning(
+                    "Sink %s: replaying %s failed after %d of %d rows (%s: %s); the rest is "
+                    "kept for a later flush",
+                    self.name,
+                    path,
+                    done,
+                    len(rows),
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+            await run_in_thread(path.unlink, missing_ok=True)
+            self._stat_inc("replayed_rows", len(rows))
+            logger.info("Sink %s: replayed %d spilled rows from %s", self.name, len(rows), path)
+        self._spill_pending = False
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _effective_settings(self, crawler: Crawler) -> BaseSettings:
+        overrides: dict[str, Any] | None = self.__dict__.get("_settings_overrides")
+        if not overrides:
+            return crawler.settings
+        settings = crawler.settings.copy()
+        settings.frozen = False
+        settings.setdict(overrides, priority="cmdline")
+        settings.freeze()
+        return settings
+
+    def _int(self, name: str, fallback: str, default: int) -> int:
+        key = f"{self.setting_prefix}_{name}"
+        if self.settings.get(key) is not None:
+            return self.settings.getint(key)
+        return self.settings.getint(fallback, default)
+
+    def _float(self, name: str, fallback: str, default: float) -> float:
+        key = f"{self.setting_prefix}_{name}"
+        if self.settings.get(key) is not None:
+            return self.settings.getfloat(key)
+        return self.settings.getfloat(fallback, default)
+
+    def _stat_inc(self, key: str, count: int = 1) -> None:
+        if self.crawler.stats is not None:
+            self.crawler.stats.inc_value(f"sse/sink/{self.name}/{key}", count)
+
+    def _log_failure(self, failure: Failure) -> None:
+        logger.error(
+            "Sink %s: unexpected error while flushing",
+            self.name,
+            exc_info=failure.value,
+        )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a crash never leaves half a spill file to replay."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    return load_rows(path.read_text(encoding="utf-8"))
+
+
+__all__ = [
+    "BatchingPipeline",
+    "MissingDependencyError",
+    "batch_members",
+    "default_sink_name",
+    "dump_rows",
+    "load_rows",
+]

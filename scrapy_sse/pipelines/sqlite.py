@@ -1,0 +1,209 @@
+"""``SQLitePipeline``: the embedded default store (stdlib ``sqlite3``, no server).
+
+Why these choices:
+
+* WAL journal mode, so readers (a dashboard, ``sqlite3`` in a shell) never block the
+  writer and the writer never blocks them;
+* one ``executemany`` in one transaction per batch: a commit (an fsync) per batch
+  instead of per row is what keeps up with a busy feed;
+* the table follows the items: columns come from ``SSE_SQLITE_COLUMNS`` or from the
+  first items, and a field seen later adds a column (``ALTER TABLE``), so no field is
+  silently lost; a missing field is ``NULL``; nested values (dict, list) are stored as
+  JSON text, dates and times as ISO 8601 text, ``Decimal`` as text (no precision loss);
+* every call into ``sqlite3`` runs in a thread, never on the reactor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterable
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from itemadapter import ItemAdapter, is_item
+from scrapy.utils.asyncio import run_in_thread
+
+from .base import BatchingPipeline
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as an SQL identifier (any characters, quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` default for nested values: items as objects, the rest as text."""
+    if is_item(value):
+        return ItemAdapter(value).asdict()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def sql_value(value: Any) -> Any:
+    """A value SQLite stores without loss of information (module doc)."""
+    if value is None or isinstance(value, str | float | bytes):
+        return value
+    if isinstance(value, enum.Enum):
+        return sql_value(value.value)
+    if isinstance(value, int):  # bool included: stored as 0/1
+        return value if value in _INT64 else str(value)
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, dt.date | dt.time):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, dict | list | tuple | set | frozenset) or is_item(value):
+        return json.dumps(value, ensure_ascii=False, default=json_default)
+    return str(value)
+
+
+def _fields(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Field names of *rows*, in first-seen order."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+class SQLitePipeline(BatchingPipeline):
+    """Stores items in an SQLite table, in batches (module doc for the settings)."""
+
+    setting_prefix = "SSE_SQLITE"
+    extra = None
+
+    def __init__(self, crawler: Crawler) -> None:
+        super().__init__(crawler)
+        self.path = str(self.settings.get("SSE_SQLITE_PATH") or "items.sqlite3")
+        self.table = str(self.settings.get("SSE_SQLITE_TABLE") or "items")
+        self.create_table = self.settings.getbool("SSE_SQLITE_CREATE_TABLE", True)
+        self.columns: list[str] = self.settings.getlist("SSE_SQLITE_COLUMNS")
+        self.timeout = self.settings.getfloat("SSE_SQLITE_TIMEOUT", 5.0)
+        self._conn: sqlite3.Connection | None = None
+        # Lower-cased column name -> column name (SQLite names are case-insensitive);
+        # None until read, and again after a rollback (which also undoes ALTER TABLE).
+        self._known: dict[str, str] | None = None
+
+    async def open(self) -> None:
+        await run_in_thread(self._open)
+
+    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+        await run_in_thread(self._write, rows)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await run_in_thread(conn.close)
+
+    # -- in the worker thread ------------------------------------------------------------
+
+    def _open(self) -> None:
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so
+        # an ALTER TABLE and the INSERTs of a batch commit or roll back together.
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.timeout,
+            isolation_level=None,
+            check_same_thread=False,  # the base class never runs two calls at once
+            uri=self.path.startswith("file:"),
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            known = self._read_columns(conn)
+            if not known:
+                if not self.create_table:
+                    raise ValueError(
+                        f"SQLite table {self.table!r} does not exist in {self.path} "
+                        "and SSE_SQLITE_CREATE_TABLE is False"
+                    )
+                if self.columns:
+                    conn.execute(self._create_sql(self.columns))
+                    known = self._read_columns(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._known = known
+
+    def _read_columns(self, conn: sqlite3.Connection) -> dict[str, str]:
+        info = conn.execute(f"PRAGMA table_info({quote_identifier(self.table)})").fetchall()
+        return {row[1].lower(): row[1] for row in info}
+
+    def _create_sql(self, columns: list[str]) -> str:
+        cols = ", ".join(quote_identifier(c) for c in columns)
+        return f"CREATE TABLE IF NOT EXISTS {quote_identifier(self.table)} ({cols})"
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise sqlite3.ProgrammingError("The SQLite sink is not open")
+        fields = _fields(rows)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            known = self._read_columns(conn) if self._known is None else dict(self._known)
+            if not known and fields:
+                if not self.create_table:
+                    raise sqlite3.OperationalError(f"no such table: {self.table}")
+                conn.execute(self._create_sql(self.columns + fields))
+                known = self._read_columns(conn)
+            targets: dict[str, list[str]] = {}  # column -> the fields stored in it
+            for field in fields:
+                column = known.get(field.lower())
+                if column is None:
+                    conn.execute(
+                        f"ALTER TABLE {quote_identifier(self.table)} "
+                        f"ADD COLUMN {quote_identifier(field)}"
+                    )
+                    column = known[field.lower()] = field
+                targets.setdefault(column, []).append(field)
+            self._insert(conn, rows, targets)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._known = None
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._known = known
+
+    def _insert(
+        self, conn: sqlite3.Connection, rows: list[dict[str, Any]], targets: dict[str, list[str]]
+    ) -> None:
+        table = quote_identifier(self.table)
+        if not targets:  # items without any field: one row each, all NULL
+            conn.executemany(f"INSERT INTO {table} DEFAULT VALUES", [() for _ in rows])
+            return
+        columns = list(targets)
+        sql = (
+            f"INSERT INTO {table} ({', '.join(quote_identifier(c) for c in columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})"
+        )
+
+        def values(row: dict[str, Any]) -> list[Any]:
+            out = []
+            for column in columns:
+                value = None
+                for field in targets[column]:
+                    if field in row:
+                        value = row[field]
+                        break
+                out.append(sql_value(value))
+            return out
+
+        conn.executemany(sql, (values(row) for row in rows))
