@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .extension import SSEExtension
 from .handler import SSEDownloadHandler
+from .logformatter import SSELogFormatter
 from .middlewares import SSEDownloaderMiddleware, SSESpiderMiddleware
 from .settings import DEFAULTS
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
 HANDLER_PATH = "scrapy_sse.handler.SSEDownloadHandler"
+DEFAULT_LOG_FORMATTER = "scrapy.logformatter.LogFormatter"
 
 
 def _is_sse_handler(handler: object) -> bool:
@@ -50,3 +52,5 @@ class SSEAddon:
             "DOWNLOADER_MIDDLEWARES", SSEDownloaderMiddleware, 950
         )
         settings.set_in_component_priority_dict("EXTENSIONS", SSEExtension, 500)
+        if settings.get("LOG_FORMATTER") == DEFAULT_LOG_FORMATTER:
+            settings.set("LOG_FORMATTER", SSELogFormatter, priority="addon")

@@ -26,7 +26,7 @@ from itemadapter import is_item
 from scrapy import Request, Spider
 from twisted.python.failure import Failure
 
-from .events import SSEEventItem, parse_json_or_none
+from .events import SSEBatch, SSEEventItem, parse_json_or_none
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -72,6 +72,16 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
     assert spider is not None and stats is not None
     event_callback = cast("Callable[..., Any] | None", request.callback)
     errback = request.errback
+
+    batch_size = getattr(request, "batch_size", None)
+    if batch_size and not (event_callback is None and _has_own_parse(spider)):
+        return _batch_callback(
+            event_callback,
+            batch_size,
+            getattr(request, "batch_interval", 0.05),
+            request,
+            crawler,
+        )
 
     if event_callback is None:
         if _has_own_parse(spider):
@@ -123,3 +133,51 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
                         )
 
     return per_event
+
+
+def _batch_callback(
+    event_callback: Callable[..., Any] | None,
+    size: int,
+    interval: float,
+    request: Request,
+    crawler: Crawler,
+) -> Callable[..., Any]:
+    """Batch delivery: one callback call (or one list item) per batch of events."""
+    stats = crawler.stats
+    assert stats is not None
+
+    async def per_batch(response: SSEResponse, **kwargs: Any) -> AsyncIterator[Any]:
+        stream = response.stream
+        assert stream is not None
+        url = response.url
+        async for events in stream.batches(size, interval):
+            if event_callback is None:
+                yield [
+                    SSEEventItem(url, e[0], e[2], e[1], parse_json_or_none(e[1]), time())
+                    for e in events
+                ]
+                continue
+            batch = SSEBatch(events, response)
+            try:
+                async for value in _outputs(event_callback(batch, **kwargs)):
+                    yield value
+            except Exception as exc:
+                stats.inc_value("sse/callback_errors")
+                stats.inc_value(f"sse/callback_errors/{type(exc).__name__}")
+                logger.error(
+                    "Spider callback failed on a batch of %d SSE events from %s (ids %r..%r)",
+                    len(batch),
+                    stream.url,
+                    batch[0].id,
+                    batch[-1].id,
+                    exc_info=True,
+                    extra={"spider": crawler.spider},
+                )
+                if request.errback is not None:
+                    failure = Failure(exc)
+                    failure.request = request  # type: ignore[attr-defined]
+                    failure.events = batch  # type: ignore[attr-defined]
+                    async for value in _outputs(request.errback(failure)):
+                        yield value
+
+    return per_batch

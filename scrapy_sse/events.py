@@ -119,6 +119,24 @@ class SSEComment:
         return f"SSEComment({self.text!r})"
 
 
+class SSEBatch(list[SSEEvent]):
+    """The events a batch-mode callback receives at once (``SSERequest(batch_size=N)``).
+
+    A list, so it can also be yielded as is to a batching sink, which stores it without
+    one pipeline call per event.
+    """
+
+    __slots__ = ("response",)
+
+    def __init__(self, events: list[SSEEvent], response: Any = None) -> None:
+        super().__init__(events)
+        self.response = response
+
+    @property
+    def url(self) -> str | None:
+        return getattr(self.response, "url", None)
+
+
 @dataclass(slots=True)
 class SSEEventItem:
     """The item a stream yields when its request has no callback.

@@ -33,6 +33,10 @@ class SSERequest(Request):
 
     ``last_event_id`` is sent as ``Last-Event-ID`` on the first connection.
     ``reconnect=False`` means the stream is never reopened once it ends.
+    ``batch_size=N`` switches to batch delivery: the callback gets an ``SSEBatch`` of up
+    to N events, and no event waits more than ``batch_interval`` seconds for others
+    (without a callback, each batch is yielded as one list of ``SSEEventItem``, which
+    the batching sinks store without unpacking).
 
     Unlike a page, a stream is a subscription: ``dont_filter`` defaults to ``True``, so
     a restarted ``JOBDIR`` crawl reopens it (from its checkpoint) instead of the
@@ -40,7 +44,13 @@ class SSERequest(Request):
     (``dont_retry``): reconnection has its own policy.
     """
 
-    attributes: tuple[str, ...] = (*Request.attributes, "last_event_id", "reconnect")
+    attributes: tuple[str, ...] = (
+        *Request.attributes,
+        "last_event_id",
+        "reconnect",
+        "batch_size",
+        "batch_interval",
+    )
 
     def __init__(
         self,
@@ -48,12 +58,16 @@ class SSERequest(Request):
         *args: Any,
         last_event_id: str | None = None,
         reconnect: bool = True,
+        batch_size: int | None = None,
+        batch_interval: float = 0.05,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dont_filter", True)
         super().__init__(url, *args, **kwargs)
         self.last_event_id = last_event_id
         self.reconnect = reconnect
+        self.batch_size = batch_size
+        self.batch_interval = batch_interval
         headers = self.headers
         headers.setdefault(b"Accept", b"text/event-stream")
         headers.setdefault(b"Cache-Control", b"no-cache")

@@ -14,6 +14,7 @@ from collections import deque
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
+from scrapy.utils.asyncio import call_later
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
@@ -212,6 +213,41 @@ class SSEStream:
         if waiter is not None:
             waiter.callback(None)
 
+    def _accept(self, event: Any) -> bool:
+        """Count ``event`` as delivered (``False``: a resent duplicate, skip it)."""
+        if type(event) is SSEEvent:
+            event_id = event[2]
+            if self._skip_ids:
+                if event_id and event_id in self._skip_ids:
+                    self.duplicates_skipped += 1
+                    if self._stats is not None:
+                        self._stats.inc_value("sse/duplicates_skipped")
+                    return False
+                # The first new event: the resent part is over.
+                self._skip_ids = frozenset()
+            if event_id != self.last_delivered_id:
+                self.last_delivered_id = event_id
+                self.recent_ids.append(event_id)
+            self.events_delivered += 1
+        return True
+
+    def _popped(self) -> None:
+        if self._paused and len(self._queue) <= self._low:
+            self._paused = False
+            if self._producer is not None:
+                self._producer.resume()
+
+    async def _wait(self, timeout: float | None = None) -> None:
+        """Until something is queued or the stream ends (or ``timeout`` passes)."""
+        waiter: Deferred[None] = Deferred()
+        self._waiter = waiter
+        timer = None if timeout is None else call_later(timeout, self._wake)
+        try:
+            await maybe_deferred_to_future(waiter)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
     async def __aiter__(self) -> AsyncIterator[SSEEvent]:
         """Events in order; ends when the stream ends (see ``end_reason``, ``error``).
 
@@ -221,34 +257,48 @@ class SSEStream:
         """
         queue = self._queue
         popleft = queue.popleft
+        accept = self._accept
         while True:
             if queue:
                 event = popleft()
-                if self._paused and len(queue) <= self._low:
-                    self._paused = False
-                    if self._producer is not None:
-                        self._producer.resume()
-                if type(event) is SSEEvent:
-                    event_id = event[2]
-                    if self._skip_ids:
-                        if event_id and event_id in self._skip_ids:
-                            self.duplicates_skipped += 1
-                            if self._stats is not None:
-                                self._stats.inc_value("sse/duplicates_skipped")
-                            continue
-                        # The first new event: the resent part is over.
-                        self._skip_ids = frozenset()
-                    if event_id != self.last_delivered_id:
-                        self.last_delivered_id = event_id
-                        self.recent_ids.append(event_id)
-                    self.events_delivered += 1
-                yield event
+                self._popped()
+                if accept(event):
+                    yield event
                 continue
             if self.end_reason is not None:
                 return
-            waiter: Deferred[None] = Deferred()
-            self._waiter = waiter
-            await maybe_deferred_to_future(waiter)
+            await self._wait()
+
+    async def batches(self, size: int, interval: float) -> AsyncIterator[list[Any]]:
+        """Events in lists of up to ``size``; an event waits at most ``interval``
+        seconds for others to join its list. For high-rate feeds, where one item per
+        event would cost more than the event itself."""
+        queue = self._queue
+        popleft = queue.popleft
+        accept = self._accept
+        while True:
+            if not queue:
+                if self.end_reason is not None:
+                    return
+                await self._wait()
+                continue
+            deadline = _monotonic() + interval
+            batch: list[Any] = []
+            while len(batch) < size:
+                if queue:
+                    take = min(size - len(batch), len(queue))
+                    for _ in range(take):
+                        event = popleft()
+                        if accept(event):
+                            batch.append(event)
+                    self._popped()
+                    continue
+                remaining = deadline - _monotonic()
+                if self.end_reason is not None or remaining <= 0:
+                    break
+                await self._wait(remaining)
+            if batch:
+                yield batch
 
     def __repr__(self) -> str:
         state = self.end_reason or "open"

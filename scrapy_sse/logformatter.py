@@ -1,0 +1,58 @@
+"""A LogFormatter that does not build a "Scraped from" record nobody will see.
+
+Scrapy logs every scraped item at DEBUG. Its root logger passes everything and the
+handler filters by ``LOG_LEVEL``, so with ``LOG_LEVEL = "INFO"`` a ``LogRecord`` is
+still created (and thrown away) per item: measurable at stream rates. This formatter
+returns ``None`` for scraped items (Scrapy then skips logging) unless some handler on
+the scraper logger's path would emit DEBUG records. The add-on installs it only when
+``LOG_FORMATTER`` is Scrapy's default.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from scrapy.logformatter import LogFormatter, LogFormatterResult
+
+if TYPE_CHECKING:
+    from scrapy import Spider
+    from scrapy.http import Response
+    from twisted.python.failure import Failure
+
+_SCRAPER_LOGGER = logging.getLogger("scrapy.core.scraper")
+#: How long a "does anyone log DEBUG?" answer is reused (handlers rarely change).
+_RECHECK_SECONDS = 1.0
+
+
+def debug_is_emitted(logger: logging.Logger) -> bool:
+    """Whether a DEBUG record from ``logger`` would reach any handler's output."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return False
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(handler.level <= logging.DEBUG for handler in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False  # logging.lastResort only shows WARNING and above
+
+
+class SSELogFormatter(LogFormatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._checked_at = -_RECHECK_SECONDS
+        self._debug = True
+
+    def scraped(
+        self, item: Any, response: Response | Failure | None, spider: Spider
+    ) -> LogFormatterResult | None:
+        now = monotonic()
+        if now - self._checked_at >= _RECHECK_SECONDS:
+            self._debug = debug_is_emitted(_SCRAPER_LOGGER)
+            self._checked_at = now
+        if not self._debug:
+            return None
+        return super().scraped(item, response, spider)
