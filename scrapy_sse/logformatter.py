@@ -46,7 +46,7 @@ class SSELogFormatter(LogFormatter):
         self._checked_at = -_RECHECK_SECONDS
         self._debug = True
 
-    def scraped(
+    def scraped(  # type: ignore[override]
         self, item: Any, response: Response | Failure | None, spider: Spider
     ) -> LogFormatterResult | None:
         now = monotonic()
