@@ -2,13 +2,14 @@
 
 from .addon import SSEAddon
 from .errors import SSEError, SSEEventTooLarge, SSEResponseError, SSEStreamError
-from .events import SSEComment, SSEEvent, SSEEventItem
+from .events import SSEBatch, SSEComment, SSEEvent, SSEEventItem
 from .http import SSERequest, SSEResponse
 from .parser import SSEParser
 from .stream import SSEStream
 
 __all__ = [
     "SSEAddon",
+    "SSEBatch",
     "SSEComment",
     "SSEError",
     "SSEEvent",

@@ -28,10 +28,13 @@ class RecordPipeline:
     def process_item(self, item: Any) -> Any:
         if self._delay:
             time.sleep(self._delay)  # a deliberately slow, blocking pipeline
-        row = ItemAdapter(item).asdict()
-        row["_type"] = type(item).__name__
-        row["_t"] = time.time()
-        self._file.write(json.dumps(row, default=str) + "\n")
+        members = item if isinstance(item, list) else [item]
+        for member in members:
+            row = ItemAdapter(member).asdict()
+            row["_type"] = type(member).__name__
+            row["_batch"] = len(members) if isinstance(item, list) else None
+            row["_t"] = time.time()
+            self._file.write(json.dumps(row, default=str) + "\n")
         self._file.flush()
         return item
 

@@ -9,7 +9,7 @@ from typing import Any
 import scrapy
 from twisted.python.failure import Failure
 
-from scrapy_sse import SSEEvent, SSERequest, SSEResponse, SSEResponseError
+from scrapy_sse import SSEBatch, SSEEvent, SSERequest, SSEResponse, SSEResponseError
 
 
 def _error_row(failure: Failure) -> dict[str, Any]:
@@ -186,3 +186,22 @@ class Restarter(PerEvent):
         if event.id == "5" and not getattr(self, "_restarted", False):
             self._restarted = True
             event.response.stream.restart()
+
+
+class Batches(_Base):
+    """Batch delivery: ``-a size=N -a interval=S``; a callback per batch, or none."""
+
+    name = "batches"
+    size = "50"
+    interval = "0.05"
+    callback = "1"
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield self.request(
+            callback=self.parse_batch if self.callback == "1" else None,
+            batch_size=int(self.size),
+            batch_interval=float(self.interval),
+        )
+
+    def parse_batch(self, batch: SSEBatch) -> Any:
+        yield {"ids": [event.id for event in batch], "url": batch.url, "size": len(batch)}
