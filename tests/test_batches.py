@@ -45,7 +45,7 @@ def test_scraped_log_record_only_when_someone_logs_debug(monkeypatch) -> None:  
     # An isolated logger tree (pytest's own capture handler sits on the root logger).
     parent = logging.getLogger("sse_logtest")
     parent.propagate = False
-    parent.setLevel(logging.NOTSET)
+    parent.setLevel(logging.DEBUG)
     handler = logging.StreamHandler()
     handler.setLevel(logging.INFO)
     parent.addHandler(handler)
