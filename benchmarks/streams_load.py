@@ -1,0 +1,318 @@
+"""Many open streams, and event latency: ``python benchmarks/streams_load.py``.
+
+Two measurements the throughput benchmark (``run.py``) does not cover:
+
+* ``many``: N concurrently open streams in one crawl (heartbeat comments on all of
+  them, a fraction also carrying events), reporting resident memory per open stream
+  above the idle crawler and the events each hot stream received (starvation shows as
+  a low minimum).
+* ``latency``: one stream at a fixed event rate in per-event mode; each event carries
+  the server's send time, the item pipeline records the difference on arrival, and the
+  p50/p99/max are printed.
+
+The server is a separate process (asyncio, raw HTTP/1.1) so it never competes with the
+crawler for the GIL. Everything is bounded in time; only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise the open-file limit as far as allowed; return the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard == resource.RLIM_INFINITY else min(max(soft, wanted), hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- server (child process) ---------------------------------------------------------
+
+
+async def _serve(port: int, heartbeat: float, rate: float, life: float) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            hot = b" /hot" in head.split(b"\r\n", 1)[0]
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n"
+            )
+            end = loop.time() + life
+            next_beat = loop.time() + heartbeat
+            start = loop.time()
+            seq = 0
+            while loop.time() < end:
+                if hot:
+                    seq += 1
+                    wake = start + seq / rate
+                    await asyncio.sleep(max(0.0, wake - loop.time()))
+                    writer.write(
+                        b'id: %d\ndata: {"seq": %d, "sent": %.6f}\n\n' % (seq, seq, time.time())
+                    )
+                else:
+                    await asyncio.sleep(max(0.0, next_beat - loop.time()))
+                if loop.time() >= next_beat:
+                    writer.write(b": heartbeat\n\n")
+                    next_beat += heartbeat
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
+    async with server:
+        await asyncio.sleep(life + 30)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(heartbeat: float, rate: float, life: float) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "_server", str(port), str(heartbeat), str(rate), str(life)]
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("benchmark server did not start")
+
+
+# -- crawls (child process) ------------------------------------------------------------
+
+
+def _crawl(config: dict[str, Any]) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    import scrapy
+    from scrapy import signals
+    from scrapy.crawler import CrawlerProcess
+    from scrapy.utils.asyncio import create_looping_call
+
+    from scrapy_sse import SSEEvent, SSERequest
+
+    nofile = raise_nofile(config["streams"] + 1000)
+    received: dict[int, int] = {}
+    latencies: list[float] = []
+    samples: list[tuple[float, int, int]] = []
+
+    class Record:
+        def process_item(self, item: dict[str, Any]) -> dict[str, Any]:
+            sent = item.get("sent")
+            if sent is not None:
+                latencies.append(time.time() - sent)
+            received[item["stream"]] = received.get(item["stream"], 0) + 1
+            return item
+
+    class LoadSpider(scrapy.Spider):
+        name = "load"
+
+        async def start(self) -> Any:
+            for i in range(config["streams"]):
+                path = "hot" if i < config["hot"] else "idle"
+                yield SSERequest(
+                    f"http://127.0.0.1:{config['port']}/{path}?s={i}",
+                    callback=self.parse_event,
+                    cb_kwargs={"stream": i},
+                    reconnect=False,
+                )
+
+        def parse_event(self, event: SSEEvent, stream: int) -> dict[str, Any]:
+            return {"stream": stream, "sent": json.loads(event.data)["sent"]}
+
+    settings = {
+        "ADDONS": {"scrapy_sse.SSEAddon": 500},
+        "ITEM_PIPELINES": {Record: 100},
+        "LOG_LEVEL": "WARNING",
+        "TELNETCONSOLE_ENABLED": False,
+        "REMOTE_CONTROL_ENABLED": False,
+        "CLOSESPIDER_TIMEOUT": config["seconds"],
+        "CONCURRENT_REQUESTS": 1000,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": 1000,
+        "CONCURRENT_ITEMS": config["concurrent_items"],
+        # Each open response is charged 1 KiB in the scraper slot: make room.
+        "SCRAPER_SLOT_MAX_ACTIVE_SIZE": 5_000_000 + 1024 * config["streams"],
+        "DOWNLOAD_TIMEOUT": 120,
+    }
+    process = CrawlerProcess(settings)
+    crawler = process.create_crawler(LoadSpider)
+    timers: list[Any] = []
+    started = time.monotonic()
+
+    def sample() -> None:
+        assert crawler.stats is not None
+        opened = crawler.stats.get_value("sse/streams_opened", 0)
+        samples.append((time.monotonic() - started, opened, rss_bytes()))
+
+    def engine_started() -> None:
+        timer = create_looping_call(sample)
+        timers.append(timer)
+        timer.start(1.0)
+
+    crawler.signals.connect(engine_started, signal=signals.engine_started)
+    baseline = rss_bytes()
+    process.crawl(crawler)
+    process.start()
+    top = max(samples, key=lambda s: (s[1], -s[0])) if samples else (0, 0, baseline)
+    settled = [s for s in samples if s[1] == top[1]]
+    rss_open = max(s[2] for s in settled) if settled else baseline
+    hot_counts = [received.get(i, 0) for i in range(config["hot"])]
+    return {
+        "nofile": nofile,
+        "opened": top[1],
+        "seconds_to_open": top[0],
+        "rss_idle": baseline,
+        "rss_open": rss_open,
+        "hot_min": min(hot_counts) if hot_counts else None,
+        "hot_max": max(hot_counts) if hot_counts else None,
+        "latencies": latencies,
+    }
+
+
+def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "_crawl"],
+        input=json.dumps(config),
+        capture_output=True,
+        text=True,
+        timeout=config["seconds"] + 120,
+        check=False,
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"crawl failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def many(args: argparse.Namespace) -> None:
+    proc, port = start_server(args.heartbeat, args.rate, args.seconds + 60)
+    try:
+        result = run_crawl(
+            {
+                "port": port,
+                "streams": args.streams,
+                "hot": args.hot,
+                "seconds": args.seconds,
+                "concurrent_items": args.concurrent_items,
+            }
+        )
+    finally:
+        proc.kill()
+    per_stream = (result["rss_open"] - result["rss_idle"]) / max(1, result["opened"])
+    print(
+        "| streams asked | opened | open after s | RSS idle MB | RSS open MB | KiB/stream "
+        "| hot streams | min/max events per hot stream | open-file limit |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {args.streams} | {result['opened']} | {result['seconds_to_open']:.0f} "
+        f"| {result['rss_idle'] / 1e6:.0f} | {result['rss_open'] / 1e6:.0f} "
+        f"| {per_stream / 1024:.1f} | {args.hot} | {result['hot_min']}/{result['hot_max']} "
+        f"| {result['nofile']} |"
+    )
+    if result["nofile"] < args.streams + 100:
+        print(
+            f"\nOpen-file limit {result['nofile']} is below {args.streams} streams: "
+            "raise it (ulimit -n) to open them all."
+        )
+
+
+def latency(args: argparse.Namespace) -> None:
+    proc, port = start_server(15.0, args.rate, args.seconds + 60)
+    try:
+        result = run_crawl(
+            {
+                "port": port,
+                "streams": 1,
+                "hot": 1,
+                "seconds": args.seconds,
+                "concurrent_items": args.concurrent_items,
+            }
+        )
+    finally:
+        proc.kill()
+    values = result["latencies"]
+    # Leave out the first second (connection set-up, warm-up); then sort.
+    steady = sorted(values[int(args.rate) :] or values)
+    print("| rate ev/s | events | p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {args.rate:.0f} | {len(steady)} | {percentile(steady, 0.5) * 1e3:.2f} "
+        f"| {percentile(steady, 0.99) * 1e3:.2f} | {max(steady) * 1e3 if steady else 0:.2f} |"
+    )
+    if steady:
+        print(f"\nmean {statistics.fmean(steady) * 1e3:.2f} ms")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_server":
+        port, beat, rate, life = sys.argv[2:6]
+        raise_nofile(100_000)
+        asyncio.run(_serve(int(port), float(beat), float(rate), float(life)))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "_crawl":
+        print(json.dumps(_crawl(json.loads(sys.stdin.read()))))
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="mode", required=True)
+    m = sub.add_parser("many", help="many open streams: memory per stream, starvation")
+    m.add_argument("--streams", type=int, default=10_000)
+    m.add_argument("--hot", type=int, default=1_000)
+    m.add_argument("--rate", type=float, default=20.0, help="events/s on each hot stream")
+    m.add_argument("--heartbeat", type=float, default=15.0)
+    m.add_argument("--seconds", type=float, default=60.0)
+    m.add_argument("--concurrent-items", type=int, default=100)
+    lat = sub.add_parser("latency", help="server-write to pipeline latency")
+    lat.add_argument("--rate", type=float, default=10_000.0)
+    lat.add_argument("--seconds", type=float, default=10.0)
+    lat.add_argument("--concurrent-items", type=int, default=100)
+    args = parser.parse_args()
+    {"many": many, "latency": latency}[args.mode](args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
