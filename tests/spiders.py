@@ -40,6 +40,7 @@ class _Base(scrapy.Spider):
             body=self.body or None,
             errback=self.on_error,
             meta={"proxy": proxy} if proxy else None,
+            cookies={"session": self.cookie} if getattr(self, "cookie", None) else None,
             reconnect=self.reconnect == "1",
             **kwargs,
         )

@@ -260,3 +260,18 @@ def test_reactorless_mode_streams_through_aiohttp(sse_server: SSEServer) -> None
     # Importing the Twisted reactor raises in this mode: only the aiohttp transport can work.
     assert "'TWISTED_REACTOR_ENABLED': False" in result.log
     assert result.stat("sse/ends/spider_closed") == 1
+
+
+def test_cookies_and_default_headers_are_sent(sse_server: SSEServer) -> None:
+    url = sse_server.url("/stream?n=2&key=cookies")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url, "cookie": "s3cr3t"},
+        settings={"DEFAULT_REQUEST_HEADERS": {"X-Team": "prices"}, "USER_AGENT": "ua-test"},
+    )
+    assert result.returncode == 0, result.log
+    assert len(result.items) == 2
+    [request] = [r for r in sse_server.requests if r.query.get("key") == "cookies"]
+    assert request.headers["cookie"] == "session=s3cr3t"
+    assert request.headers["x-team"] == "prices"
+    assert request.headers["user-agent"] == "ua-test"
