@@ -26,6 +26,7 @@ from itemadapter import is_item
 from scrapy import Request, Spider
 from twisted.python.failure import Failure
 
+from .deadletter import DeadLetters
 from .events import SSEBatch, SSEEventItem, parse_json_or_none
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
     assert spider is not None and stats is not None
     event_callback = cast("Callable[..., Any] | None", request.callback)
     errback = request.errback
+    dead_letters = (
+        DeadLetters.for_crawler(crawler) if crawler.settings.getbool("SSE_DEAD_LETTERS") else None
+    )
 
     batch_size = getattr(request, "batch_size", None)
     if batch_size and not (event_callback is None and _has_own_parse(spider)):
@@ -117,6 +121,8 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
                     exc_info=True,
                     extra={"spider": spider},
                 )
+                if dead_letters is not None:
+                    dead_letters.record("callback_error", event=event, error=exc, spider=spider)
                 if errback is not None:
                     failure = Failure(exc)
                     failure.request = request  # type: ignore[attr-defined]
@@ -145,6 +151,9 @@ def _batch_callback(
     """Batch delivery: one callback call (or one list item) per batch of events."""
     stats = crawler.stats
     assert stats is not None
+    dead_letters = (
+        DeadLetters.for_crawler(crawler) if crawler.settings.getbool("SSE_DEAD_LETTERS") else None
+    )
 
     async def per_batch(response: SSEResponse, **kwargs: Any) -> AsyncIterator[Any]:
         stream = response.stream
@@ -173,6 +182,9 @@ def _batch_callback(
                     exc_info=True,
                     extra={"spider": crawler.spider},
                 )
+                if dead_letters is not None:
+                    for event in batch:
+                        dead_letters.record("callback_error", event=event, error=exc)
                 if request.errback is not None:
                     failure = Failure(exc)
                     failure.request = request  # type: ignore[attr-defined]

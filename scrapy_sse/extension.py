@@ -15,6 +15,7 @@ from scrapy.utils.job import job_dir
 
 from . import _scrapy_private
 from .checkpoint import Checkpoints
+from .deadletter import DeadLetters
 from .registry import StreamRegistry
 from .settings import SSESettings
 from .stream import SPIDER_CLOSED
@@ -32,6 +33,8 @@ class SSEExtension:
         self.settings = SSESettings.from_settings(crawler.settings)
         self.registry = StreamRegistry.for_crawler(crawler)
         self._checkpoint_timer: Any = None
+        if crawler.settings.getbool("SSE_DEAD_LETTERS"):
+            DeadLetters.install(crawler)
         crawler.signals.connect(self._engine_started, signal=signals.engine_started)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 

@@ -61,7 +61,7 @@ def safe_url(url: str) -> str:
     netloc = parts.hostname or ""
     if parts.port:
         netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "?..." if parts.query else "", ""))
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + ("?..." if parts.query else "")
 
 
 class SSEDownloaderMiddleware:

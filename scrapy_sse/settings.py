@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "SSE_GIVE_UP_AFTER": None,
     # Seconds between JOBDIR checkpoints of delivered ids (also written at close).
     "SSE_CHECKPOINT_INTERVAL": 1.0,
+    # Record events whose callback raised, and items pipelines dropped, as dead letters.
+    "SSE_DEAD_LETTERS": False,
 }
 
 

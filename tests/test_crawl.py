@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import json
 import re
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -275,3 +277,52 @@ def test_cookies_and_default_headers_are_sent(sse_server: SSEServer) -> None:
     assert request.headers["cookie"] == "session=s3cr3t"
     assert request.headers["x-team"] == "prices"
     assert request.headers["user-agent"] == "ua-test"
+
+
+def test_download_maxsize_and_timeout_do_not_cut_a_stream(sse_server: SSEServer) -> None:
+    # 60 events of ~1 KiB over ~3 s: past DOWNLOAD_MAXSIZE and past DOWNLOAD_TIMEOUT.
+    url = sse_server.url("/stream?n=60&size=1000&delay=0.05&key=limits")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url},
+        settings={"DOWNLOAD_MAXSIZE": 10_000, "DOWNLOAD_WARNSIZE": 5_000, "DOWNLOAD_TIMEOUT": 1},
+        timeout=40,
+    )
+    assert result.returncode == 0, result.log
+    assert [item["id"] for item in result.items] == expected_ids(0, 60)
+    assert result.stat("sse/ends/server_closed") == 1
+
+
+def test_download_timeout_bounds_connect_and_headers() -> None:
+    # A server that accepts connections and never answers.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/stream"
+        result = run_crawl(
+            "PerEvent", args={"url": url}, settings={"DOWNLOAD_TIMEOUT": 1}, timeout=30
+        )
+    assert result.returncode == 0, result.log
+    [item] = result.items
+    assert item["error"] == "DownloadTimeoutError"
+    assert "DOWNLOAD_TIMEOUT bounds connect and headers only" in item["message"]
+
+
+def test_failed_callbacks_become_dead_letters(sse_server: SSEServer, tmp_path: Path) -> None:
+    path = tmp_path / "dead.jsonl"
+    url = sse_server.url("/stream?n=6&key=deadletters")
+    result = run_crawl(
+        "FailingCallback",
+        args={"url": url},
+        settings={"SSE_DEAD_LETTERS": True, "SSE_DEAD_LETTER_PATH": str(path)},
+    )
+    assert result.returncode == 0, result.log
+    letters = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(d["kind"], d["event"]["id"], d["error_type"]) for d in letters] == [
+        ("callback_error", "3", "ValueError"),
+        ("callback_error", "6", "ValueError"),
+    ]
+    assert json.loads(letters[0]["event"]["data"])["seq"] == 3
+    assert letters[0]["url"].startswith(sse_server.url("/stream"))
+    assert result.stat("sse/dead_letters/callback_error") == 2
+    assert len([item for item in result.items if "error" not in item]) == 4

@@ -6,8 +6,15 @@ import them only when enabled, so importing this package needs no extra.
 """
 
 from .base import BatchingPipeline, MissingDependencyError
+from .parquet import ParquetPipeline
+from .sqlite import SQLitePipeline
+from .validation import InvalidItem, ValidationPipeline
 
 __all__ = [
     "BatchingPipeline",
+    "InvalidItem",
     "MissingDependencyError",
+    "ParquetPipeline",
+    "SQLitePipeline",
+    "ValidationPipeline",
 ]

@@ -38,10 +38,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from itemadapter import ItemAdapter
+from itemadapter import ItemAdapter, is_item
 from scrapy.utils.asyncio import call_later, run_in_thread, sleep
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred
+
+from ..events import SSEEvent, parse_json_or_none
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -73,6 +75,21 @@ def default_sink_name(prefix: str) -> str:
     return name[4:] if name.startswith("sse_") else name
 
 
+def item_fields(item: Any) -> dict[str, Any]:
+    """The fields of any item as a dict; an ``SSEEvent`` (batch mode) as an
+    ``SSEEventItem`` would have them, so both modes store the same columns."""
+    if isinstance(item, SSEEvent):
+        return {
+            "url": item.url,
+            "event": item.event,
+            "id": item.id,
+            "data": item.data,
+            "json": parse_json_or_none(item.data),
+            "received_at": time.time(),
+        }
+    return ItemAdapter(item).asdict()
+
+
 def batch_members(item: Any) -> list[Any]:
     """The items carried by *item*: itself, or every member of a batch item."""
     if isinstance(item, list):
@@ -81,6 +98,19 @@ def batch_members(item: Any) -> list[Any]:
     if members is not None:
         return list(members)
     return [item]
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` default for nested values: items as objects, the rest as text."""
+    if is_item(value):
+        return ItemAdapter(value).asdict()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 # -- spill files: JSON lines that give back the Python types of common values ---------
@@ -203,6 +233,20 @@ class BatchingPipeline(abc.ABC):
         self.__init__(crawler)  # type: ignore[misc]
         return self
 
+    @classmethod
+    def dead_letter_settings(cls) -> dict[str, Any]:
+        """Settings of this sink's dead-letter instance (``SSE_DEAD_LETTER_PIPELINE``).
+
+        They must point it at another destination than the items; the default suits
+        sinks whose destination is ``<prefix>_TABLE``. ``SSE_DEAD_LETTER_SETTINGS``
+        (from the user) is applied on top.
+        """
+        prefix = cls.setting_prefix
+        return {
+            f"{prefix}_TABLE": "sse_dead_letters",
+            f"{prefix}_SINK_NAME": f"{default_sink_name(prefix)}_dead_letters",
+        }
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect, and create the table if asked; called once from ``open_spider``."""
@@ -220,7 +264,7 @@ class BatchingPipeline(abc.ABC):
 
     def to_row(self, item: Any) -> dict[str, Any]:
         """The row written for *item*: its fields as a dict (any item type)."""
-        return ItemAdapter(item).asdict()
+        return item_fields(item)
 
     @staticmethod
     def require(module: str, extra: str) -> ModuleType:
@@ -252,14 +296,22 @@ class BatchingPipeline(abc.ABC):
 
     async def process_item(self, item: Any) -> Any:
         rows = [self.to_row(member) for member in batch_members(item)]
+        waited = False
         while len(self._buffer) >= self.max_buffer:
             self._kick()
             if not self._flushing:
                 break  # not open yet, or closing: nothing to wait for
-            self._stat_inc("backpressure_waits")
+            if not waited:
+                waited = True
+                self._stat_inc("backpressure_waits")
             await self._wait()
         self.buffer_rows(rows)
         return item
+
+    @property
+    def buffered(self) -> int:
+        """Rows waiting for a flush (not counting the batch being written)."""
+        return len(self._buffer)
 
     async def close_spider(self) -> None:
         self._closing = True
@@ -436,7 +488,7 @@ class BatchingPipeline(abc.ABC):
             self.name,
             reason,
             len(rows),
-            path,
+            path.resolve(),
         )
 
     def _write_spill_file(self, rows: list[dict[str, Any]], seq: int) -> Path:
@@ -549,5 +601,7 @@ __all__ = [
     "batch_members",
     "default_sink_name",
     "dump_rows",
+    "item_fields",
+    "json_default",
     "load_rows",
 ]

@@ -25,10 +25,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from itemadapter import ItemAdapter, is_item
+from itemadapter import is_item
 from scrapy.utils.asyncio import run_in_thread
 
-from .base import BatchingPipeline
+from .base import BatchingPipeline, json_default
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -39,19 +39,6 @@ _INT64 = range(-(2**63), 2**63)
 def quote_identifier(name: str) -> str:
     """``name`` as an SQL identifier (any characters, quotes doubled)."""
     return '"' + name.replace('"', '""') + '"'
-
-
-def json_default(value: Any) -> Any:
-    """``json.dumps`` default for nested values: items as objects, the rest as text."""
-    if is_item(value):
-        return ItemAdapter(value).asdict()
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    if isinstance(value, dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    return str(value)
 
 
 def sql_value(value: Any) -> Any:
