@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import socket
 import json
 import re
+import socket
 from datetime import datetime
 from pathlib import Path
 
