@@ -2,12 +2,17 @@
 
 It starts ``demo_server.py`` on a free port in a background thread, runs the
 ``wikimedia``, ``prices`` and ``chat`` spiders together in one Scrapy process
-for a bounded time each (``CLOSESPIDER_TIMEOUT``), stores their items as JSON
-lines under ``output/<spider>.jsonl`` and prints a summary.  It exits non-zero
-when a spider produced no item, so it doubles as an end-to-end smoke test that
-needs no network access::
+for a bounded time each (``CLOSESPIDER_TIMEOUT``), stores their items in the
+embedded default store, SQLite (``output/demo.sqlite3``, one table per spider,
+through ``scrapy_sse.pipelines.SQLitePipeline``), and prints a summary.  It exits
+non-zero when a spider produced no item, so it doubles as an end-to-end smoke test
+that needs no network access::
 
     python example_project/run_demo.py --seconds 3
+
+``--store postgres`` (``SSE_POSTGRES_DSN``, default the local ``test`` database),
+``--store redis`` (``SSE_REDIS_URL``, one stream ``sse_demo:<spider>`` each) or
+``--store jsonl`` (feed exports, ``output/<spider>.jsonl``) switch the store.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -32,6 +38,8 @@ SPIDER_PATHS: dict[str, str] = {
 }
 #: The scrapy_sse stat counting events received (dispatched to the spider).
 EVENT_COUNT_STAT = "sse/events"
+STORES = ("sqlite", "postgres", "redis", "jsonl")
+SQLITE_FILE = "demo.sqlite3"
 EXIT_NO_ITEMS = 1
 EXIT_CRAWL_FAILED = 2
 EXIT_WATCHDOG = 3
@@ -58,6 +66,7 @@ class SpiderResult:
     name: str
     stats: dict[str, Any]
     output: Path
+    store: str = "sqlite"
 
     @property
     def items(self) -> int:
@@ -77,11 +86,25 @@ class SpiderResult:
             return "n/a"
         return f"{count / self.elapsed:.1f}"
 
-    def output_lines(self) -> int:
-        if not self.output.exists():
-            return 0
-        with self.output.open("rb") as handle:
-            return sum(1 for _ in handle)
+    def stored(self) -> str:
+        """What the store holds for this spider, read back from the store itself."""
+        if self.store == "sqlite":
+            if not self.output.exists():
+                return f"{self.output}: missing"
+            with sqlite3.connect(self.output) as db:
+                (rows,) = db.execute(f'SELECT count(*) FROM "{self.name}"').fetchone()
+            return f"{self.output} table {self.name}: {rows} rows"
+        if self.store == "jsonl":
+            if not self.output.exists():
+                return f"{self.output}: missing"
+            with self.output.open("rb") as handle:
+                return f"{self.output}: {sum(1 for _ in handle)} lines"
+        written = sum(
+            int(value)
+            for key, value in self.stats.items()
+            if key.startswith("sse/sink/") and key.endswith(("/rows_written", "/replayed_rows"))
+        )
+        return f"{self.store} ({self.name}): {written} rows written"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,7 +120,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(SPIDER_PATHS),
         help="comma-separated subset of: " + ", ".join(SPIDER_PATHS),
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="feed directory")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output directory")
+    parser.add_argument(
+        "--store",
+        choices=STORES,
+        default="sqlite",
+        help="where items go: sqlite (default, embedded), postgres, redis or jsonl",
+    )
     parser.add_argument("--seed", type=int, default=42, help="demo server seed")
     parser.add_argument(
         "--grace",
@@ -114,6 +143,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
     return args
+
+
+def store_settings(settings: Any, store: str, output_dir: Path) -> None:
+    """Point the item pipeline (or feed exports) at the chosen store."""
+    if store == "jsonl":
+        settings.set(
+            "FEEDS",
+            {
+                str(output_dir / "%(name)s.jsonl"): {
+                    "format": "jsonlines",
+                    "overwrite": True,
+                    "encoding": "utf-8",
+                }
+            },
+            priority="cmdline",
+        )
+        return
+    pipeline = {
+        "sqlite": "scrapy_sse.pipelines.SQLitePipeline",
+        "postgres": "scrapy_sse.pipelines.postgres.PostgresPipeline",
+        "redis": "scrapy_sse.pipelines.redis.RedisStreamPipeline",
+    }[store]
+    settings.set("ITEM_PIPELINES", {pipeline: 800}, priority="cmdline")
+    settings.set("SSE_SPILL_DIR", str(output_dir / "spill"), priority="cmdline")
+    if store == "sqlite":
+        database = output_dir / SQLITE_FILE
+        database.unlink(missing_ok=True)  # each run starts from an empty store
+        settings.set("SSE_SQLITE_PATH", str(database), priority="cmdline")
+    elif store == "postgres":
+        dsn = os.environ.get("SSE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+        settings.set("SSE_POSTGRES_DSN", dsn, priority="cmdline")
+        settings.set("SSE_POSTGRES_CREATE_TABLE", True, priority="cmdline")
+    else:
+        url = os.environ.get("SSE_REDIS_URL", "redis://127.0.0.1:6379/0")
+        settings.set("SSE_REDIS_URL", url, priority="cmdline")
 
 
 def start_watchdog(limit: float, running: Mapping[str, Any]) -> threading.Timer:
@@ -159,9 +223,9 @@ def print_summary(results: list[SpiderResult], base_url: str) -> None:
             print(f"-- {result.name} stats")
             for key, value in interesting.items():
                 print(f"   {key}: {value}")
-    print("-- outputs")
+    print("-- stored")
     for result in results:
-        print(f"   {result.output} ({result.output_lines()} lines)")
+        print(f"   {result.stored()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,18 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_project_settings()
     settings.set("CLOSESPIDER_TIMEOUT", args.seconds, priority="cmdline")
     settings.set("LOG_LEVEL", args.log_level, priority="cmdline")
-    settings.set(
-        "FEEDS",
-        {
-            str(output_dir / "%(name)s.jsonl"): {
-                "format": "jsonlines",
-                "overwrite": True,
-                "encoding": "utf-8",
-            }
-        },
-        priority="cmdline",
-    )
-
+    store_settings(settings, args.store, output_dir)
     # A malformed event now and then shows the wikimedia spider's skip counter.
     base_url, stop_server = serve_in_thread(
         0, config=DemoConfig(seed=args.seed, wiki_malformed_every=40)
@@ -198,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         process = AsyncCrawlerProcess(settings)
         for name in args.spider_names:
             crawler = process.create_crawler(name)
+            # One table (or Redis stream) per spider, before settings freeze in crawl().
+            crawler.settings.set("SSE_SQLITE_TABLE", name, priority="cmdline")
+            crawler.settings.set("SSE_POSTGRES_TABLE", f"sse_demo_{name}", priority="cmdline")
+            crawler.settings.set("SSE_REDIS_STREAM", f"sse_demo:{name}", priority="cmdline")
             crawlers[name] = crawler
             process.crawl(crawler, url=base_url + SPIDER_PATHS[name])
         watchdog = start_watchdog(args.seconds + args.grace, crawlers)
@@ -214,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         SpiderResult(
             name,
             dict(crawler.stats.get_stats()) if crawler.stats else {},
-            output_dir / f"{name}.jsonl",
+            output_dir / (SQLITE_FILE if args.store == "sqlite" else f"{name}.jsonl"),
+            args.store,
         )
         for name, crawler in crawlers.items()
     ]

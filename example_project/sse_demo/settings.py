@@ -3,9 +3,10 @@
 Only what differs from Scrapy's defaults is set here.  Stream-specific
 behaviour (download timeouts that must not cut an endless stream, reconnection,
 ``Last-Event-ID`` handling) is the job of the ``scrapy_sse`` add-on, so the
-project enables the add-on instead of tuning those settings itself.  No FEEDS
-are configured globally: pick an output per run (``-O out.jsonl``), or let
-``run_demo.py`` write one feed per spider.
+project enables the add-on instead of tuning those settings itself.  No store is
+configured here: ``run_demo.py`` writes to SQLite (or ``--store postgres|redis|jsonl``);
+with ``scrapy crawl`` pick one per run, e.g. ``-O out.jsonl``, or
+``-s ITEM_PIPELINES='{"scrapy_sse.pipelines.SQLitePipeline": 800}' -s SSE_SQLITE_PATH=x.db``.
 """
 
 from __future__ import annotations
