@@ -20,6 +20,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from time import time
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any, cast
 
 from itemadapter import is_item
@@ -109,8 +110,16 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
                 result = event_callback(event, **kwargs)
                 if result is None:
                     continue
-                async for value in _outputs(result):
-                    yield value
+                # The two shapes most callbacks have, without an extra generator layer.
+                kind = type(result)
+                if kind is dict:
+                    yield result
+                elif kind is GeneratorType:
+                    for value in result:
+                        yield value
+                else:
+                    async for value in _outputs(result):
+                        yield value
             except Exception as exc:
                 stats.inc_value("sse/callback_errors")
                 stats.inc_value(f"sse/callback_errors/{type(exc).__name__}")
