@@ -43,6 +43,9 @@ _tuple_new = tuple.__new__
 #: that a long multi-line event costs O(n), not O(n²), however it is cut into reads.
 _FOLD_AT = 2048
 
+#: Joined text longer than this is split by lines, not by blocks (see ``feed``).
+_LONG_TEXT = 8192
+
 #: A whole block of the shape price feeds send: optional ``event:``/``id:`` lines
 #: (``event`` may come before or after ``id``) and one ``data:`` line. One C-level
 #: match replaces a Python loop over its lines; anything else takes the general path.
@@ -72,6 +75,8 @@ class SSEParser:
         "_pending",
         "_pending_limit",
         "_pending_size",
+        "_quiet",
+        "_split_data",
         "_skip_lf",
         "_started",
         "_tail",
@@ -97,6 +102,9 @@ class SSEParser:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._pending_limit = max_event_size
+        # No BOM check done yet: the first read must take the general path.
+        self._quiet = False
+        self._split_data = True
         self._started = False
         self._skip_lf = False
         self._data: list[str] = []
@@ -130,11 +138,24 @@ class SSEParser:
                 raise SSEEventTooLarge(size, self._max_size)
             self._pending.append(chunk)
             return ()
+        joined = False
         if self._pending:
             self._pending.append(chunk)
             chunk = b"".join(self._pending)
             self._pending = []
             self._pending_size = 0
+            joined = True
+        elif (
+            self._quiet
+            and 13 not in chunk
+            and chunk.endswith(b"\n\n")
+            and chunk.find(b"\n\n") == len(chunk) - 2
+        ):
+            # The read is exactly one event, as servers that write an HTTP chunk per
+            # event deliver them: parse it without the general machinery.
+            event = self._one_event(chunk[:-2].decode("utf-8", "replace"))
+            if event is not None:
+                return [event]
         text = self._decode(chunk)
         if not self._started:
             self._started = True
@@ -150,18 +171,62 @@ class SSEParser:
         if self._tail:
             text = self._tail + text
         out: list[Any] = []
-        # Split where a blank line is followed by a data field: in the common
-        # data-only stream every middle piece is then exactly one event's value.
+        if len(text) > _LONG_TEXT and (joined or text.find("\n", 0, _LONG_TEXT) < 0):
+            # Long lines, few of them (reads without a line end were joined, or the
+            # first line is long): a one-character split is many times faster than a
+            # two-character one there.
+            lines = text.split("\n")
+            tail = lines.pop()
+            self._lines(lines, out)
+            self._keep_tail(tail, out)
+        elif self._split_data:
+            self._data_parts(text, out)
+        else:
+            self._blocks(text, out, complete=False)
+        # Whether the next read may take the one-event fast path: nothing carried over.
+        self._quiet = (
+            not self._tail
+            and chunk[-1] < 0x80
+            and not self._skip_lf
+            and not (self._data or self._type or self._event_retry is not None)
+        )
+        return out
+
+    def _one_event(self, text: str) -> SSEEvent | None:
+        """The event of a read that holds exactly one block, or ``None`` when the block
+        needs the general path (comments, several data lines, retry...)."""
+        if text.startswith("data:") and "\n" not in text:
+            value = text[6:] if text.startswith(" ", 5) else text[5:]
+            event_type = "message"
+        else:
+            match = _simple_block(text)
+            if match is None:
+                return None
+            event_type, event_id, event_type2, value = match.groups()
+            if event_id is not None:
+                if "\0" in event_id:
+                    return None
+                self._id_buffer = event_id
+            event_type = (event_type2 if event_type2 is not None else event_type) or "message"
+        if len(value) >= self._max_size:
+            raise SSEEventTooLarge(len(value) + 1, self._max_size)
+        self.last_event_id = self._id_buffer
+        return _tuple_new(SSEEvent, (event_type, value, self._id_buffer, None, self.source))
+
+    def _data_parts(self, text: str, out: list[Any]) -> None:
+        """Split where a blank line is followed by a data field: in a data-only stream
+        every middle piece is then exactly one event's value, with no per-line work."""
         parts = text.split("\n\ndata: ")
         if len(parts) == 1:
             self._blocks(text, out, complete=False)
-            return out
+            return
         self._blocks(parts[0], out, complete=True)
         last = parts.pop()
         max_size = self._max_size
         id_buffer = self._id_buffer
         source = self.source
         append = out.append
+        other = 0
         for i in range(1, len(parts)):
             value = parts[i]
             if "\n" not in value:
@@ -169,12 +234,15 @@ class SSEParser:
                     raise SSEEventTooLarge(len(value) + 1, max_size, out)
                 append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source)))
             else:
+                other += 1
                 self.last_event_id = id_buffer
                 self._blocks("data: " + value, out, complete=True)
                 id_buffer = self._id_buffer
         self.last_event_id = id_buffer
         self._blocks("data: " + last, out, complete=False)
-        return out
+        if other * 4 > len(parts):
+            # Mostly not single-line data events: the split only adds work here.
+            self._split_data = False
 
     def _blocks(self, text: str, out: list[Any], *, complete: bool) -> None:
         """Parse ``text``; with ``complete`` it ends at a blank line, else its last
@@ -187,9 +255,11 @@ class SSEParser:
         source = self.source
         # Only the first block can continue an event begun in an earlier read.
         clean = not (self._data or self._type or self._event_retry is not None)
+        simple = 0
         for block in blocks:
             if clean and block.startswith("data:") and "\n" not in block:
                 # Fast path: a block that is exactly one data line.
+                simple += 1
                 value = block[6:] if block.startswith(" ", 5) else block[5:]
                 if len(value) >= max_size:
                     raise SSEEventTooLarge(len(value) + 1, max_size, out)
@@ -236,6 +306,12 @@ class SSEParser:
         if blocks:
             self.last_event_id = id_buffer
         self._id_buffer = id_buffer
+        if len(blocks) >= 4:
+            self._split_data = simple * 4 >= len(blocks) * 3
+        self._keep_tail(tail, out)
+
+    def _keep_tail(self, tail: str, out: list[Any]) -> None:
+        """Keep the unfinished end of the text for the next read."""
         if tail[:1] == "\n":
             # The unfinished part starts with a blank line (a third line end in a
             # row): it dispatches now, not when more text arrives.
@@ -250,11 +326,11 @@ class SSEParser:
                 # a long multi-line event is not re-split on every read.
                 self._lines(tail[:cut].split("\n"), out)
                 tail = tail[cut + 1 :]
-            if len(tail) > max_size:
+            if len(tail) > self._max_size:
                 self._tail = ""
-                raise SSEEventTooLarge(len(tail), max_size, out)
+                raise SSEEventTooLarge(len(tail), self._max_size, out)
         self._tail = tail
-        self._pending_limit = max_size - len(tail)
+        self._pending_limit = self._max_size - len(tail)
 
     def _lines(self, lines: list[str], out: list[Any]) -> None:
         """Apply the field lines of one (part of a) block to the current event."""
