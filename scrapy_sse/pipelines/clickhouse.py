@@ -1,0 +1,234 @@
+"""ClickHouse sink over its HTTP interface: a batch is one ``INSERT ... FORMAT
+JSONEachRow`` request whose body is the rows as JSON lines.
+
+HTTP needs no driver: aiohttp (which Scrapy already depends on) posts the batch when an
+asyncio loop runs (Scrapy's default reactor, or reactorless mode); under another
+reactor the request runs in a thread (urllib), so the reactor is never blocked.
+ClickHouse answers a failed insert with a non-200 status and a plain-text explanation;
+that text is the exception message, so the log says *why* (unknown table, bad value).
+
+An insert of one batch is one block, which ClickHouse writes atomically, so a failed
+batch is all-or-nothing and the base class's retry duplicates nothing. If the reply to
+a successful insert is lost, the retry writes the batch again (at-least-once); a
+``Replicated*MergeTree`` table deduplicates such identical blocks by itself.
+
+Values: nested values (dict, list) become JSON text for ``String`` columns, aware
+datetimes are sent as Unix seconds (unambiguous whatever the server's time zone),
+naive ones as ``YYYY-MM-DD hh:mm:ss`` (the server's time zone), other values as JSON.
+Only fields that are columns of the table are sent (a warning names the others once),
+so an extra item field does not fail every batch.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from scrapy.utils.asyncio import is_asyncio_available, run_in_thread
+
+from .base import BatchingPipeline, json_default
+
+if TYPE_CHECKING:
+    import aiohttp
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8123/"
+DEFAULT_ENGINE = "MergeTree ORDER BY tuple()"
+
+
+class ClickHouseError(RuntimeError):
+    """ClickHouse refused a request; the message is its own explanation."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"ClickHouse answered HTTP {status}: {text.strip()}")
+        self.status = status
+        self.text = text
+
+
+def quote_identifier(name: str) -> str:
+    """A ClickHouse identifier in backquotes, safe whatever characters it holds."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def clickhouse_value(value: Any) -> Any:
+    """A JSON-ready value for ``JSONEachRow`` (module doc)."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        return json.dumps(value, default=json_default, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            return int(value.timestamp())
+        return value.isoformat(sep=" ", timespec="seconds")
+    return json_default(value)
+
+
+def clickhouse_type(value: Any) -> str:
+    """The column type created for a column whose first non-null value is *value*."""
+    if isinstance(value, bool):
+        base = "UInt8"
+    elif isinstance(value, int):
+        base = "Int64"
+    elif isinstance(value, float):
+        base = "Float64"
+    elif isinstance(value, dt.datetime):
+        base = "DateTime"
+    elif isinstance(value, dt.date):
+        base = "Date"
+    else:  # text, nested values as JSON text, and columns null in the first batch
+        base = "String"
+    return f"Nullable({base})"
+
+
+class ClickHousePipeline(BatchingPipeline):
+    """Inserts items into a ClickHouse table over HTTP, a request per batch."""
+
+    setting_prefix = "SSE_CLICKHOUSE"
+    extra = None  # aiohttp comes with Scrapy
+
+    def __init__(self, crawler: Crawler) -> None:
+        super().__init__(crawler)
+        settings = self.settings
+        self.url: str = settings.get("SSE_CLICKHOUSE_URL") or DEFAULT_URL
+        table: str = settings.get("SSE_CLICKHOUSE_TABLE") or ""
+        if not table:
+            raise ValueError("ClickHousePipeline needs SSE_CLICKHOUSE_TABLE")
+        database: str | None = settings.get("SSE_CLICKHOUSE_DATABASE") or None
+        self.table_sql = (
+            f"{quote_identifier(database)}.{quote_identifier(table)}"
+            if database
+            else quote_identifier(table)
+        )
+        self.user: str | None = settings.get("SSE_CLICKHOUSE_USER") or None
+        self.password: str = settings.get("SSE_CLICKHOUSE_PASSWORD") or ""
+        self.create_table = settings.getbool("SSE_CLICKHOUSE_CREATE_TABLE", False)
+        self.engine: str = settings.get("SSE_CLICKHOUSE_ENGINE") or DEFAULT_ENGINE
+        self.timeout = settings.getfloat("SSE_CLICKHOUSE_TIMEOUT", 30.0)
+        #: Extra ClickHouse settings sent with every insert (query parameters).
+        self.query_settings: dict[str, Any] = settings.getdict("SSE_CLICKHOUSE_SETTINGS")
+        self._session: aiohttp.ClientSession | None = None
+        self._columns: frozenset[str] | None = None
+        self._warned_unknown = False
+
+    # -- BatchingPipeline ------------------------------------------------------------
+
+    async def open(self) -> None:
+        if is_asyncio_available():
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout), headers=self._auth_headers()
+            )
+        where = urllib.parse.urlsplit(self.url)
+        logger.info(
+            "Sink %s: posting to %s://%s:%s %s",  # no user info: it may hold a password
+            self.name,
+            where.scheme,
+            where.hostname,
+            where.port,
+            "with aiohttp" if self._session is not None else "with urllib in a thread",
+        )
+        columns = await self._table_columns()
+        if columns:
+            self._columns = columns
+        elif not self.create_table:
+            raise ClickHouseError(
+                404,
+                f"table {self.table_sql} does not exist; create it or set "
+                "SSE_CLICKHOUSE_CREATE_TABLE = True",
+            )
+
+    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self._columns is None:
+            await self._create(rows)
+        columns = self._columns or frozenset()
+        lines = []
+        for row in rows:
+            if not self._warned_unknown and not row.keys() <= columns:
+                self._warn_unknown([field for field in row if field not in columns])
+            values = {k: clickhouse_value(v) for k, v in row.items() if k in columns}
+            lines.append(json.dumps(values, ensure_ascii=False, separators=(",", ":")))
+        body = ("\n".join(lines) + "\n").encode()
+        await self._request(f"INSERT INTO {self.table_sql} FORMAT JSONEachRow", body)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # -- table -----------------------------------------------------------------------
+
+    async def _table_columns(self) -> frozenset[str]:
+        """Column names of the table; empty when it does not exist."""
+        exists = await self._request(f"EXISTS TABLE {self.table_sql}")
+        if exists.strip() != "1":
+            return frozenset()
+        described = await self._request(f"DESCRIBE TABLE {self.table_sql} FORMAT JSONEachRow")
+        return frozenset(json.loads(line)["name"] for line in described.splitlines() if line)
+
+    async def _create(self, rows: list[dict[str, Any]]) -> None:
+        """Create the table from the first batch (first non-null value of each field)."""
+        fields = list(rows[0])
+        types = {
+            name: clickhouse_type(next((r[name] for r in rows if r.get(name) is not None), None))
+            for name in fields
+        }
+        columns = ", ".join(f"{quote_identifier(name)} {types[name]}" for name in fields)
+        await self._request(
+            f"CREATE TABLE IF NOT EXISTS {self.table_sql} ({columns}) ENGINE = {self.engine}"
+        )
+        logger.info("Sink %s: created table %s", self.name, self.table_sql)
+        self._columns = await self._table_columns()
+
+    def _warn_unknown(self, fields: list[str]) -> None:
+        self._warned_unknown = True
+        logger.warning(
+            "Sink %s: item fields %s have no column in %s and are not stored (warned once)",
+            self.name,
+            fields,
+            self.table_sql,
+        )
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    async def _request(self, query: str, body: bytes | None = None) -> str:
+        """Run *query* (with *body* as its data, for an insert); the response text."""
+        params = {"query": query, **self.query_settings} if body is not None else {}
+        separator = "&" if "?" in self.url else "?"
+        url = self.url + (separator + urllib.parse.urlencode(params) if params else "")
+        data = body if body is not None else query.encode()
+        if self._session is not None:
+            async with self._session.post(url, data=data) as response:
+                text = await response.text(errors="replace")
+                status = response.status
+        else:
+            status, text = await run_in_thread(self._post_blocking, url, data)
+        if status != 200:
+            raise ClickHouseError(status, text)
+        return text
+
+    def _auth_headers(self) -> dict[str, str]:
+        """HTTP basic auth, which every ClickHouse version accepts."""
+        if not self.user:
+            return {}
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {token}"}
+
+    def _post_blocking(self, url: str, data: bytes) -> tuple[int, str]:
+        """The same POST with urllib, for a thread (no asyncio loop to use aiohttp)."""
+        request = urllib.request.Request(url, data=data, headers=self._auth_headers())
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return int(response.status), response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")

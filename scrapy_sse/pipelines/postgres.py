@@ -1,0 +1,356 @@
+"""PostgreSQL sink: each batch is one ``COPY ... FROM STDIN`` in one transaction.
+
+``COPY`` is the fastest way into PostgreSQL (one statement, rows streamed), and the
+transaction makes a batch all-or-nothing: a connection killed mid-batch leaves no half
+batch behind, so the retry that :class:`~scrapy_sse.pipelines.base.BatchingPipeline`
+makes cannot duplicate rows.
+
+One failure remains ambiguous in any database client: the connection dies after the
+server committed but before the client heard so. To keep even that exactly-once, each
+batch records its transaction id (``txid_current()``); when an attempt fails, the
+batch is remembered as *in doubt* (by a fingerprint of its rows) and, when the same
+rows come back (a retry, or a replay from a spill file), ``txid_status()`` tells
+whether the earlier attempt committed, in which case the rows are not written again.
+
+Columns come from ``SSE_POSTGRES_COLUMNS`` or the first item's fields. With
+``SSE_POSTGRES_CREATE_TABLE`` the table is created at the first batch, typed from its
+values (the first non-null value of each column): nested values (dict, list) and
+columns that are null throughout the first batch become ``jsonb``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import hashlib
+import json
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from scrapy.utils.asyncio import is_asyncio_available
+
+from .base import BatchingPipeline, dump_rows, json_default
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from psycopg import AsyncConnection
+    from psycopg.sql import Composed, Identifier
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds a connection attempt may take (unless the DSN sets ``connect_timeout``).
+CONNECT_TIMEOUT = 10
+#: How long to wait for the transaction of a failed attempt to end on the server
+#: (a terminated backend rolls back within milliseconds) before retrying later.
+IN_PROGRESS_WAIT = 5.0
+
+
+def fingerprint(rows: list[dict[str, Any]]) -> str:
+    """A digest of *rows* that survives a round trip through a spill file."""
+    return hashlib.sha256(dump_rows(rows).encode()).hexdigest()
+
+
+class InDoubtBatches(Generic[T]):
+    """Batches whose last attempt failed but may have reached the sink, each with what
+    the sink needs to find out (a transaction id, a batch token).
+
+    Keyed by :func:`fingerprint`, computed only after a failure and while something is
+    in doubt, so the normal path costs nothing. Two different batches with identical
+    rows are indistinguishable, and that is harmless: whichever comes first is skipped
+    if the earlier attempt committed, the other is written, and the sink ends up with
+    the right number of copies. Bounded: the oldest entries are forgotten first.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._entries: OrderedDict[str, T] = OrderedDict()
+        self._limit = limit
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def get(self, key: str) -> T | None:
+        return self._entries.get(key)
+
+    def pop(self, key: str) -> T | None:
+        return self._entries.pop(key, None)
+
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def add(self, key: str, value: T) -> None:
+        self._entries[key] = value
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+
+def postgres_type(value: Any) -> str:
+    """The column type created for a column whose first non-null value is *value*."""
+    if value is None or isinstance(value, dict | list | tuple):
+        return "jsonb"  # a JSON column accepts any later value
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint"
+    if isinstance(value, float):
+        return "double precision"
+    if isinstance(value, Decimal):
+        return "numeric"
+    if isinstance(value, bytes | bytearray):
+        return "bytea"
+    if isinstance(value, dt.datetime):
+        return "timestamptz" if value.tzinfo is not None else "timestamp"
+    if isinstance(value, dt.date):
+        return "date"
+    if isinstance(value, dt.time):
+        return "time"
+    if isinstance(value, uuid.UUID):
+        return "uuid"
+    return "text"
+
+
+class TableMissingError(RuntimeError):
+    """The table does not exist and ``SSE_POSTGRES_CREATE_TABLE`` is off."""
+
+
+class PostgresPipeline(BatchingPipeline):
+    """Writes items to a PostgreSQL table with ``COPY``, a transaction per batch.
+
+    Needs the asyncio reactor (Scrapy's default) for psycopg's async connection.
+    """
+
+    setting_prefix = "SSE_POSTGRES"
+    extra = "postgres"
+
+    def __init__(self, crawler: Crawler) -> None:
+        super().__init__(crawler)
+        self.dsn: str = self.settings.get("SSE_POSTGRES_DSN") or ""
+        table: str = self.settings.get("SSE_POSTGRES_TABLE") or ""
+        if not self.dsn or not table:
+            raise ValueError("PostgresPipeline needs SSE_POSTGRES_DSN and SSE_POSTGRES_TABLE")
+        #: ``schema.table`` or ``table``.
+        self.table_parts = tuple(table.split(".", 1))
+        self.create_table = self.settings.getbool("SSE_POSTGRES_CREATE_TABLE", False)
+        self.column_setting: list[str] = self.settings.getlist("SSE_POSTGRES_COLUMNS")
+        self._psycopg: ModuleType | None = None
+        self._conn: AsyncConnection[Any] | None = None
+        self._columns: list[str] | None = None
+        self._column_set: frozenset[str] = frozenset()
+        self._converters: list[Callable[[Any], Any]] = []
+        self._copy_sql: Composed | None = None
+        self._unknown_fields_seen = False
+        self._in_doubt: InDoubtBatches[int] = InDoubtBatches()
+
+    # -- BatchingPipeline ------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._psycopg = self.require("psycopg", "postgres")
+        if not is_asyncio_available():
+            raise RuntimeError(
+                "PostgresPipeline needs the asyncio reactor (Scrapy's default "
+                "TWISTED_REACTOR) or TWISTED_REACTOR_ENABLED = False"
+            )
+        conn = await self._connection()
+        if not self.create_table and not await self._table_columns(conn):
+            raise TableMissingError(
+                f"table {'.'.join(self.table_parts)!r} does not exist; create it or set "
+                "SSE_POSTGRES_CREATE_TABLE = True"
+            )
+
+    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        conn = await self._connection()
+        key = ""
+        if self._in_doubt:
+            key = fingerprint(rows)
+            earlier = self._in_doubt.get(key)
+            # If the check fails (the connection broke again), the batch stays in doubt.
+            committed = earlier is not None and await self._committed(conn, earlier)
+            self._in_doubt.discard(key)
+            if committed:
+                self._stat_inc("in_doubt_batches_skipped")
+                logger.info(
+                    "Sink %s: %d rows were committed by an attempt that lost its "
+                    "connection; not writing them again",
+                    self.name,
+                    len(rows),
+                )
+                return
+        await self._prepare(conn, rows)
+        assert self._copy_sql is not None
+        xid = None
+        try:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute("SELECT txid_current()")
+                xid = int((await cur.fetchone() or (0,))[0])
+                async with cur.copy(self._copy_sql) as copy:
+                    for row in rows:
+                        await copy.write_row(self._values(row))
+        except BaseException:
+            if xid is not None:
+                self._in_doubt.add(key or fingerprint(rows), xid)
+            if conn.broken or conn.closed:
+                await self._drop_connection()
+            raise
+
+    async def close(self) -> None:
+        await self._drop_connection()
+
+    # -- connection --------------------------------------------------------------------
+
+    async def _connection(self) -> AsyncConnection[Any]:
+        """The open connection, or a new one (after a broken one was dropped)."""
+        if self._conn is not None and not (self._conn.broken or self._conn.closed):
+            return self._conn
+        await self._drop_connection()
+        psycopg = self._psycopg or self.require("psycopg", "postgres")
+        info = psycopg.conninfo.conninfo_to_dict(self.dsn)
+        kwargs: dict[str, Any] = {"fallback_application_name": "scrapy-sse"}
+        if "connect_timeout" not in info:
+            kwargs["connect_timeout"] = CONNECT_TIMEOUT
+        conn: AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, **kwargs
+        )
+        # Nested values may hold datetimes, items and the like (base.json_default).
+        dumps = functools.partial(json.dumps, default=json_default, ensure_ascii=False)
+        psycopg.types.json.set_json_dumps(dumps, context=conn)
+        self._conn = conn
+        return conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            try:
+                await conn.close()
+            except Exception:  # already broken: nothing more to release
+                logger.debug("Sink %s: closing a broken connection failed", self.name)
+
+    async def _committed(self, conn: AsyncConnection[Any], xid: int) -> bool:
+        """Whether transaction *xid* (a failed attempt of this batch) committed.
+
+        Waits (bounded) while it is still in progress: the server has not yet noticed
+        the lost connection. If it is still running after that, this raises, so the
+        base class retries later.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + IN_PROGRESS_WAIT
+        while True:
+            cur = await conn.execute("SELECT txid_status(%s)", (xid,))
+            status = (await cur.fetchone() or (None,))[0]
+            if status != "in progress":
+                break
+            if loop.time() >= deadline:
+                raise RuntimeError(f"an earlier attempt (transaction {xid}) is still running")
+            await asyncio.sleep(0.1)
+        if status is None:  # too old for the server to remember: write, at least once
+            logger.warning("Sink %s: outcome of transaction %d unknown", self.name, xid)
+        return status == "committed"
+
+    # -- table and columns -----------------------------------------------------------
+
+    def _table_sql(self) -> Identifier:
+        table: Identifier = self._sql().Identifier(*self.table_parts)
+        return table
+
+    def _sql(self) -> Any:
+        psycopg = self._psycopg or self.require("psycopg", "postgres")
+        return psycopg.sql
+
+    async def _table_columns(self, conn: AsyncConnection[Any]) -> dict[str, str]:
+        """Column name -> type name of the table; empty when it does not exist."""
+        cur = await conn.execute(
+            "SELECT a.attname, t.typname FROM pg_attribute a "
+            "JOIN pg_type t ON t.oid = a.atttypid "
+            "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum",
+            (self._table_sql().as_string(conn),),
+        )
+        return {name: typ for name, typ in await cur.fetchall()}
+
+    async def _prepare(self, conn: AsyncConnection[Any], rows: list[dict[str, Any]]) -> None:
+        """At the first batch: create the table if asked, settle the columns."""
+        if self._columns is not None:
+            return
+        sql = self._sql()
+        wanted = self.column_setting or list(rows[0])
+        table_columns = await self._table_columns(conn)
+        if not table_columns:
+            if not self.create_table:
+                raise TableMissingError(f"table {'.'.join(self.table_parts)!r} does not exist")
+            types = {
+                col: postgres_type(next((r[col] for r in rows if r.get(col) is not None), None))
+                for col in wanted
+            }
+            await conn.execute(
+                sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+                    self._table_sql(),
+                    sql.SQL(", ").join(
+                        sql.SQL("{} {}").format(sql.Identifier(col), sql.SQL(types[col]))
+                        for col in wanted
+                    ),
+                )
+            )
+            logger.info("Sink %s: created table %s", self.name, ".".join(self.table_parts))
+            table_columns = await self._table_columns(conn)
+        missing = [col for col in wanted if col not in table_columns]
+        if missing and self.column_setting:
+            raise ValueError(f"SSE_POSTGRES_COLUMNS names columns the table lacks: {missing}")
+        columns = [col for col in wanted if col in table_columns]
+        if not columns:
+            raise ValueError(f"no field of the items is a column of the table: {wanted}")
+        if missing:
+            self._warn_unknown(missing)
+        json_types = {"json", "jsonb"}
+        self._converters = [
+            self._to_json if table_columns[col] in json_types else self._nested_to_json
+            for col in columns
+        ]
+        self._columns = columns
+        self._column_set = frozenset(columns)
+        self._copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            self._table_sql(), sql.SQL(", ").join(sql.Identifier(col) for col in columns)
+        )
+
+    def _values(self, row: dict[str, Any]) -> list[Any]:
+        """The COPY values of *row*, in column order."""
+        if not self._unknown_fields_seen:
+            self._check_fields(row)
+        columns = self._columns or []
+        return [conv(row.get(col)) for col, conv in zip(columns, self._converters, strict=True)]
+
+    def _to_json(self, value: Any) -> Any:
+        """For a json/jsonb column: any value, a string included, as a JSON value."""
+        if value is None:
+            return None
+        assert self._psycopg is not None
+        return self._psycopg.types.json.Jsonb(value)
+
+    def _nested_to_json(self, value: Any) -> Any:
+        """For other columns: nested values as JSON text, the rest as is."""
+        if isinstance(value, dict | list | tuple):
+            assert self._psycopg is not None
+            return self._psycopg.types.json.Jsonb(value)
+        return value
+
+    def _check_fields(self, row: dict[str, Any]) -> None:
+        """Warn (once) about item fields that have no column, instead of failing."""
+        if not row.keys() <= self._column_set:
+            self._warn_unknown([field for field in row if field not in self._column_set])
+
+    def _warn_unknown(self, fields: list[str]) -> None:
+        self._unknown_fields_seen = True
+        logger.warning(
+            "Sink %s: item fields %s have no column in %s and are not stored (warned once)",
+            self.name,
+            fields,
+            ".".join(self.table_parts),
+        )

@@ -1,0 +1,224 @@
+"""Redis Streams sink: every item becomes one ``XADD`` entry.
+
+A batch is written by one server-side script call (``EVALSHA``, one round trip like a
+pipeline) rather than a pipeline of ``XADD`` commands, because a script runs
+atomically: a connection killed mid-batch leaves either the whole batch or none of it,
+whereas a non-transactional pipeline can stop half-way and its retry would add the
+first half twice. The script also sets a marker key for the batch (a random token,
+kept ``SSE_REDIS_DEDUP_TTL`` seconds) and does nothing when the marker exists, so a
+retry of a batch whose reply was lost (the server wrote it, the client never heard)
+is not written twice either: the token of a failed batch is remembered, by a
+fingerprint of its rows, and reused when the same rows are retried or replayed.
+
+Fields: ``str``, ``bytes``, ``int`` and ``float`` values are stored as they are (Redis
+keeps strings; numbers become their decimal text), ``bool`` as ``true``/``false``,
+dicts and lists as JSON text, dates and times as ISO 8601, anything else as ``str()``;
+``None`` fields are omitted (a stream entry has no null). ``SSE_REDIS_STREAM`` is a
+key, or a template filled from each item's fields (``"prices:{symbol}"``; write
+``{{``/``}}`` for literal braces); an item that lacks a field the template names is
+dropped with a clear message rather than failing a whole batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from scrapy.exceptions import DropItem
+from scrapy.utils.asyncio import is_asyncio_available
+
+from .base import BatchingPipeline, json_default
+from .postgres import InDoubtBatches, fingerprint
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+#: Seconds a connection attempt or a reply may take (URL options override them).
+SOCKET_TIMEOUT = 10.0
+
+#: KEYS[1]: the batch marker; KEYS[2..]: the streams. ARGV[1]: the marker's TTL;
+#: ARGV[2]: MAXLEN ("0": no trimming); then per entry: the index of its stream in
+#: KEYS, its number of fields, and the fields and values.
+XADD_BATCH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+for k = 2, #KEYS do
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if kind ~= 'none' and kind ~= 'stream' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a stream')
+  end
+end
+local maxlen = ARGV[2]
+local i = 3
+local added = 0
+while i <= #ARGV do
+  local args = {'XADD', KEYS[tonumber(ARGV[i])]}
+  if maxlen ~= '0' then
+    args[#args + 1] = 'MAXLEN'
+    args[#args + 1] = '~'
+    args[#args + 1] = maxlen
+  end
+  args[#args + 1] = '*'
+  local n = tonumber(ARGV[i + 1])
+  for j = i + 2, i + 1 + 2 * n do args[#args + 1] = ARGV[j] end
+  redis.call(unpack(args))
+  i = i + 2 + 2 * n
+  added = added + 1
+end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return added
+"""
+
+
+def encode_field(value: Any) -> str | bytes | int | float | None:
+    """The stream field value for an item field value (module doc); ``None``: omit."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | bytes | int | float):
+        return value
+    if isinstance(value, bytearray):
+        return bytes(value)
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        return json.dumps(value, default=json_default, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return str(value)
+
+
+class RedisStreamPipeline(BatchingPipeline):
+    """Appends items to Redis streams, a batch per atomic script call (module doc).
+
+    Needs the asyncio reactor (Scrapy's default) for ``redis.asyncio``.
+    """
+
+    setting_prefix = "SSE_REDIS"
+    extra = "redis"
+
+    def __init__(self, crawler: Crawler) -> None:
+        super().__init__(crawler)
+        self.url: str = self.settings.get("SSE_REDIS_URL") or DEFAULT_URL
+        self.stream: str = self.settings.get("SSE_REDIS_STREAM") or ""
+        if not self.stream:
+            raise ValueError("RedisStreamPipeline needs SSE_REDIS_STREAM")
+        self.is_template = "{" in self.stream or "}" in self.stream
+        maxlen = self.settings.get("SSE_REDIS_MAXLEN")
+        self.maxlen = int(maxlen) if maxlen not in (None, "") else 0
+        self.dedup_prefix: str = self.settings.get("SSE_REDIS_DEDUP_PREFIX", "scrapy-sse:batch:")
+        self.dedup_ttl = max(1, self.settings.getint("SSE_REDIS_DEDUP_TTL", 86400))
+        self._client: Redis | None = None
+        self._script: AsyncScript | None = None
+        self._in_doubt: InDoubtBatches[str] = InDoubtBatches()
+        self._warned_empty = False
+
+    def stream_for(self, row: dict[str, Any]) -> str:
+        """The stream key of *row* (raises ``KeyError`` and the like for a template
+        that names a field the row lacks)."""
+        return self.stream.format_map(row) if self.is_template else self.stream
+
+    def to_row(self, item: Any) -> dict[str, Any]:
+        """Checks the stream template here, so a bad item is dropped on its own."""
+        row = super().to_row(item)
+        if self.is_template:
+            try:
+                self.stream_for(row)
+            except (KeyError, IndexError, AttributeError, ValueError) as exc:
+                raise DropItem(
+                    f"SSE_REDIS_STREAM {self.stream!r} cannot be filled from this item "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
+        return row
+
+    # -- BatchingPipeline ------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.require("redis", "redis")
+        if not is_asyncio_available():
+            raise RuntimeError(
+                "RedisStreamPipeline needs the asyncio reactor (Scrapy's default "
+                "TWISTED_REACTOR) or TWISTED_REACTOR_ENABLED = False"
+            )
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialWithJitterBackoff
+
+        self._client = Redis.from_url(
+            self.url,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            # A couple of quick reconnects (after a killed connection, say) before
+            # the base class's slower retries; safe because the script is idempotent.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 2),
+        )
+        await self._client.ping()
+        self._script = self._client.register_script(XADD_BATCH)
+
+    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+        if not rows or self._script is None:
+            return
+        key = ""
+        token = None
+        if self._in_doubt:
+            key = fingerprint(rows)
+            token = self._in_doubt.pop(key)
+        token = token or uuid.uuid4().hex
+        keys, args = self._script_arguments(token, rows)
+        try:
+            added = await self._script(keys=keys, args=args)
+        except BaseException:
+            self._in_doubt.add(key or fingerprint(rows), token)
+            raise
+        if added == -1:
+            self._stat_inc("in_doubt_batches_skipped")
+            logger.info(
+                "Sink %s: %d rows were written by an attempt that lost its reply; "
+                "not writing them again",
+                self.name,
+                len(rows),
+            )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _script_arguments(
+        self, token: str, rows: list[dict[str, Any]]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of :data:`XADD_BATCH` for *rows* (rows that cannot be routed
+        or have no non-null field are skipped with a log line: retrying cannot fix
+        them)."""
+        keys = [self.dedup_prefix + token]
+        index: dict[str, int] = {}
+        args: list[Any] = [self.dedup_ttl, self.maxlen]
+        for row in rows:
+            try:
+                stream = self.stream_for(row)
+            except (KeyError, IndexError, AttributeError, ValueError) as exc:
+                logger.error("Sink %s: row skipped, no stream for it (%s)", self.name, exc)
+                continue
+            fields: list[Any] = []
+            for name, value in row.items():
+                encoded = encode_field(value)
+                if encoded is not None:
+                    fields += (name, encoded)
+            if not fields:
+                if not self._warned_empty:
+                    self._warned_empty = True
+                    logger.warning("Sink %s: rows with only null fields are skipped", self.name)
+                continue
+            if stream not in index:
+                keys.append(stream)
+                index[stream] = len(keys)  # Lua indexes from 1
+            args += (index[stream], len(fields) // 2, *fields)
+        return keys, args

@@ -1,0 +1,164 @@
+"""``ClickHousePipeline`` against a real ClickHouse (HTTP on 127.0.0.1:8123): table
+creation, value encoding, ClickHouse's own error text, credentials, and real crawls
+under the asyncio reactor (aiohttp) and under a plain Twisted reactor (thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scrapy.utils.test import get_crawler
+
+from scrapy_sse.pipelines.clickhouse import ClickHouseError, ClickHousePipeline
+from tests.servers.sse_server import SSEServer
+from tests.services import (
+    ClickHouseTarget,
+    clickhouse_target,
+    log_stat,
+    start_crawl,
+    unique_name,
+)
+
+PIPELINE = "scrapy_sse.pipelines.clickhouse.ClickHousePipeline"
+
+
+@pytest.fixture
+def clickhouse() -> Iterator[ClickHouseTarget]:
+    with clickhouse_target() as target:
+        yield target
+
+
+def make_pipeline(target: ClickHouseTarget, tmp_path: Path, **settings: Any) -> ClickHousePipeline:
+    crawler = get_crawler(
+        settings_dict={
+            "SSE_CLICKHOUSE_DATABASE": target.database,
+            "SSE_CLICKHOUSE_TABLE": target.table,
+            "SSE_SPILL_DIR": str(tmp_path / "spill"),
+            "SSE_SINK_RETRY_TIMES": 0,
+            **settings,
+        }
+    )
+    return ClickHousePipeline.from_crawler(crawler)
+
+
+async def feed(pipeline: ClickHousePipeline, items: list[Any]) -> None:
+    await pipeline.open_spider()
+    for item in items:
+        await pipeline.process_item(item)
+    await pipeline.close_spider()
+
+
+def test_create_table_and_values(clickhouse: ClickHouseTarget, tmp_path: Path) -> None:
+    at = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
+    items = [
+        {
+            "n": 1,
+            "s": "é€😀",
+            "x": 1.5,
+            "ok": True,
+            "at": at,
+            "day": dt.date(2024, 5, 6),
+            "nested": {"k": [1, "é"]},
+            "tags": ["a"],
+            "none": None,
+        },
+        {"n": 2, "none": "later text", "extra": "not a column"},
+    ]
+    pipeline = make_pipeline(
+        clickhouse, tmp_path, SSE_CLICKHOUSE_CREATE_TABLE=True, SSE_CLICKHOUSE_BATCH_SIZE=1
+    )
+    asyncio.run(feed(pipeline, items))
+    described = clickhouse.query(f"DESCRIBE TABLE {clickhouse.table} FORMAT JSONEachRow")
+    types = {row["name"]: row["type"] for row in map(json.loads, described.splitlines())}
+    assert types == {
+        "n": "Nullable(Int64)",
+        "s": "Nullable(String)",
+        "x": "Nullable(Float64)",
+        "ok": "Nullable(UInt8)",
+        "at": "Nullable(DateTime)",
+        "day": "Nullable(Date)",
+        "nested": "Nullable(String)",
+        "tags": "Nullable(String)",
+        "none": "Nullable(String)",
+    }
+    rows = clickhouse.query(
+        f"SELECT n, s, x, ok, toUnixTimestamp(at), toString(day), nested, tags, none "
+        f"FROM {clickhouse.table} ORDER BY n FORMAT JSONCompact"
+    )
+    assert json.loads(rows)["data"] == [
+        # Int64 values come back quoted (ClickHouse's default for 64-bit integers).
+        ["1", "é€😀", 1.5, 1, int(at.timestamp()), "2024-05-06", '{"k":[1,"é"]}', '["a"]', None],
+        ["2", None, None, None, None, None, None, None, "later text"],
+    ]
+
+
+def test_clickhouse_error_text_is_raised(clickhouse: ClickHouseTarget, tmp_path: Path) -> None:
+    clickhouse.query(
+        f"CREATE TABLE {clickhouse.table} (n Int64, s String) ENGINE = MergeTree ORDER BY n"
+    )
+
+    async def run() -> None:
+        pipeline = make_pipeline(clickhouse, tmp_path)
+        await pipeline.open()
+        await pipeline.write_batch([{"n": 1, "s": "a"}, {"n": 2, "s": "b", "unknown": 1}])
+        with pytest.raises(ClickHouseError, match=r"HTTP \d+: Code: \d+.*DB::Exception"):
+            await pipeline.write_batch([{"n": 3, "s": "c"}, {"n": "not a number", "s": "d"}])
+        await pipeline.close()
+
+    asyncio.run(run())
+    # The failed insert was one block: all-or-nothing, so nothing of it is stored.
+    assert clickhouse.rows("n") == [{"n": "1", "s": "a"}, {"n": "2", "s": "b"}]
+
+
+def test_missing_table_fails_at_open(clickhouse: ClickHouseTarget, tmp_path: Path) -> None:
+    pipeline = make_pipeline(clickhouse, tmp_path)
+    with pytest.raises(ClickHouseError, match="SSE_CLICKHOUSE_CREATE_TABLE"):
+        asyncio.run(pipeline.open())
+
+
+def test_credentials_are_sent(clickhouse: ClickHouseTarget, tmp_path: Path) -> None:
+    wrong = make_pipeline(
+        clickhouse, tmp_path, SSE_CLICKHOUSE_USER="default", SSE_CLICKHOUSE_PASSWORD="wrong"
+    )
+    with pytest.raises(ClickHouseError, match=r"HTTP 401.*password"):
+        asyncio.run(wrong.open())
+    right = make_pipeline(
+        clickhouse, tmp_path, SSE_CLICKHOUSE_USER="default", SSE_CLICKHOUSE_CREATE_TABLE=True
+    )
+    asyncio.run(feed(right, [{"n": 1}]))
+    assert clickhouse.count() == 1
+
+
+@pytest.mark.parametrize(
+    "reactor",
+    [
+        pytest.param("twisted.internet.asyncioreactor.AsyncioSelectorReactor", id="aiohttp"),
+        pytest.param("twisted.internet.epollreactor.EPollReactor", id="thread"),
+    ],
+)
+def test_crawl_stores_every_event(
+    clickhouse: ClickHouseTarget, sse_server: SSEServer, tmp_path: Path, reactor: str
+) -> None:
+    url = sse_server.url(f"/stream?n=300&chunk=7&key={unique_name('ch')}")
+    settings = {
+        "SSE_CLICKHOUSE_DATABASE": clickhouse.database,
+        "SSE_CLICKHOUSE_TABLE": clickhouse.table,
+        "SSE_CLICKHOUSE_CREATE_TABLE": "True",
+        "SSE_BATCH_SIZE": 64,
+        "TWISTED_REACTOR": reactor,
+    }
+    code, log = start_crawl(url, PIPELINE, settings, tmp_path).wait(timeout=90)
+    assert code == 0, log[-3000:]
+    assert ("with aiohttp" if reactor.endswith("AsyncioSelectorReactor") else "in a thread") in log
+    rows = clickhouse.rows("toUInt64(id)")
+    assert len(rows) == 300
+    for i, row in enumerate(rows, 1):
+        assert (row["url"], row["event"], row["id"]) == (url, "message", str(i))
+        assert json.loads(row["data"]) == json.loads(row["json"]) == {"seq": i, "text": "é€😀"}
+        assert isinstance(row["received_at"], float)
+    assert log_stat(log, "sse/sink/clickhouse/rows_written") == 300
