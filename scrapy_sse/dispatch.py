@@ -70,10 +70,8 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
     """The callback Scrapy must call for the response of ``request`` (``None``: keep
     the request's own, i.e. the spider's ``parse(response)``)."""
     spider = crawler.spider
-    stats = crawler.stats
-    assert spider is not None and stats is not None
+    assert spider is not None
     event_callback = cast("Callable[..., Any] | None", request.callback)
-    errback = request.errback
     dead_letters = (
         DeadLetters.for_crawler(crawler) if crawler.settings.getbool("SSE_DEAD_LETTERS") else None
     )
@@ -121,31 +119,16 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
                     async for value in _outputs(result):
                         yield value
             except Exception as exc:
-                stats.inc_value("sse/callback_errors")
-                stats.inc_value(f"sse/callback_errors/{type(exc).__name__}")
-                logger.error(
-                    "Spider callback failed on SSE event %r from %s",
-                    event,
-                    stream.url,
-                    exc_info=True,
-                    extra={"spider": spider},
-                )
-                if dead_letters is not None:
-                    dead_letters.record("callback_error", event=event, error=exc, spider=spider)
-                if errback is not None:
-                    failure = Failure(exc)
-                    failure.request = request  # type: ignore[attr-defined]
-                    failure.event = event  # type: ignore[attr-defined]
-                    try:
-                        async for value in _outputs(errback(failure)):
-                            yield value
-                    except Exception:
-                        logger.error(
-                            "Errback failed for SSE event %r",
-                            event,
-                            exc_info=True,
-                            extra={"spider": spider},
-                        )
+                async for value in _callback_failed(
+                    crawler,
+                    request,
+                    exc,
+                    what=f"SSE event {event!r}",
+                    failed=[event],
+                    dead_letters=dead_letters,
+                    failure_attributes={"event": event},
+                ):
+                    yield value
 
     return per_event
 
@@ -158,8 +141,6 @@ def _batch_callback(
     crawler: Crawler,
 ) -> Callable[..., Any]:
     """Batch delivery: one callback call (or one list item) per batch of events."""
-    stats = crawler.stats
-    assert stats is not None
     dead_letters = (
         DeadLetters.for_crawler(crawler) if crawler.settings.getbool("SSE_DEAD_LETTERS") else None
     )
@@ -180,25 +161,56 @@ def _batch_callback(
                 async for value in _outputs(event_callback(batch, **kwargs)):
                     yield value
             except Exception as exc:
-                stats.inc_value("sse/callback_errors")
-                stats.inc_value(f"sse/callback_errors/{type(exc).__name__}")
-                logger.error(
-                    "Spider callback failed on a batch of %d SSE events from %s (ids %r..%r)",
-                    len(batch),
-                    stream.url,
-                    batch[0].id,
-                    batch[-1].id,
-                    exc_info=True,
-                    extra={"spider": crawler.spider},
-                )
-                if dead_letters is not None:
-                    for event in batch:
-                        dead_letters.record("callback_error", event=event, error=exc)
-                if request.errback is not None:
-                    failure = Failure(exc)
-                    failure.request = request  # type: ignore[attr-defined]
-                    failure.events = batch  # type: ignore[attr-defined]
-                    async for value in _outputs(request.errback(failure)):
-                        yield value
+                what = f"a batch of {len(batch)} SSE events (ids {batch[0].id!r}..{batch[-1].id!r})"
+                async for value in _callback_failed(
+                    crawler,
+                    request,
+                    exc,
+                    what=what,
+                    failed=batch,
+                    dead_letters=dead_letters,
+                    failure_attributes={"events": batch},
+                ):
+                    yield value
 
     return per_batch
+
+
+async def _callback_failed(
+    crawler: Crawler,
+    request: Request,
+    exc: Exception,
+    *,
+    what: str,
+    failed: list[Any],
+    dead_letters: DeadLetters | None,
+    failure_attributes: dict[str, Any],
+) -> AsyncIterator[Any]:
+    """One place for a callback that raised: count it, log it with the event(s),
+    keep them as dead letters if asked, and hand the failure to the errback, whose
+    output is processed as usual. The stream goes on either way."""
+    stats = crawler.stats
+    assert stats is not None
+    stats.inc_value("sse/callback_errors")
+    stats.inc_value(f"sse/callback_errors/{type(exc).__name__}")
+    logger.error(
+        "Spider callback failed on %s from %s",
+        what,
+        request.url,
+        exc_info=(type(exc), exc, exc.__traceback__),
+        extra={"spider": crawler.spider},
+    )
+    if dead_letters is not None:
+        for event in failed:
+            dead_letters.record("callback_error", event=event, error=exc, spider=crawler.spider)
+    if request.errback is None:
+        return
+    failure = Failure(exc)
+    failure.request = request  # type: ignore[attr-defined]
+    for name, value in failure_attributes.items():
+        setattr(failure, name, value)
+    try:
+        async for output in _outputs(request.errback(failure)):
+            yield output
+    except Exception:
+        logger.error("Errback failed for %s", what, exc_info=True, extra={"spider": crawler.spider})

@@ -24,11 +24,11 @@ import logging
 import random
 from time import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from scrapy.exceptions import IgnoreRequest
 from twisted.python.failure import Failure
 
+from .deadletter import redact_url
 from .dispatch import _outputs
 from .errors import SSEResponseError, SSEStreamError
 from .handler import failed_response
@@ -55,15 +55,6 @@ SKIP_IDS_KEY = "sse_skip_ids"
 STREAM_KEY = "sse_stream_key"
 
 
-def safe_url(url: str) -> str:
-    """A URL for logs: no user info, no query (API keys travel there too)."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + ("?..." if parts.query else "")
-
-
 class SSEDownloaderMiddleware:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
@@ -84,7 +75,7 @@ class SSEDownloaderMiddleware:
             resume = checkpoints.get(meta[STREAM_KEY]) if checkpoints is not None else None
             if resume and not request.headers.get(b"Last-Event-ID"):
                 logger.info(
-                    "Resuming SSE stream %s from checkpoint id %r", safe_url(request.url), resume
+                    "Resuming SSE stream %s from checkpoint id %r", redact_url(request.url), resume
                 )
                 request.headers[b"Last-Event-ID"] = resume.encode("utf-8")
                 if isinstance(request, SSERequest):
@@ -169,11 +160,11 @@ class SSESpiderMiddleware:
         elif decision.action == GIVE_UP:
             stats.inc_value(f"sse/give_up/{decision.reason}")
             error = stream.error or SSEStreamError(
-                f"SSE stream {safe_url(stream.url)} ended ({outcome.reason})", outcome.reason
+                f"SSE stream {redact_url(stream.url)} ended ({outcome.reason})", outcome.reason
             )
             logger.error(
                 "Giving up on SSE stream %s after %d reconnect(s): %s (%s)",
-                safe_url(stream.url),
+                redact_url(stream.url),
                 history.reconnects,
                 decision.reason,
                 error,
@@ -201,7 +192,7 @@ class SSESpiderMiddleware:
         logger.info(
             "Reconnecting SSE stream %s in %.2f s (%s; %d event(s) delivered on that "
             "connection; resuming after id %r; reconnect #%d)",
-            safe_url(stream.url),
+            redact_url(stream.url),
             delay,
             outcome.reason if outcome.status is None else f"HTTP {outcome.status}",
             outcome.delivered,
@@ -252,7 +243,7 @@ class SSESpiderMiddleware:
         except Exception:
             logger.error(
                 "sse_refresh_auth failed for %s; reconnecting with the old credentials",
-                safe_url(request.url),
+                redact_url(request.url),
                 exc_info=True,
                 extra={"spider": self.crawler.spider},
             )
