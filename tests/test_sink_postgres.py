@@ -323,6 +323,8 @@ def test_crawl_loses_nothing_when_backend_is_killed_repeatedly(
     ids = [r[0] for r in postgres.query(f'SELECT id::int FROM "{postgres.table}" ORDER BY 1')]
     assert ids == list(range(1, n + 1))  # all of them, none twice
     spilled = log_stat(log, "sse/sink/postgres/spilled_rows")
-    assert spilled > 0, log[-3000:]
+    # The outage reached the pipeline: writes failed and were retried, or spilled
+    # (which one depends on when the kills land), and every spilled row came back.
+    assert log_stat(log, "sse/sink/postgres/retries") + spilled > 0, log[-3000:]
     assert log_stat(log, "sse/sink/postgres/replayed_rows") == spilled
     assert not list((tmp_path / "spill").rglob("*.jsonl"))
