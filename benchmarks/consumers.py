@@ -297,6 +297,11 @@ def scrapy_sse_callback(url: str, args: argparse.Namespace) -> Outcome:
     return _crawl("callback", url, args)
 
 
+def scrapy_sse_batch(url: str, args: argparse.Namespace) -> Outcome:
+    """scrapy-sse in a real crawl, batch delivery: lists of SSEEventItem per call."""
+    return _crawl("batch", url, args)
+
+
 @dataclass(frozen=True)
 class Consumer:
     key: str
@@ -336,6 +341,12 @@ CONSUMERS: tuple[Consumer, ...] = (
         "scrapy_sse_callback",
         "scrapy-sse crawl, per-event callback -> dict",
         scrapy_sse_callback,
+        "ours",
+    ),
+    Consumer(
+        "scrapy_sse_batch",
+        "scrapy-sse crawl, batch delivery (500 events/item)",
+        scrapy_sse_batch,
         "ours",
     ),
 )

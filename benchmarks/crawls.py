@@ -8,9 +8,10 @@ crawl with ``SSEAddon`` installed, so every crawl-wide setting the add-on change
 log formatter, say) applies to it too: no stream can push more items per second
 through Scrapy's scraper and item pipelines in that crawl, so it is the ceiling the
 scrapy-sse rows are read against. ``items`` (``SSERequest`` without callback, one
-``SSEEventItem`` per event, which also parses ``data`` as JSON) and ``callback`` (a
-per-event callback yielding a dict) are scrapy-sse as users run it, through the add-on,
-a real download handler, the stream queue and the item pipeline.
+``SSEEventItem`` per event, which also parses ``data`` as JSON), ``callback`` (a
+per-event callback yielding a dict) and ``batch`` (batch delivery: lists of up to 500
+``SSEEventItem``, one pipeline call each) are scrapy-sse as users run it, through the
+add-on, a real download handler, the stream queue and the item pipeline.
 
 All of them use a no-op pipeline that counts, keeps the last item and stops the meter at
 the N-th item, and Scrapy's default settings otherwise (asyncio reactor, LOG_LEVEL INFO,
@@ -52,9 +53,13 @@ class NoopPipeline:
     """Counts items, keeps the last one, stops the meter at the N-th; drops nothing."""
 
     def process_item(self, item: Any) -> Any:
-        _State.count += 1
-        _State.last = item
-        if _State.count == _State.target:
+        if isinstance(item, list):  # batch delivery: one call per batch
+            _State.count += len(item)
+            _State.last = item[-1]
+        else:
+            _State.count += 1
+            _State.last = item
+        if _State.count >= _State.target and not _State.meter.stopped:
             _State.meter.stop()
         return item
 
@@ -108,11 +113,23 @@ class SSECallbackSpider(scrapy.Spider):
         yield {"event": event.event, "data": event.data, "id": event.id}
 
 
+class SSEBatchSpider(scrapy.Spider):
+    """Batch delivery, no callback: lists of up to 500 SSEEventItem, one per call."""
+
+    name = "bench_sse_batch"
+    url = ""
+
+    async def start(self) -> AsyncIterator[Any]:
+        _State.meter.start()
+        yield SSERequest(self.url, reconnect=False, batch_size=500, batch_interval=0.05)
+
+
 SPIDERS: dict[str, type[scrapy.Spider]] = {
     "plain": PlainSpider,
     "ceiling": CeilingSpider,
     "items": SSEItemsSpider,
     "callback": SSECallbackSpider,
+    "batch": SSEBatchSpider,
 }
 
 
