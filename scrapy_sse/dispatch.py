@@ -148,15 +148,14 @@ def _batch_callback(
     async def per_batch(response: SSEResponse, **kwargs: Any) -> AsyncIterator[Any]:
         stream = response.stream
         assert stream is not None
-        url = response.url
         async for events in stream.batches(size, interval):
-            if event_callback is None:
-                yield [
-                    SSEEventItem(url, e[0], e[2], e[1], parse_json_or_none(e[1]), time())
-                    for e in events
-                ]
-                continue
             batch = SSEBatch(events, response)
+            if event_callback is None:
+                # The batch itself is the item: a batching sink turns each event into
+                # the columns of an SSEEventItem as it writes, so no per-event item (or
+                # JSON parse) is made for a pipeline that does not store it.
+                yield batch
+                continue
             try:
                 async for value in _outputs(event_callback(batch, **kwargs)):
                     yield value

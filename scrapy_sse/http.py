@@ -35,8 +35,8 @@ class SSERequest(Request):
     ``reconnect=False`` means the stream is never reopened once it ends.
     ``batch_size=N`` switches to batch delivery: the callback gets an ``SSEBatch`` of up
     to N events, and no event waits more than ``batch_interval`` seconds for others
-    (without a callback, each batch is yielded as one list of ``SSEEventItem``, which
-    the batching sinks store without unpacking).
+    (without a callback, each ``SSEBatch`` is yielded as one item, which the batching
+    sinks store without unpacking).
 
     Unlike a page, a stream is a subscription: ``dont_filter`` defaults to ``True``, so
     a restarted ``JOBDIR`` crawl reopens it (from its checkpoint) instead of the

@@ -7,10 +7,11 @@ import sys
 import time
 from typing import Any
 
-from itemadapter import ItemAdapter
 from scrapy import signals
 from scrapy.crawler import AsyncCrawlerProcess, CrawlerProcess
 from scrapy.utils.misc import load_object
+
+from scrapy_sse.pipelines.base import item_fields
 
 
 class RecordPipeline:
@@ -30,7 +31,7 @@ class RecordPipeline:
             time.sleep(self._delay)  # a deliberately slow, blocking pipeline
         members = item if isinstance(item, list) else [item]
         for member in members:
-            row = ItemAdapter(member).asdict()
+            row = item_fields(member)
             row["_type"] = type(member).__name__
             row["_batch"] = len(members) if isinstance(item, list) else None
             row["_t"] = time.time()

@@ -36,7 +36,10 @@ def test_batches_without_callback_reach_pipelines_as_one_list(sse_server: SSESer
     result = run_crawl("Batches", args={"url": url, "size": "100", "callback": "0"})
     assert result.returncode == 0, result.log
     assert [int(item["id"]) for item in result.items] == list(range(1, 301))
-    assert {item["_type"] for item in result.items} == {"SSEEventItem"}
+    # The pipeline got SSEEvent batches; rows have the columns of an SSEEventItem.
+    assert {item["_type"] for item in result.items} == {"SSEEvent"}
+    assert result.items[0]["json"] == {"seq": 1, "text": "é€😀"}
+    assert result.items[0]["url"] == url
     assert all(item["_batch"] and item["_batch"] <= 100 for item in result.items)
     assert result.stat("item_scraped_count") < 300  # one pipeline call per batch
 
