@@ -298,7 +298,7 @@ def scrapy_sse_callback(url: str, args: argparse.Namespace) -> Outcome:
 
 
 def scrapy_sse_batch(url: str, args: argparse.Namespace) -> Outcome:
-    """scrapy-sse in a real crawl, batch delivery: lists of SSEEventItem per call."""
+    """scrapy-sse in a real crawl, batch delivery: one SSEBatch per pipeline call."""
     return _crawl("batch", url, args)
 
 

@@ -114,7 +114,7 @@ class SSECallbackSpider(scrapy.Spider):
 
 
 class SSEBatchSpider(scrapy.Spider):
-    """Batch delivery, no callback: lists of up to 500 SSEEventItem, one per call."""
+    """Batch delivery, no callback: an SSEBatch of up to 500 events per pipeline call."""
 
     name = "bench_sse_batch"
     url = ""
@@ -178,7 +178,9 @@ def run_crawl(
         process.start()
     out = outcome_cls()
     out.events = _State.count
-    if _State.last is not None:
+    if isinstance(_State.last, SSEEvent):
+        out.last = (_State.last.event, _State.last.data, _State.last.id)
+    elif _State.last is not None:
         row = ItemAdapter(_State.last)
         out.last = (row["event"], row["data"], row["id"])
     out.extra["stats"] = {
