@@ -16,6 +16,7 @@ from scrapy.utils.job import job_dir
 from . import _scrapy_private
 from .checkpoint import Checkpoints
 from .deadletter import DeadLetters
+from .http import SSEResponse
 from .registry import StreamRegistry
 from .settings import SSESettings
 from .stream import SPIDER_CLOSED
@@ -45,6 +46,11 @@ class SSEExtension:
     def _engine_started(self) -> None:
         assert self.crawler.engine is not None
         _scrapy_private.install_close_hook(self.crawler.engine, self._closing)
+        _scrapy_private.install_stream_output(
+            self.crawler.engine.scraper,
+            lambda response: isinstance(response, SSEResponse),
+            self.crawler.settings.getint("SSE_CONCURRENT_ITEMS", 1),
+        )
         jobdir = job_dir(self.crawler.settings)
         if jobdir:
             self.registry.checkpoints = Checkpoints(jobdir)

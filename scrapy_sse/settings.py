@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "SSE_GIVE_UP_AFTER": None,
     # Seconds between JOBDIR checkpoints of delivered ids (also written at close).
     "SSE_CHECKPOINT_INTERVAL": 1.0,
+    # Items of one stream processed at once (Scrapy's CONCURRENT_ITEMS, per stream).
+    # 1: in order, and no worker tasks per open stream (memory for many streams).
+    "SSE_CONCURRENT_ITEMS": 1,
     # Record events whose callback raised, and items pipelines dropped, as dead letters.
     "SSE_DEAD_LETTERS": False,
 }
