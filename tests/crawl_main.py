@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import sys
 import time
 from typing import Any
@@ -43,12 +45,28 @@ class RecordPipeline:
         self._file.close()
 
 
+class JitterPipeline:
+    """An asynchronous pipeline whose items take random times (0-2 ms) to pass."""
+
+    def __init__(self) -> None:
+        self._random = random.Random(7)
+
+    async def process_item(self, item: Any) -> Any:
+        await asyncio.sleep(self._random.random() * 0.002)
+        return item
+
+
 def main() -> None:
     config = json.loads(sys.stdin.read())
     spidercls = load_object(f"tests.spiders.{config['spider']}")
     settings = {
         "ADDONS": {"scrapy_sse.SSEAddon": 500},
         "ITEM_PIPELINES": {RecordPipeline: 100},
+        **(
+            {"ITEM_PIPELINES": {JitterPipeline: 50, RecordPipeline: 100}}
+            if config["settings"].pop("TEST_JITTER", False)
+            else {}
+        ),
         "LOG_LEVEL": "INFO",
         "TELNETCONSOLE_ENABLED": False,
         "TEST_ITEMS_PATH": config["items"],

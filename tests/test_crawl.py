@@ -326,3 +326,20 @@ def test_failed_callbacks_become_dead_letters(sse_server: SSEServer, tmp_path: P
     assert letters[0]["url"].startswith(sse_server.url("/stream"))
     assert result.stat("sse/dead_letters/callback_error") == 2
     assert len([item for item in result.items if "error" not in item]) == 4
+
+
+@pytest.mark.parametrize(("concurrency", "ordered"), [(None, True), (8, False)])
+def test_items_of_a_stream_reach_async_pipelines_in_order(
+    sse_server: SSEServer, concurrency: int | None, ordered: bool
+) -> None:
+    # An async pipeline with random delays: by default (SSE_CONCURRENT_ITEMS = 1) the
+    # items of one stream still arrive in order; with concurrency they overtake.
+    url = sse_server.url(f"/stream?n=300&chunk=0&key=order{concurrency}")
+    settings: dict[str, object] = {"TEST_JITTER": True}
+    if concurrency:
+        settings["SSE_CONCURRENT_ITEMS"] = concurrency
+    result = run_crawl("PerEvent", args={"url": url}, settings=settings)
+    assert result.returncode == 0, result.log
+    ids = [int(item["id"]) for item in result.items]
+    assert sorted(ids) == list(range(1, 301))
+    assert (ids == sorted(ids)) is ordered

@@ -54,3 +54,25 @@ def test_download_handler_utils_still_exist(name: str) -> None:
     from scrapy.utils import _download_handlers
 
     assert callable(getattr(_download_handlers, name))
+
+
+def test_scraper_output_hooks_still_exist() -> None:
+    # Stream output is processed without Scrapy's per-response worker pool.
+    from scrapy.core.scraper import Scraper
+    from scrapy.utils import asyncio as scrapy_asyncio
+    from scrapy.utils import defer
+
+    assert list(inspect.signature(Scraper.handle_spider_output_async).parameters) == [
+        "self",
+        "result",
+        "request",
+        "response",
+    ]
+    assert list(inspect.signature(Scraper._process_spidermw_output_async).parameters) == [
+        "self",
+        "output",
+        "response",
+    ]
+    assert callable(scrapy_asyncio._parallel_asyncio)
+    assert callable(defer.aiter_errback)
+    assert callable(defer.iter_errback)
