@@ -343,3 +343,16 @@ def test_items_of_a_stream_reach_async_pipelines_in_order(
     ids = [int(item["id"]) for item in result.items]
     assert sorted(ids) == list(range(1, 301))
     assert (ids == sorted(ids)) is ordered
+
+
+def test_streams_are_never_served_from_the_http_cache(
+    sse_server: SSEServer, tmp_path: Path
+) -> None:
+    url = sse_server.url("/stream?n=3&key=cache")
+    settings = {"HTTPCACHE_ENABLED": True, "HTTPCACHE_DIR": str(tmp_path / "cache")}
+    for _ in range(2):
+        result = run_crawl("PerEvent", args={"url": url}, settings=settings, workdir=tmp_path)
+        assert result.returncode == 0, result.log
+        assert [item["id"] for item in result.items] == ["1", "2", "3"]
+    assert len([r for r in sse_server.requests if r.query.get("key") == "cache"]) == 2
+    assert result.stat("httpcache/hit") == 0
