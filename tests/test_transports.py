@@ -73,3 +73,18 @@ def test_sse_starlette_stream(starlette: UvicornServer, sep: str) -> None:
     assert [json.loads(item["data"])["seq"] for item in result.items] == list(range(1, 31))
     assert result.items[0]["retry"] == 1500
     assert result.stat("sse/ends/completed") == 1
+
+
+@pytest.mark.parametrize("reactorless", [False, True], ids=["twisted", "aiohttp"])
+def test_bind_address_is_honoured(sse_server: SSEServer, reactorless: bool) -> None:
+    url = sse_server.url(f"/stream?n=2&key=bind{reactorless}")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url},
+        settings={"DOWNLOAD_BIND_ADDRESS": "127.0.0.2"},
+        reactorless=reactorless,
+    )
+    assert result.returncode == 0, result.log
+    assert ids(result) == ["1", "2"]
+    [request] = [r for r in sse_server.requests if r.query.get("key") == f"bind{reactorless}"]
+    assert request.peer_host == "127.0.0.2"

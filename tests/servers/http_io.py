@@ -53,6 +53,8 @@ class RecordedRequest:
     http_version: str = "HTTP/1.1"
     connection_id: int = 0
     raw_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: The client's address, as the server saw it (tests of DOWNLOAD_BIND_ADDRESS).
+    peer_host: str = ""
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Case-insensitive header lookup."""

@@ -51,6 +51,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import ssl
@@ -206,6 +207,9 @@ class SSEServer:
                 request = await asyncio.wait_for(
                     read_request(reader, conn_id), KEEPALIVE_IDLE_SECONDS
                 )
+                peer = writer.get_extra_info("peername")
+                if request is not None and peer:
+                    request = dataclasses.replace(request, peer_host=str(peer[0]))
             except BadRequest as exc:
                 body = json.dumps({"error": str(exc)}).encode()
                 writer.write(
