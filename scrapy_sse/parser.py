@@ -265,7 +265,7 @@ class SSEParser:
                     raise SSEEventTooLarge(len(value) + 1, max_size, out)
                 append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source)))
                 continue
-            if clean:
+            if clean and block.startswith(("event", "id")):
                 match = _simple_block(block)
                 if match is not None:
                     # Fast path: event/id lines and one data line, as tickers send.
@@ -291,12 +291,15 @@ class SSEParser:
             data = self._data
             if data:
                 append(
-                    SSEEvent(
-                        self._type or "message",
-                        data[0] if len(data) == 1 else "\n".join(data),
-                        id_buffer,
-                        self._event_retry,
-                        source,
+                    _tuple_new(
+                        SSEEvent,
+                        (
+                            self._type or "message",
+                            data[0] if len(data) == 1 else "\n".join(data),
+                            id_buffer,
+                            self._event_retry,
+                            source,
+                        ),
                     )
                 )
                 self._data = []
@@ -342,18 +345,32 @@ class SSEParser:
         max_size = self._max_size
         try:
             for line in lines:
+                if line.startswith("data:"):
+                    # Most lines of a multi-line event: checked first, sliced once.
+                    value = line[6:] if line.startswith(" ", 5) else line[5:]
+                    data.append(value)
+                    data_size += len(value) + 1
+                    if data_size > max_size:
+                        size = data_size
+                        data = []
+                        data_size = 0
+                        raise SSEEventTooLarge(size, max_size, out)
+                    continue
                 if not line:
                     # A lone blank line inside a block (three or more line ends in a
                     # row, or one that started this read): dispatch.
                     self.last_event_id = id_buffer
                     if data:
                         out.append(
-                            SSEEvent(
-                                etype or "message",
-                                "\n".join(data),
-                                id_buffer,
-                                event_retry,
-                                self.source,
+                            _tuple_new(
+                                SSEEvent,
+                                (
+                                    etype or "message",
+                                    "\n".join(data),
+                                    id_buffer,
+                                    event_retry,
+                                    self.source,
+                                ),
                             )
                         )
                         data = []
@@ -376,14 +393,9 @@ class SSEParser:
                     value = line[colon + 1 :]
                     if value[:1] == " ":
                         value = value[1:]
-                if field == "data":
+                if field == "data":  # "data" without a colon: an empty line of data
                     data.append(value)
-                    data_size += len(value) + 1
-                    if data_size > max_size:
-                        size = data_size
-                        data = []
-                        data_size = 0
-                        raise SSEEventTooLarge(size, max_size, out)
+                    data_size += 1
                 elif field == "event":
                     etype = value
                 elif field == "id":
