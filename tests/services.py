@@ -398,3 +398,9 @@ class LoseReplyProxy:
 
         await asyncio.gather(upstream(), downstream(), return_exceptions=True)
         cut()
+
+
+def sink_stat(sink: Any, name: str) -> int:
+    """A ``sse/sink/<sink name>/<name>`` stat of a pipeline built in-process."""
+    assert sink.crawler.stats is not None
+    return int(sink.crawler.stats.get_value(f"sse/sink/{sink.name}/{name}", 0))

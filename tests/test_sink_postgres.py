@@ -24,6 +24,7 @@ from tests.services import (
     PostgresTarget,
     log_stat,
     postgres_target,
+    sink_stat,
     start_crawl,
     unique_name,
     wait_until,
@@ -52,17 +53,12 @@ def make_pipeline(pg: PostgresTarget, tmp_path: Path, **settings: Any) -> Postgr
     return PostgresPipeline.from_crawler(crawler)
 
 
-def stat(pipeline: PostgresPipeline, name: str) -> int:
-    assert pipeline.crawler.stats is not None
-    return int(pipeline.crawler.stats.get_value(f"sse/sink/postgres/{name}", 0))
-
-
 async def wait_written(pipeline: PostgresPipeline, rows: int, timeout: float = 10) -> None:
     for _ in range(int(timeout / 0.02)):
-        if stat(pipeline, "rows_written") >= rows:
+        if sink_stat(pipeline, "rows_written") >= rows:
             break
         await asyncio.sleep(0.02)
-    assert stat(pipeline, "rows_written") >= rows
+    assert sink_stat(pipeline, "rows_written") >= rows
 
 
 def test_create_table_maps_types_and_stores_values(
@@ -212,8 +208,8 @@ def test_killed_backend_mid_stream_through_base_retries(
     pipeline = asyncio.run(run())
     stored = postgres.query(f'SELECT id FROM "{postgres.table}" ORDER BY id')
     assert [r[0] for r in stored] == list(range(45))
-    assert stat(pipeline, "retries") >= 1
-    assert stat(pipeline, "spilled_rows") == 0
+    assert sink_stat(pipeline, "retries") >= 1
+    assert sink_stat(pipeline, "spilled_rows") == 0
 
 
 def test_lost_commit_reply_is_not_written_twice(postgres: PostgresTarget, tmp_path: Path) -> None:
@@ -248,8 +244,8 @@ def test_lost_commit_reply_is_not_written_twice(postgres: PostgresTarget, tmp_pa
     assert cuts == 1
     stored = postgres.query(f'SELECT id FROM "{postgres.table}" ORDER BY id')
     assert [r[0] for r in stored] == list(range(25))
-    assert stat(pipeline, "retries") == 1
-    assert stat(pipeline, "in_doubt_batches_skipped") == 1
+    assert sink_stat(pipeline, "retries") == 1
+    assert sink_stat(pipeline, "in_doubt_batches_skipped") == 1
 
 
 # --- real crawls ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from tests.services import (
     RedisTarget,
     log_stat,
     redis_target,
+    sink_stat,
     start_crawl,
     unique_name,
     wait_until,
@@ -49,11 +50,6 @@ def make_pipeline(target: RedisTarget, tmp_path: Path, **settings: Any) -> Redis
         }
     )
     return RedisStreamPipeline.from_crawler(crawler)
-
-
-def stat(pipeline: RedisStreamPipeline, name: str) -> int:
-    assert pipeline.crawler.stats is not None
-    return int(pipeline.crawler.stats.get_value(f"sse/sink/redis/{name}", 0))
 
 
 async def feed(pipeline: RedisStreamPipeline, items: list[Any]) -> None:
@@ -136,7 +132,7 @@ def test_retried_batch_is_not_written_twice(redis_t: RedisTarget, tmp_path: Path
             for i in range(10):
                 await pipeline.process_item({"n": i})
             for _ in range(500):
-                if stat(pipeline, "rows_written") >= 10:
+                if sink_stat(pipeline, "rows_written") >= 10:
                     break
                 await asyncio.sleep(0.02)
             proxy.arm()
@@ -149,7 +145,7 @@ def test_retried_batch_is_not_written_twice(redis_t: RedisTarget, tmp_path: Path
     assert cuts == 1
     entries = redis_t.entries(f"{redis_t.prefix}:events")
     assert [int(e["n"]) for e in entries] == list(range(25))
-    assert stat(pipeline, "in_doubt_batches_skipped") == 1
+    assert sink_stat(pipeline, "in_doubt_batches_skipped") == 1
 
 
 # --- real crawls ---------------------------------------------------------------------
