@@ -147,13 +147,14 @@ class SSEStream:
 
     def _enqueue(self, events: Any) -> None:
         done = self._done
-        for i, event in enumerate(events):
-            if done and type(event) is SSEEvent and event[1] in done:
-                self._queue.extend(events[:i])
-                self.events_received += i
-                self._wake()
-                self.finish(COMPLETED)
-                return
+        if done:
+            for i, event in enumerate(events):
+                if type(event) is SSEEvent and event[1] in done:
+                    self._queue.extend(events[:i])
+                    self.events_received += i
+                    self._wake()
+                    self.finish(COMPLETED)
+                    return
         self._queue.extend(events)
         self.events_received += len(events)
         self._wake()
@@ -232,6 +233,7 @@ class SSEStream:
         return True
 
     def _popped(self) -> None:
+        """Resume a paused transport once the spider has drained half the queue."""
         if self._paused and len(self._queue) <= self._low:
             self._paused = False
             if self._producer is not None:
@@ -261,7 +263,8 @@ class SSEStream:
         while True:
             if queue:
                 event = popleft()
-                self._popped()
+                if self._paused:
+                    self._popped()
                 if accept(event):
                     yield event
                 continue

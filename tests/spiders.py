@@ -206,3 +206,21 @@ class Batches(_Base):
 
     def parse_batch(self, batch: SSEBatch) -> Any:
         yield {"ids": [event.id for event in batch], "url": batch.url, "size": len(batch)}
+
+
+class Comments(scrapy.Spider):
+    """``parse(response)`` that also sees comments (``SSE_COMMENTS``)."""
+
+    name = "comments"
+    url: str
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield SSERequest(self.url, reconnect=False)
+
+    async def parse(self, response: SSEResponse) -> AsyncIterator[Any]:
+        async for event in response.events:
+            yield {
+                "kind": type(event).__name__,
+                "text": getattr(event, "text", None),
+                "id": getattr(event, "id", None),
+            }

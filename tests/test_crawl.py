@@ -356,3 +356,18 @@ def test_streams_are_never_served_from_the_http_cache(
         assert [item["id"] for item in result.items] == ["1", "2", "3"]
     assert len([r for r in sse_server.requests if r.query.get("key") == "cache"]) == 2
     assert result.stat("httpcache/hit") == 0
+
+
+def test_comments_reach_response_readers_who_ask_for_them(sse_server: SSEServer) -> None:
+    url = sse_server.url("/stream?n=4&comment_every=2&key=comments")
+    result = run_crawl("Comments", args={"url": url}, settings={"SSE_COMMENTS": True})
+    assert result.returncode == 0, result.log
+    assert [(i["kind"], i["text"] or i["id"]) for i in result.items] == [
+        ("SSEEvent", "1"),
+        ("SSEEvent", "2"),
+        ("SSEComment", "heartbeat"),
+        ("SSEEvent", "3"),
+        ("SSEEvent", "4"),
+        ("SSEComment", "heartbeat"),
+    ]
+    assert result.stat("sse/comments") == 2
