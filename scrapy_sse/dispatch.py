@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from itemadapter import is_item
 from scrapy import Request, Spider
+from scrapy.exceptions import CloseSpider
 from twisted.python.failure import Failure
 
 from .deadletter import DeadLetters
@@ -118,6 +119,8 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
                 else:
                     async for value in _outputs(result):
                         yield value
+            except CloseSpider:
+                raise  # Scrapy closes the spider, as from any callback
             except Exception as exc:
                 async for value in _callback_failed(
                     crawler,
@@ -159,6 +162,8 @@ def _batch_callback(
             try:
                 async for value in _outputs(event_callback(batch, **kwargs)):
                     yield value
+            except CloseSpider:
+                raise
             except Exception as exc:
                 what = f"a batch of {len(batch)} SSE events (ids {batch[0].id!r}..{batch[-1].id!r})"
                 async for value in _callback_failed(

@@ -14,14 +14,16 @@ from operator import itemgetter as _itemgetter
 from typing import Any
 
 
-class SSEEvent(tuple[str, str, str, "int | None", Any]):
+class SSEEvent(tuple[str, str, str, "int | None", Any, bool]):
     """One dispatched event, as the WHATWG processing model defines it.
 
     ``event`` is the type (``"message"`` unless the server named one). ``id`` is the
     last event id in effect when the event was dispatched (it persists across events
     until the server changes or resets it), not only an id sent with this event.
     ``retry`` is the reconnection time in milliseconds if this event's block carried a
-    valid ``retry:`` field, else ``None``.
+    valid ``retry:`` field, else ``None``. ``own_id`` says whether the block itself
+    carried the ``id:`` line (``id`` may be inherited from an earlier event): only such
+    an event can be recognised as one the server resent after a reconnect.
 
     An immutable tuple underneath: the parser builds one per event with a single C-level
     call, which is measurably cheaper than running a Python ``__init__``. Equality
@@ -30,21 +32,23 @@ class SSEEvent(tuple[str, str, str, "int | None", Any]):
 
     __slots__ = ()
 
-    def __new__(
+    def __new__(  # noqa: PLR0917 - the tuple's fields, in order
         cls,
         event: str = "message",
         data: str = "",
         id: str = "",
         retry: int | None = None,
         source: Any = None,
+        own_id: bool = False,
     ) -> SSEEvent:
-        return tuple.__new__(cls, (event, data, id, retry, source))
+        return tuple.__new__(cls, (event, data, id, retry, source, own_id))
 
     event: str = property(_itemgetter(0))  # type: ignore[assignment]
     data: str = property(_itemgetter(1))  # type: ignore[assignment]
     id: str = property(_itemgetter(2))  # type: ignore[assignment]
     retry: int | None = property(_itemgetter(3))  # type: ignore[assignment]
     source: Any = property(_itemgetter(4))
+    own_id: bool = property(_itemgetter(5))  # type: ignore[assignment]
 
     def json(self, **kwargs: Any) -> Any:
         """Parse ``data`` as JSON (raises ``ValueError`` when it is not JSON)."""
@@ -95,7 +99,7 @@ class SSEEvent(tuple[str, str, str, "int | None", Any]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The source (a live response) is not picklable and not part of the value.
-        return (SSEEvent, tuple(self[:4]))
+        return (SSEEvent, (*self[:4], None, self[5]))
 
 
 class SSEComment:

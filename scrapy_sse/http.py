@@ -68,17 +68,23 @@ class SSERequest(Request):
         self.reconnect = reconnect
         self.batch_size = batch_size
         self.batch_interval = batch_interval
-        headers = self.headers
-        headers.setdefault(b"Accept", b"text/event-stream")
-        headers.setdefault(b"Cache-Control", b"no-cache")
-        # An explicit value wins over HttpCompressionMiddleware's setdefault: most
-        # servers then stream uncompressed, which is what a live feed wants.
-        headers.setdefault(b"Accept-Encoding", b"identity")
+        apply_stream_defaults(self)
         if last_event_id:
-            headers[b"Last-Event-ID"] = last_event_id.encode("utf-8")
-        # An open stream has an empty body at response time: caching it is wrong.
-        self.meta.setdefault("dont_cache", True)
-        self.meta.setdefault("dont_retry", True)
+            self.headers[b"Last-Event-ID"] = last_event_id.encode("utf-8")
+
+
+def apply_stream_defaults(request: Request) -> None:
+    """Headers and ``meta`` every stream request needs (explicit values win)."""
+    headers = request.headers
+    headers.setdefault(b"Accept", b"text/event-stream")
+    headers.setdefault(b"Cache-Control", b"no-cache")
+    # An explicit value wins over HttpCompressionMiddleware's setdefault: most
+    # servers then stream uncompressed, which is what a live feed wants.
+    headers.setdefault(b"Accept-Encoding", b"identity")
+    # An open stream has an empty body at response time: caching it is wrong; and
+    # reconnection has its own policy, RetryMiddleware must not retry on its own.
+    request.meta.setdefault("dont_cache", True)
+    request.meta.setdefault("dont_retry", True)
 
 
 def is_sse_request(request: Request) -> bool:

@@ -32,7 +32,7 @@ from .deadletter import redact_url
 from .dispatch import _outputs
 from .errors import SSEResponseError, SSEStreamError
 from .handler import failed_response
-from .http import SSERequest, SSEResponse, is_sse_request
+from .http import SSERequest, SSEResponse, apply_stream_defaults, is_sse_request
 from .policy import GIVE_UP, RECONNECT, History, Outcome, decide, parse_retry_after
 from .registry import StreamRegistry
 from .settings import SSESettings
@@ -59,6 +59,8 @@ class SSEDownloaderMiddleware:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.registry = StreamRegistry.for_crawler(crawler)
+        accept = crawler.settings.getdict("DEFAULT_REQUEST_HEADERS").get("Accept")
+        self._default_accept = accept.encode("latin-1") if isinstance(accept, str) else None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -67,6 +69,13 @@ class SSEDownloaderMiddleware:
     def process_request(self, request: Request) -> None:
         if not is_sse_request(request):
             return
+        if not isinstance(request, SSERequest):
+            # A FormRequest(meta={"sse": True}), say: the defaults an SSERequest sets
+            # itself (dont_filter must be set by the spider: the scheduler came first).
+            # DefaultHeadersMiddleware ran before this one: its Accept is replaced.
+            if request.headers.get(b"Accept") == self._default_accept:
+                del request.headers[b"Accept"]
+            apply_stream_defaults(request)
         meta = request.meta
         if STREAM_KEY not in meta:
             assert self.crawler.request_fingerprinter is not None
@@ -112,6 +121,9 @@ class SSESpiderMiddleware:
         finally:
             if stream.is_open:
                 stream.close(CALLBACK_DONE)
+            # Now every queued event has been delivered (or dropped): checkpoint the
+            # final id, which the end of the connection alone would not have seen.
+            self.registry.record(stream)
         async for value in self._after(stream):
             yield value
 

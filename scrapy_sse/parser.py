@@ -72,6 +72,7 @@ class SSEParser:
         "_id_buffer",
         "_keep_comments",
         "_max_size",
+        "_own_id",
         "_pending",
         "_pending_limit",
         "_pending_size",
@@ -111,6 +112,8 @@ class SSEParser:
         self._data_size = 0
         self._type = ""
         self._event_retry: int | None = None
+        # Whether the event being read has its own id line (see SSEEvent.own_id).
+        self._own_id = False
         self._id_buffer = last_event_id
         #: The last event id string of the stream: updated when an event is dispatched.
         self.last_event_id = last_event_id
@@ -188,13 +191,14 @@ class SSEParser:
             not self._tail
             and chunk[-1] < 0x80
             and not self._skip_lf
-            and not (self._data or self._type or self._event_retry is not None)
+            and not (self._data or self._type or self._event_retry is not None or self._own_id)
         )
         return out
 
     def _one_event(self, text: str) -> SSEEvent | None:
         """The event of a read that holds exactly one block, or ``None`` when the block
         needs the general path (comments, several data lines, retry...)."""
+        own_id = False
         if text.startswith("data:") and "\n" not in text:
             value = text[6:] if text.startswith(" ", 5) else text[5:]
             event_type = "message"
@@ -207,11 +211,12 @@ class SSEParser:
                 if "\0" in event_id:
                     return None
                 self._id_buffer = event_id
+                own_id = True
             event_type = (event_type2 if event_type2 is not None else event_type) or "message"
         if len(value) >= self._max_size:
             raise SSEEventTooLarge(len(value) + 1, self._max_size)
         self.last_event_id = self._id_buffer
-        return _tuple_new(SSEEvent, (event_type, value, self._id_buffer, None, self.source))
+        return _tuple_new(SSEEvent, (event_type, value, self._id_buffer, None, self.source, own_id))
 
     def _data_parts(self, text: str, out: list[Any]) -> None:
         """Split where a blank line is followed by a data field: in a data-only stream
@@ -232,7 +237,7 @@ class SSEParser:
             if "\n" not in value:
                 if len(value) >= max_size:
                     raise SSEEventTooLarge(len(value) + 1, max_size, out)
-                append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source)))
+                append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source, False)))
             else:
                 other += 1
                 self.last_event_id = id_buffer
@@ -254,7 +259,7 @@ class SSEParser:
         id_buffer = self._id_buffer
         source = self.source
         # Only the first block can continue an event begun in an earlier read.
-        clean = not (self._data or self._type or self._event_retry is not None)
+        clean = not (self._data or self._type or self._event_retry is not None or self._own_id)
         simple = 0
         for block in blocks:
             if clean and block.startswith("data:") and "\n" not in block:
@@ -263,7 +268,7 @@ class SSEParser:
                 value = block[6:] if block.startswith(" ", 5) else block[5:]
                 if len(value) >= max_size:
                     raise SSEEventTooLarge(len(value) + 1, max_size, out)
-                append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source)))
+                append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source, False)))
                 continue
             if clean and block.startswith(("event", "id")):
                 match = _simple_block(block)
@@ -276,11 +281,15 @@ class SSEParser:
                         if len(value) >= max_size:
                             raise SSEEventTooLarge(len(value) + 1, max_size, out)
                         event_type = event_type2 if event_type2 is not None else event_type
-                        append(
-                            _tuple_new(
-                                SSEEvent, (event_type or "message", value, id_buffer, None, source)
-                            )
+                        event = (
+                            event_type or "message",
+                            value,
+                            id_buffer,
+                            None,
+                            source,
+                            event_id is not None,
                         )
+                        append(_tuple_new(SSEEvent, event))
                         continue
             clean = True
             self._id_buffer = id_buffer
@@ -299,6 +308,7 @@ class SSEParser:
                             id_buffer,
                             self._event_retry,
                             source,
+                            self._own_id,
                         ),
                     )
                 )
@@ -306,6 +316,7 @@ class SSEParser:
                 self._data_size = 0
             self._type = ""
             self._event_retry = None
+            self._own_id = False
         if blocks:
             self.last_event_id = id_buffer
         self._id_buffer = id_buffer
@@ -342,6 +353,7 @@ class SSEParser:
         etype = self._type
         event_retry = self._event_retry
         id_buffer = self._id_buffer
+        own_id = self._own_id
         max_size = self._max_size
         try:
             for line in lines:
@@ -370,6 +382,7 @@ class SSEParser:
                                     id_buffer,
                                     event_retry,
                                     self.source,
+                                    own_id,
                                 ),
                             )
                         )
@@ -377,6 +390,7 @@ class SSEParser:
                         data_size = 0
                     etype = ""
                     event_retry = None
+                    own_id = False
                     continue
                 if line[0] == ":":
                     self.comments += 1
@@ -396,11 +410,17 @@ class SSEParser:
                 if field == "data":  # "data" without a colon: an empty line of data
                     data.append(value)
                     data_size += 1
+                    if data_size > max_size:
+                        size = data_size
+                        data = []
+                        data_size = 0
+                        raise SSEEventTooLarge(size, max_size, out)
                 elif field == "event":
                     etype = value
                 elif field == "id":
                     if "\0" not in value:
                         id_buffer = value
+                        own_id = True
                 elif field == "retry" and value.isdigit() and value.isascii():
                     event_retry = self.retry = int(value)
                 # Any other field is ignored, as the spec requires.
@@ -410,11 +430,12 @@ class SSEParser:
             self._type = etype
             self._event_retry = event_retry
             self._id_buffer = id_buffer
+            self._own_id = own_id
 
     @property
     def pending(self) -> bool:
         """Whether an incomplete event or line is buffered (it would be lost at EOF)."""
-        return bool(self._data or self._tail or self._type or self._pending)
+        return bool(self._data or self._tail or self._type or self._pending or self._own_id)
 
     def close(self) -> bool:
         """End of stream: discard any incomplete event, as the spec requires.
@@ -430,4 +451,5 @@ class SSEParser:
         self._tail = ""
         self._type = ""
         self._event_retry = None
+        self._own_id = False
         return dropped

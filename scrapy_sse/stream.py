@@ -219,7 +219,9 @@ class SSEStream:
         if type(event) is SSEEvent:
             event_id = event[2]
             if self._skip_ids:
-                if event_id and event_id in self._skip_ids:
+                # Only an event that carries its own id can be a resent one: an event
+                # without an id line inherits the resume id and is new.
+                if event[5] and event_id in self._skip_ids:
                     self.duplicates_skipped += 1
                     if self._stats is not None:
                         self._stats.inc_value("sse/duplicates_skipped")

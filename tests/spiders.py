@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import scrapy
+import scrapy.exceptions
 from twisted.python.failure import Failure
 
 from scrapy_sse import SSEBatch, SSEEvent, SSERequest, SSEResponse, SSEResponseError
@@ -224,3 +225,32 @@ class Comments(scrapy.Spider):
                 "text": getattr(event, "text", None),
                 "id": getattr(event, "id", None),
             }
+
+
+class FormStream(_Base):
+    """A plain ``scrapy.Request`` marked ``meta={"sse": True}``."""
+
+    name = "form_stream"
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield scrapy.Request(
+            self.url,
+            meta={"sse": True},
+            dont_filter=True,
+            callback=self.parse_event,
+            errback=self.on_error,
+        )
+
+    def parse_event(self, event: SSEEvent) -> dict[str, Any]:
+        return {"id": event.id}
+
+
+class Closer(PerEvent):
+    """Raises CloseSpider at event 3."""
+
+    name = "closer"
+
+    def parse_event(self, event: SSEEvent) -> Any:
+        if event.id == "3":
+            raise scrapy.exceptions.CloseSpider("enough")
+        yield from super().parse_event(event)

@@ -221,3 +221,25 @@ def test_arbitrary_bytes_never_crash_and_cuts_agree(stream: bytes, data: st.Data
 def test_one_byte_reads_match(data: st.DataObject) -> None:
     stream = data.draw(event_streams())
     assert parse(*[stream[i : i + 1] for i in range(len(stream))]) == reference_parse(stream)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"id: 7\ndata: a\n\ndata: b\n\n"],  # general path
+        [b"id: 7\ndata: a\n\n", b"data: b\n\n"],  # one-event reads
+        [b"data: x\n\n", b"id: 7\ndata: a\n\ndata: b\n\ndata: c\n\n"],  # data split
+        [b": hb\nid: 7\n", b"data: a\n\n", b"data: b\n\n"],  # id line folded first
+    ],
+)
+def test_own_id_marks_events_whose_block_carried_the_id(chunks: list[bytes]) -> None:
+    events = [e for e in parse(*chunks) if e.data != "x"]  # type: ignore[attr-defined]
+    assert [(e.data, e.id, e.own_id) for e in events][:2] == [  # type: ignore[attr-defined]
+        ("a", "7", True),
+        ("b", "7", False),
+    ]
+
+
+def test_data_lines_without_colon_count_toward_the_size_limit() -> None:
+    with pytest.raises(SSEEventTooLarge):
+        SSEParser(max_event_size=10).feed(b"data\n" * 100 + b"\n")

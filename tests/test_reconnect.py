@@ -258,3 +258,28 @@ def test_events_resent_after_reconnect_are_not_delivered_twice(sse_server: SSESe
     reconnects = result.stat("sse/reconnects/connection_lost")
     assert reconnects >= 5
     assert result.stat("sse/duplicates_skipped") == 3 * reconnects
+
+
+def test_meta_marked_request_reconnects_with_the_stream_policy(sse_server: SSEServer) -> None:
+    # A plain Request with meta={"sse": True}: RetryMiddleware must not retry the 503
+    # at once; the stream policy waits for Retry-After and resumes.
+    url = sse_server.url("/status?code=503&retry_after=1&times=1&n=2&key=formstream")
+    result = run_crawl(
+        "FormStream", args={"url": url}, settings={**FAST, "CLOSESPIDER_ITEMCOUNT": 2}
+    )
+    assert result.returncode == 0, result.log
+    assert ids(result) == [1, 2]
+    times = [r.time for r in sse_server.requests if r.query.get("key") == "formstream"]
+    assert times[1] - times[0] >= 0.95
+    assert result.stat("retry/count") == 0
+    assert result.stat("sse/reconnects/http_error") == 1
+    first = next(r for r in sse_server.requests if r.query.get("key") == "formstream")
+    assert first.headers["accept"] == "text/event-stream"
+
+
+def test_close_spider_from_a_callback_closes_the_spider(sse_server: SSEServer) -> None:
+    url = sse_server.url("/stream?n=10&hold=30&key=closer")
+    result = run_crawl("Closer", args={"url": url, "reconnect": "1"}, timeout=30)
+    assert result.returncode == 0, result.log
+    assert result.stat("finish_reason") == "enough"
+    assert result.stat("sse/callback_errors") == 0

@@ -142,8 +142,14 @@ class _PrefixReader(Protocol):
             self.transport.stopProducing()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.give_up()
+
+    def give_up(self) -> None:
+        """Hand over what was read so far and let the connection go (idempotent)."""
         if not self._finished.called:
             self._finished.callback(b"".join(self._chunks)[: self._limit])
+            if self.transport is not None:
+                self.transport.stopProducing()
 
 
 class _TwistedOpenedResponse:
@@ -162,8 +168,11 @@ class _TwistedOpenedResponse:
         if self._txresponse.length == 0:  # type: ignore[comparison-overlap]
             return b""
         finished: Deferred[bytes] = Deferred()
-        self._txresponse.deliverBody(_PrefixReader(limit, finished))
-        timer = reactor.callLater(self._timeout, finished.callback, b"")
+        reader = _PrefixReader(limit, finished)
+        self._txresponse.deliverBody(reader)
+        # A server that sends a short error body and keeps the socket open: give up
+        # after the timeout with what arrived, and close the connection.
+        timer = reactor.callLater(self._timeout, reader.give_up)
         try:
             return await maybe_deferred_to_future(finished)
         finally:
