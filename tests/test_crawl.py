@@ -371,3 +371,22 @@ def test_comments_reach_response_readers_who_ask_for_them(sse_server: SSEServer)
         ("SSEComment", "heartbeat"),
     ]
     assert result.stat("sse/comments") == 2
+
+
+@pytest.mark.parametrize("reactorless", [False, True], ids=["twisted", "aiohttp"])
+def test_error_body_kept_open_is_read_until_the_timeout_then_dropped(
+    sse_server: SSEServer, reactorless: bool
+) -> None:
+    # A 500 whose short body never ends: the error still carries what arrived, and the
+    # crawl does not wait for the server to let go (it holds the socket for 30 s).
+    url = sse_server.url(f"/status?code=500&body=boom&hold=30&key=heldbody{reactorless}")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url},
+        settings={"DOWNLOAD_TIMEOUT": 1},
+        reactorless=reactorless,
+        timeout=25,
+    )
+    assert result.returncode == 0, result.log
+    [item] = result.items
+    assert (item["error"], item["status"], item["body"]) == ("SSEResponseError", 500, "boom")

@@ -231,6 +231,14 @@ async def serve_status(ctx: Context) -> None:
         headers.append(("Retry-After", query["retry_after"]))
     body = query.get("body", f"error {code}").encode("utf-8")
     ctype = query.get("ctype", "text/plain; charset=utf-8")
+    hold = float_param(query, "hold", 0.0, MAX_HOLD)
+    if hold:
+        # A short error body, then the connection kept open without ending it (a
+        # client must give up on the body after its timeout, and close).
+        await ctx.responder.start(code, [*headers, ("Content-Type", ctype)])
+        await ctx.responder.write(body)
+        await hold_open(ctx.reader, hold)
+        return
     await ctx.responder.simple(code, body, ctype, headers)
 
 
