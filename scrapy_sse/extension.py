@@ -34,7 +34,7 @@ class SSEExtension:
         self.settings = SSESettings.from_settings(crawler.settings)
         self.registry = StreamRegistry.for_crawler(crawler)
         self._checkpoint_timer: Any = None
-        if crawler.settings.getbool("SSE_DEAD_LETTERS"):
+        if self.settings.dead_letters:
             DeadLetters.install(crawler)
         crawler.signals.connect(self._engine_started, signal=signals.engine_started)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
@@ -49,7 +49,7 @@ class SSEExtension:
         _scrapy_private.install_stream_output(
             self.crawler.engine.scraper,
             lambda response: isinstance(response, SSEResponse),
-            self.crawler.settings.getint("SSE_CONCURRENT_ITEMS", 1),
+            self.settings.concurrent_items,
         )
         jobdir = job_dir(self.crawler.settings)
         if jobdir:

@@ -22,6 +22,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from .errors import SSEStreamError
+from .settings import SSESettings
 from .stream import READ_TIMEOUT
 
 if TYPE_CHECKING:
@@ -73,9 +74,9 @@ class StreamRegistry:
     def for_crawler(cls, crawler: Crawler) -> StreamRegistry:
         registry = _registries.get(crawler)
         if registry is None:
-            settings = crawler.settings
+            settings = SSESettings.from_settings(crawler.settings)
             registry = _registries[crawler] = cls(
-                settings.getint("SSE_MAX_STREAMS"), settings.getint("SSE_MAX_STREAMS_PER_SLOT")
+                settings.max_streams, settings.max_streams_per_slot
             )
         return registry
 

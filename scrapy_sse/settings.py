@@ -61,6 +61,7 @@ class SSESettings:
     queue_size: int
     done_data: tuple[str, ...]
     max_streams: int
+    max_streams_per_slot: int
     comments: bool
     read_timeout: float
     retry_delay: float
@@ -69,6 +70,8 @@ class SSESettings:
     max_reconnects: int | None
     give_up_after: float | None
     checkpoint_interval: float
+    concurrent_items: int
+    dead_letters: bool
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> SSESettings:
@@ -81,6 +84,7 @@ class SSESettings:
             queue_size=int(get("SSE_QUEUE_SIZE")),
             done_data=tuple(settings.getlist("SSE_DONE_DATA", DEFAULTS["SSE_DONE_DATA"])),
             max_streams=int(get("SSE_MAX_STREAMS")),
+            max_streams_per_slot=int(get("SSE_MAX_STREAMS_PER_SLOT")),
             comments=bool(settings.getbool("SSE_COMMENTS", DEFAULTS["SSE_COMMENTS"])),
             read_timeout=float(get("SSE_READ_TIMEOUT")),
             retry_delay=float(get("SSE_RETRY_DELAY")),
@@ -89,6 +93,8 @@ class SSESettings:
             max_reconnects=_optional(settings.get("SSE_MAX_RECONNECTS"), int),
             give_up_after=_optional(settings.get("SSE_GIVE_UP_AFTER"), float),
             checkpoint_interval=float(get("SSE_CHECKPOINT_INTERVAL")),
+            concurrent_items=int(get("SSE_CONCURRENT_ITEMS")),
+            dead_letters=settings.getbool("SSE_DEAD_LETTERS", DEFAULTS["SSE_DEAD_LETTERS"]),
         )
 
     def policy(self, request: Request) -> PolicySettings:
