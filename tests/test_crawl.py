@@ -273,7 +273,7 @@ def test_cookies_and_default_headers_are_sent(sse_server: SSEServer) -> None:
     )
     assert result.returncode == 0, result.log
     assert len(result.items) == 2
-    [request] = [r for r in sse_server.requests if r.query.get("key") == "cookies"]
+    [request] = sse_server.requests_for_key("cookies")
     assert request.headers["cookie"] == "session=s3cr3t"
     assert request.headers["x-team"] == "prices"
     assert request.headers["user-agent"] == "ua-test"
@@ -354,7 +354,7 @@ def test_streams_are_never_served_from_the_http_cache(
         result = run_crawl("PerEvent", args={"url": url}, settings=settings, workdir=tmp_path)
         assert result.returncode == 0, result.log
         assert [item["id"] for item in result.items] == ["1", "2", "3"]
-    assert len([r for r in sse_server.requests if r.query.get("key") == "cache"]) == 2
+    assert len(sse_server.requests_for_key("cache")) == 2
     assert result.stat("httpcache/hit") == 0
 
 

@@ -6,11 +6,21 @@ import itertools
 import statistics
 from pathlib import Path
 
-from .crawl import run_crawl
+from .crawl import CrawlResult, run_crawl
 from .servers.sse_server import SSEServer
 from .servers.starlette_app import UvicornServer
 
 FAST = {"SSE_RETRY_DELAY": 0.01, "SSE_BACKOFF_MAX": 0.05}
+
+
+def reconnecting(spider: str, url: str, *, timeout: float = 30, **settings: object) -> CrawlResult:
+    """A crawl with reconnection on and short delays (``FAST``), plus ``settings``."""
+    return run_crawl(
+        spider,
+        args={"url": url, "reconnect": "1"},
+        settings={**FAST, **settings},
+        timeout=timeout,
+    )
 
 
 def ids(result: object) -> list[int]:
@@ -25,17 +35,14 @@ def test_random_drops_lose_nothing_and_duplicate_nothing(sse_server: SSEServer) 
     # 200 drops at random byte offsets (mid-event and mid-UTF-8 included) over 50,000
     # events; each reconnect resumes from the last event delivered to the spider.
     url = sse_server.url("/stream?n=50000&drops=200&seed=11&key=drops200&chunk=0")
-    result = run_crawl(
-        "PerEvent",
-        args={"url": url, "reconnect": "1"},
-        settings={**FAST, "CLOSESPIDER_ITEMCOUNT": 50000, "LOG_LEVEL": "WARNING"},
-        timeout=240,
+    result = reconnecting(
+        "PerEvent", url, CLOSESPIDER_ITEMCOUNT=50000, LOG_LEVEL="WARNING", timeout=240
     )
     assert result.returncode == 0, result.log[-3000:]
     assert ids(result) == list(range(1, 50001))
     reconnects = sum(v for k, v in result.stats.items() if k.startswith("sse/reconnects/"))
     assert reconnects >= 200
-    requests = [r for r in sse_server.requests if r.query.get("key") == "drops200"]
+    requests = sse_server.requests_for_key("drops200")
     # The last reconnect may be decided as the spider closes, and never sent.
     assert reconnects <= len(requests) <= reconnects + 1
     # Each reconnect asked for exactly what followed the last delivered event.
@@ -57,7 +64,7 @@ def test_backoff_grows_with_jitter_caps_and_resets(sse_server: SSEServer) -> Non
     )
     assert result.returncode == 0, result.log
     assert ids(result) == [1, 2]
-    times = [r.time for r in sse_server.requests if r.query.get("key") == key]
+    times = [r.time for r in sse_server.requests_for_key(key)]
     assert len(times) >= 12
     g = gaps(times)
     slack = 0.08
@@ -75,17 +82,14 @@ def test_backoff_grows_with_jitter_caps_and_resets(sse_server: SSEServer) -> Non
 
 def test_silent_stream_is_reconnected_after_read_timeout(sse_server: SSEServer) -> None:
     url = sse_server.url("/silent?after=3&hold=30&key=silent")
-    result = run_crawl(
-        "PerEvent",
-        args={"url": url, "reconnect": "1"},
-        settings={**FAST, "SSE_READ_TIMEOUT": 0.5, "CLOSESPIDER_TIMEOUT": 2.5},
-        timeout=30,
+    result = reconnecting(
+        "PerEvent", url, SSE_READ_TIMEOUT=0.5, CLOSESPIDER_TIMEOUT=2.5, timeout=30
     )
     assert result.returncode == 0, result.log
     assert result.stat("sse/reconnects/read_timeout") >= 2
     assert ids(result)[:3] == [1, 2, 3]
     assert "SSE_READ_TIMEOUT" in result.log
-    requests = [r for r in sse_server.requests if r.query.get("key") == "silent"]
+    requests = sse_server.requests_for_key("silent")
     assert requests[1].headers["last-event-id"] == "3"
 
 
@@ -114,9 +118,7 @@ def test_401_with_refresh_hook_recovers_with_new_token(sse_server: SSEServer) ->
     )
     assert result.returncode == 0, result.log
     assert ids(result) == [1, 2, 3, 4]
-    seen = [
-        r.headers.get("authorization") for r in sse_server.requests if r.query.get("key") == "auth1"
-    ]
+    seen = [r.headers.get("authorization") for r in sse_server.requests_for_key("auth1")]
     assert seen[:2] == ["Bearer tok-OLD-91", "Bearer tok-NEW-37"]
     assert result.stat("sse/reconnects/http_error") == 1
     assert result.stat("sse/auth_refreshed") == 1
@@ -147,15 +149,10 @@ def test_refreshed_token_refused_again_gives_up(sse_server: SSEServer) -> None:
 
 def test_429_waits_for_retry_after(sse_server: SSEServer) -> None:
     url = sse_server.url("/status?code=429&retry_after=1&times=1&n=2&key=r429")
-    result = run_crawl(
-        "PerEvent",
-        args={"url": url, "reconnect": "1"},
-        settings={**FAST, "CLOSESPIDER_ITEMCOUNT": 2},
-        timeout=30,
-    )
+    result = reconnecting("PerEvent", url, CLOSESPIDER_ITEMCOUNT=2, timeout=30)
     assert result.returncode == 0, result.log
     assert ids(result) == [1, 2]
-    times = [r.time for r in sse_server.requests if r.query.get("key") == "r429"]
+    times = [r.time for r in sse_server.requests_for_key("r429")]
     assert times[1] - times[0] >= 0.95
 
 
@@ -172,21 +169,16 @@ def test_cross_origin_redirect_keeps_last_event_id_and_drops_credentials(
     )
     assert result.returncode == 0, result.log
     assert ids(result) == [6, 7, 8]
-    [target] = [r for r in sse_server.requests if r.query.get("key") == "xorigin"]
+    [target] = sse_server.requests_for_key("xorigin")
     assert "authorization" not in target.headers
 
 
 def test_restart_from_callback_resumes_after_last_delivered(sse_server: SSEServer) -> None:
     url = sse_server.url("/stream?n=10&hold=30&key=restart&chunk=0")
-    result = run_crawl(
-        "Restarter",
-        args={"url": url, "reconnect": "1"},
-        settings={**FAST, "CLOSESPIDER_ITEMCOUNT": 10},
-        timeout=30,
-    )
+    result = reconnecting("Restarter", url, CLOSESPIDER_ITEMCOUNT=10, timeout=30)
     assert result.returncode == 0, result.log
     assert ids(result) == list(range(1, 11))
-    requests = [r for r in sse_server.requests if r.query.get("key") == "restart"]
+    requests = sse_server.requests_for_key("restart")
     assert requests[1].headers["last-event-id"] == "5"
     assert result.stat("sse/reconnects/restart") == 1
 
@@ -230,12 +222,7 @@ def test_jobdir_stop_and_restart_resumes_without_gap_or_duplicate(
 def test_resume_against_sse_starlette() -> None:
     with UvicornServer() as server:
         url = server.url("/stream?n=40&drop_after=7&drops=4&key=star&ping=5")
-        result = run_crawl(
-            "PerEvent",
-            args={"url": url, "reconnect": "1"},
-            settings={**FAST, "CLOSESPIDER_ITEMCOUNT": 40},
-            timeout=40,
-        )
+        result = reconnecting("PerEvent", url, CLOSESPIDER_ITEMCOUNT=40, timeout=40)
         state = server.state
         assert state is not None
         seen = [r.headers.get("last-event-id") for r in state.requests]
@@ -247,12 +234,7 @@ def test_resume_against_sse_starlette() -> None:
 def test_events_resent_after_reconnect_are_not_delivered_twice(sse_server: SSEServer) -> None:
     # The server replays the 3 events before the resume point on every reconnect.
     url = sse_server.url("/stream?n=300&drops=5&seed=4&resend=3&key=resend&chunk=0")
-    result = run_crawl(
-        "PerEvent",
-        args={"url": url, "reconnect": "1"},
-        settings={**FAST, "CLOSESPIDER_ITEMCOUNT": 300},
-        timeout=60,
-    )
+    result = reconnecting("PerEvent", url, CLOSESPIDER_ITEMCOUNT=300, timeout=60)
     assert result.returncode == 0, result.log
     assert ids(result) == list(range(1, 301))
     reconnects = result.stat("sse/reconnects/connection_lost")
@@ -269,7 +251,7 @@ def test_meta_marked_request_reconnects_with_the_stream_policy(sse_server: SSESe
     )
     assert result.returncode == 0, result.log
     assert ids(result) == [1, 2]
-    times = [r.time for r in sse_server.requests if r.query.get("key") == "formstream"]
+    times = [r.time for r in sse_server.requests_for_key("formstream")]
     assert times[1] - times[0] >= 0.95
     assert result.stat("retry/count") == 0
     assert result.stat("sse/reconnects/http_error") == 1

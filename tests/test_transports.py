@@ -86,5 +86,5 @@ def test_bind_address_is_honoured(sse_server: SSEServer, reactorless: bool) -> N
     )
     assert result.returncode == 0, result.log
     assert ids(result) == ["1", "2"]
-    [request] = [r for r in sse_server.requests if r.query.get("key") == f"bind{reactorless}"]
+    [request] = sse_server.requests_for_key(f"bind{reactorless}")
     assert request.peer_host == "127.0.0.2"

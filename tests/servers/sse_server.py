@@ -150,6 +150,10 @@ class SSEServer:
         """The requests whose path is ``path``."""
         return [r for r in self.requests if r.path == path]
 
+    def requests_for_key(self, key: str) -> list[RecordedRequest]:
+        """The requests of one scenario (its ``key`` query parameter), in order."""
+        return [r for r in self.requests if r.query.get("key") == key]
+
     def wait_for_requests(
         self, count: int, timeout: float = 5.0, path: str | None = None
     ) -> list[RecordedRequest]:
