@@ -7,17 +7,23 @@ tests, and lets every transport (Twisted, aiohttp, a benchmark) share one parser
 Speed matters here: every event of every stream passes through :meth:`feed`. The
 design choices that follow from that:
 
-* Bytes are decoded with one incremental UTF-8 decoder per stream (``errors="replace"``
-  gives U+FFFD for invalid sequences, and multibyte characters split across reads are
-  held back by the decoder itself).
-* Line ends are normalised only when a chunk contains a CR, so the common LF-only
-  stream pays one ``in`` scan. A CR at the very end of a read is taken as a line end at
-  once (no event waits for the next read) and a LF that starts the next read is then
-  skipped, which is how a CRLF split across two reads stays one line end.
-* A read is split into lines with one ``str.split``; only the unterminated last line is
-  kept between reads, so a slow trickle costs O(n) overall, not O(n²).
-* Per-event state lives in local variables inside the loop and is stored back once per
-  read.
+* LF-only streams (nearly all servers) stay bytes until a block is complete: a read is
+  split on ``b"\n\ndata: "`` (one C call; in a data-only stream every piece is then one
+  event's value) and each value is decoded on its own. Splitting bytes is faster than
+  splitting text, and no wide string is built for a read that holds one emoji. A field
+  value never holds a line end and a line end is never inside a UTF-8 sequence, so the
+  values are exactly what decoding the whole stream would give.
+* The unfinished last line of a read stays undecoded in a list of reads until its line
+  end arrives, so a slow trickle or a 64 KiB line costs O(n) overall, not O(n²); long
+  lines are located with ``find`` (a vectorised scan), never with ``split``.
+* Anything else (CR line ends, an event left half-read with complete lines, the first
+  read with its BOM check) takes the text path: one incremental UTF-8 decoder per stream
+  (``errors="replace"``), line ends normalised only when a chunk contains a CR (a CR at
+  the very end of a read is a line end at once, and a LF that starts the next read is
+  then skipped), one ``str.split`` per read. The parser returns to the byte path as soon
+  as only one unfinished line is carried over.
+* Per-event state lives in local variables inside the loops and is stored back once
+  per read.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ class SSEParser:
         "_pending",
         "_pending_limit",
         "_pending_size",
-        "_quiet",
+        "_raw",
         "_skip_lf",
         "_split_data",
         "_started",
@@ -103,8 +109,8 @@ class SSEParser:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._pending_limit = max_event_size
-        # No BOM check done yet: the first read must take the general path.
-        self._quiet = False
+        # No BOM check done yet: the first read must take the text path.
+        self._raw = False
         self._split_data = True
         self._started = False
         self._skip_lf = False
@@ -142,23 +148,24 @@ class SSEParser:
             self._pending.append(chunk)
             return ()
         joined = False
-        if self._pending:
+        if self._raw and 13 not in chunk:
+            if self._pending:
+                self._pending.append(chunk)
+                chunk = b"".join(self._pending)
+                self._pending = []
+                self._pending_size = 0
+            events = self._feed_raw(chunk)
+            if events is not None:
+                return events
+            # The read needs the text path below; nothing is buffered anywhere else.
+            self._raw = False
+            joined = True
+        elif self._pending:
             self._pending.append(chunk)
             chunk = b"".join(self._pending)
             self._pending = []
             self._pending_size = 0
             joined = True
-        elif (
-            self._quiet
-            and 13 not in chunk
-            and chunk.endswith(b"\n\n")
-            and chunk.find(b"\n\n") == len(chunk) - 2
-        ):
-            # The read is exactly one event, as servers that write an HTTP chunk per
-            # event deliver them: parse it without the general machinery.
-            event = self._one_event(chunk[:-2].decode("utf-8", "replace"))
-            if event is not None:
-                return [event]
         text = self._decode(chunk)
         if not self._started:
             self._started = True
@@ -186,37 +193,119 @@ class SSEParser:
             self._data_parts(text, out)
         else:
             self._blocks(text, out, complete=False)
-        # Whether the next read may take the one-event fast path: nothing carried over.
-        self._quiet = (
-            not self._tail
-            and chunk[-1] < 0x80
+        # Back to the byte path once nothing but one unfinished line is carried over and
+        # the decoder holds no partial character (the read ended on an ASCII byte).
+        self._raw = (
+            chunk[-1] < 0x80
             and not self._skip_lf
             and not (self._data or self._type or self._event_retry is not None or self._own_id)
+            and "\n" not in self._tail
         )
+        if self._raw:
+            self._pending_limit = self._max_size
+            if self._tail:
+                self._pending = [self._tail.encode()]
+                self._pending_size = len(self._pending[0])
+                self._tail = ""
         return out
 
-    def _one_event(self, text: str) -> SSEEvent | None:
-        """The event of a read that holds exactly one block, or ``None`` when the block
-        needs the general path (comments, several data lines, retry...)."""
-        own_id = False
-        if text.startswith("data:") and "\n" not in text:
-            value = text[6:] if text.startswith(" ", 5) else text[5:]
-            event_type = "message"
-        else:
-            match = _simple_block(text)
-            if match is None:
+    def _feed_raw(self, data: bytes) -> list[Any] | None:
+        """Parse LF-only bytes without decoding them as a whole; ``None`` when ``data``
+        needs the text path (an unfinished event with complete lines).
+
+        Only complete blocks are decoded, value by value: a field value never holds a
+        line end, and a line end is never part of a UTF-8 sequence, so this gives the
+        same text as decoding the stream in one go. The unfinished last line stays
+        undecoded in ``_pending``, however many reads it takes to complete.
+        """
+        lf = data.rfind(10)
+        if lf > 0 and data[lf - 1] == 10:
+            end = lf - 1
+        elif lf == len(data) - 1:
+            # The read ends with a line end that does not close a block: dispatch what
+            # came before its line and keep the line for the next read.
+            lf = data.rfind(10, 0, lf)
+            if lf < 0:
+                if len(data) > 1:
+                    self._hold(data)
+                # (A lone blank line, with nothing buffered, dispatches nothing.)
+                return []
+            if lf > 0 and data[lf - 1] != 10:
                 return None
-            event_type, event_id, event_type2, value = match.groups()
-            if event_id is not None:
-                if "\0" in event_id:
-                    return None
-                self._id_buffer = event_id
-                own_id = True
-            event_type = (event_type2 if event_type2 is not None else event_type) or "message"
-        if len(value) >= self._max_size:
-            raise SSEEventTooLarge(len(value) + 1, self._max_size)
-        self.last_event_id = self._id_buffer
-        return _tuple_new(SSEEvent, (event_type, value, self._id_buffer, None, self.source, own_id))
+            end = lf - 1
+        else:
+            return None
+        out: list[Any] = []
+        if end > 0:
+            if end > _LONG_TEXT and data.find(10, 0, _LONG_TEXT) < 0:
+                self._raw_long(data, end, out)
+            elif self._split_data:
+                self._raw_blocks(data[:end], out)
+            else:
+                self._blocks(data[:end].decode("utf-8", "replace"), out, complete=True)
+        if lf + 1 < len(data):
+            self._hold(data[lf + 1 :], out)
+        return out
+
+    def _hold(self, rest: bytes, out: Sequence[Any] = ()) -> None:
+        """Keep the unfinished last line of a read, undecoded, for the next one."""
+        size = len(rest)
+        if size > self._max_size:
+            raise SSEEventTooLarge(size, self._max_size, out)
+        self._pending = [rest]
+        self._pending_size = size
+
+    def _raw_blocks(self, region: bytes, out: list[Any]) -> None:
+        """Dispatch the complete blocks of ``region`` (it ends where a blank line was).
+
+        Split where a blank line is followed by a data field: in a data-only stream
+        every piece after the first is then exactly one event's value.
+        """
+        parts = region.split(b"\n\ndata: ")
+        first = parts[0]
+        other = 0
+        if first.startswith(b"data: ") and 10 not in first:
+            parts[0] = first[6:]
+        else:
+            self._blocks(first.decode("utf-8", "replace"), out, complete=True)
+            del parts[0]
+            other = 1
+        append = out.append
+        max_size = self._max_size
+        id_buffer = self._id_buffer
+        source = self.source
+        for value in parts:
+            if 10 not in value:
+                try:
+                    text = value.decode()
+                except UnicodeDecodeError:
+                    text = value.decode("utf-8", "replace")
+                if len(text) >= max_size:
+                    raise SSEEventTooLarge(len(text) + 1, max_size, out)
+                append(_tuple_new(SSEEvent, ("message", text, id_buffer, None, source, False)))
+            else:
+                other += 1
+                self.last_event_id = id_buffer
+                self._blocks("data: " + value.decode("utf-8", "replace"), out, complete=True)
+                id_buffer = self._id_buffer
+        self.last_event_id = id_buffer
+        if other * 4 > len(parts) + 4:
+            # Mostly not single-line data events: the split only adds work here.
+            self._split_data = False
+
+    def _raw_long(self, data: bytes, end: int, out: list[Any]) -> None:
+        """Complete blocks made of long lines: find each line end (a fast C scan)
+        instead of splitting, which walks every character in Python's split loop."""
+        lines: list[str] = []
+        start = 0
+        while start <= end:
+            nl = data.find(10, start, end)
+            if nl < 0:
+                nl = end
+            lines.append(data[start:nl].decode("utf-8", "replace"))
+            start = nl + 1
+        lines.append("")
+        self._lines(lines, out)
 
     def _data_parts(self, text: str, out: list[Any]) -> None:
         """Split where a blank line is followed by a data field: in a data-only stream

@@ -4,6 +4,8 @@ reads gives the same events as a literal reading of the spec."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -170,9 +172,20 @@ _field_lines = st.one_of(
 _line_ends = st.sampled_from(["\n", "\r", "\r\n"])
 
 
+#: What most servers send: LF only, mostly one-line data events (the parser's byte path).
+_lf_lines = st.one_of(
+    st.builds(lambda v: "data: " + v, st.text(max_size=20)),
+    st.builds(lambda v: "data: " + v, st.text(max_size=20)),
+    st.just(""),
+    st.just(""),
+    _field_lines,
+)
+
+
 @st.composite
-def event_streams(draw: st.DrawFn) -> bytes:
-    lines = draw(st.lists(st.tuples(_field_lines, _line_ends), max_size=40))
+def event_streams(draw: st.DrawFn, lf_only: bool = False) -> bytes:
+    pairs = st.tuples(_lf_lines, st.just("\n")) if lf_only else st.tuples(_field_lines, _line_ends)
+    lines = draw(st.lists(pairs, max_size=40))
     text = "".join(
         # A line ending in CR followed by one starting with LF would merge (CRLF) in
         # any parser; the generator keeps text lines free of raw CR/LF.
@@ -206,6 +219,50 @@ def cuts(draw: st.DrawFn, data: bytes) -> list[bytes]:
 def test_any_cut_gives_the_events_of_the_spec(data: st.DataObject) -> None:
     stream = data.draw(event_streams())
     chunks = data.draw(cuts(stream))
+    assert parse(*chunks) == reference_parse(stream)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.data())
+def test_any_cut_of_an_lf_only_stream_gives_the_events_of_the_spec(
+    data: st.DataObject,
+) -> None:
+    stream = data.draw(event_streams(lf_only=True))
+    chunks = data.draw(cuts(stream))
+    assert parse(*chunks) == reference_parse(stream)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_long_lf_streams_in_random_reads_match_the_spec(seed: int) -> None:
+    # Hundreds of events per stream, so most reads start and end mid-stream with the
+    # parser in its byte path: one-line data events, typed events with ids, multi-line
+    # events, comments, empty data, invalid UTF-8, and reads of 1 byte to 4 KiB.
+    rng = random.Random(seed)
+    words = ["x", "café", "日本", "🙂", "{\"a\": 1}", "", " lead", "é" * 300, "z" * 5000]
+    blocks = []
+    for n in range(300):
+        kind = rng.random()
+        if kind < 0.6:
+            blocks.append(f"data: {rng.choice(words)}{n}\n\n")
+        elif kind < 0.75:
+            blocks.append(f"event: t{n % 3}\nid: {n}\ndata: {rng.choice(words)}\n\n")
+        elif kind < 0.85:
+            lines = "".join(f"data: {rng.choice(words)}\n" for _ in range(rng.randint(2, 4)))
+            blocks.append(lines + "\n")
+        elif kind < 0.9:
+            blocks.append(": heartbeat\n\n")
+        elif kind < 0.95:
+            blocks.append("data:\n\n\n")
+        else:
+            blocks.append("data: \xff\n\n")
+    stream = "".join(blocks).encode("utf-8", "surrogateescape")
+    stream = stream.replace("\xff".encode(), b"\xff")
+    chunks = []
+    pos = 0
+    while pos < len(stream):
+        size = rng.choice((1, 7, 64, 200, 4096))
+        chunks.append(stream[pos : pos + size])
+        pos += size
     assert parse(*chunks) == reference_parse(stream)
 
 
