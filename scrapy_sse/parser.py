@@ -267,9 +267,31 @@ class SSEParser:
         if first.startswith(b"data: ") and 10 not in first:
             parts[0] = first[6:]
         else:
-            self._blocks(first.decode("utf-8", "replace"), out, complete=True)
             del parts[0]
             other = 1
+            text = first.decode("utf-8", "replace")
+            match = _simple_block(text)
+            if match is not None and not parts and "\0" not in text:
+                # One block of event/id lines and one data line, as price feeds send
+                # them one per read: one C-level match instead of the block machinery.
+                event_type, event_id, event_type2, value = match.groups()
+                if event_id is not None:
+                    self._id_buffer = event_id
+                if len(value) >= self._max_size:
+                    raise SSEEventTooLarge(len(value) + 1, self._max_size, out)
+                self.last_event_id = self._id_buffer
+                event_type = event_type2 if event_type2 is not None else event_type
+                event = (
+                    event_type or "message",
+                    value,
+                    self._id_buffer,
+                    None,
+                    self.source,
+                    event_id is not None,
+                )
+                out.append(_tuple_new(SSEEvent, event))
+                return
+            self._blocks(text, out, complete=True)
         append = out.append
         max_size = self._max_size
         id_buffer = self._id_buffer
