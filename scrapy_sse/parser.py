@@ -225,6 +225,8 @@ class SSEParser:
             # The read ends with a line end that does not close a block: dispatch what
             # came before its line and keep the line for the next read.
             lf = data.rfind(10, 0, lf)
+            if data.startswith(b":", lf + 1):
+                return None  # a comment line: it counts now, not when a block ends
             if lf < 0:
                 if len(data) > 1:
                     self._hold(data)

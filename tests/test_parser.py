@@ -300,3 +300,13 @@ def test_own_id_marks_events_whose_block_carried_the_id(chunks: list[bytes]) -> 
 def test_data_lines_without_colon_count_toward_the_size_limit() -> None:
     with pytest.raises(SSEEventTooLarge):
         SSEParser(max_event_size=10).feed(b"data\n" * 100 + b"\n")
+
+
+def test_a_comment_line_counts_when_it_arrives_not_when_a_block_ends() -> None:
+    # Heartbeats sent as a bare comment line (no blank line after it) between events.
+    parser = SSEParser(comments=True)
+    assert parser.feed(b"data: a\n\n") == [SSEEvent(data="a")]
+    assert parser.feed(b": heartbeat\n") == [SSEComment("heartbeat")]
+    assert parser.comments == 1
+    assert parser.feed(b"data: b\n\n: beat\n") == [SSEEvent(data="b"), SSEComment("beat")]
+    assert parser.comments == 2
