@@ -315,7 +315,9 @@ def _where(filename: str, lineno: int, func: str) -> str:
     return f"{_short(filename)}:{lineno}({func})" if lineno else f"~({func})"
 
 
-def profile_crawl(*, corpus: str, events: int, top: int = 10) -> str:
+def profile_crawl(
+    *, corpus: str, events: int, top: int = 10, consumer: str = "scrapy_sse_items"
+) -> str:
     """cProfile of a scrapy-sse items crawl: top functions by own time (``tottime``), own
     time by package, and the functions whose own time per event grows most over the
     crawl's item ceiling (the add-on installed, dicts from an async callback, no stream),
@@ -323,7 +325,7 @@ def profile_crawl(*, corpus: str, events: int, top: int = 10) -> str:
     them with each other, not with the unprofiled tables.
     """
     try:
-        run, raw = _profile("scrapy_sse_items", corpus, events)
+        run, raw = _profile(consumer, corpus, events)
         _, base = _profile("scrapy_ceiling", corpus, events)
     except RuntimeError as exc:
         return str(exc)

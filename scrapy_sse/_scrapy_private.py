@@ -9,11 +9,15 @@ Scrapy release moves any of these.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from scrapy.utils._download_handlers import wrap_twisted_exceptions
+from scrapy.utils.asyncgen import as_async_generator
 
 if TYPE_CHECKING:
     import ssl
@@ -96,19 +100,31 @@ def install_close_hook(engine: ExecutionEngine, hook: Callable[[str], Awaitable[
     engine.close_spider_async = close_spider_async  # type: ignore[method-assign]
 
 
+#: The per-stream gate of the stream whose output the current task processes.
+_stream_gate: contextvars.ContextVar[asyncio.Lock | None] = contextvars.ContextVar(
+    "scrapy_sse_stream_gate", default=None
+)
+
+
 def install_stream_output(
-    scraper: Scraper, is_stream: Callable[[Any], bool], concurrency: int
+    scraper: Scraper, is_stream: Callable[[Any], bool], window: int, *, ordered: bool = True
 ) -> None:
-    """Process the output of stream responses with ``concurrency`` workers.
+    """Process the output of stream responses in order, ``window`` items at a time.
 
     Scrapy runs every response's output through ``CONCURRENT_ITEMS`` (default 100)
     worker tasks that live as long as the callback does. For a page that is a moment;
     for a stream it is hours, and 100 idle tasks per open stream cost about 150 KiB
-    each, so 10,000 streams would need gigabytes. With ``concurrency == 1`` the output
-    of a stream is processed in order, in the callback's own task, with no extra task
-    at all: items of one stream reach the pipelines in the order they were produced.
-    Other responses keep Scrapy's own processing. Only with the asyncio reactor; with
-    another reactor Scrapy's code runs unchanged.
+    each, so 10,000 streams would need gigabytes. Here a stream's items get a task each
+    only while they are in flight (at most ``window``; none while the stream is idle),
+    so the per-item round trips of Scrapy's ``item_scraped`` signal overlap instead of
+    costing an event-loop turn each in a row. With ``ordered``, a per-stream FIFO lock
+    around the item pipeline chain lets an item into the pipelines only once the one
+    before it has left them: items reach every pipeline, async ones included, in the
+    order they were produced. ``window == 1`` processes items one by one with no task
+    at all; ``ordered=False`` is Scrapy's own worker pool (slow async pipelines
+    overlap, order is not kept). Other responses keep Scrapy's own processing. Only
+    with the asyncio reactor and the stock async item processor; otherwise items are
+    processed one by one.
     """
     from scrapy.utils.asyncio import _parallel_asyncio, is_asyncio_available
     from scrapy.utils.defer import aiter_errback, iter_errback
@@ -117,6 +133,8 @@ def install_stream_output(
         return
     original = scraper.handle_spider_output_async
     process = scraper._process_spidermw_output_async
+    if ordered and window > 1 and not _gate_pipelines(scraper):
+        window = 1
 
     @functools.wraps(original)
     async def handle_spider_output_async(
@@ -130,14 +148,62 @@ def install_stream_output(
             it = aiter_errback(result, scraper.handle_spider_error, request, response)
         else:
             it = iter_errback(result, scraper.handle_spider_error, request, response)
-        if concurrency > 1:
-            await _parallel_asyncio(it, concurrency, process, response)
-            return
-        if isinstance(it, AsyncIterator):
-            async for output in it:
-                await process(output, response)
+        if window == 1:
+            if isinstance(it, AsyncIterator):
+                async for output in it:
+                    await process(output, response)
+            else:
+                for output in it:
+                    await process(output, response)
+        elif ordered:
+            await _windowed(it, window, process, response)
         else:
-            for output in it:
-                await process(output, response)
+            await _parallel_asyncio(it, window, process, response)
 
     scraper.handle_spider_output_async = handle_spider_output_async  # type: ignore[method-assign]
+
+
+async def _windowed(
+    it: Iterable[Any] | AsyncIterator[Any],
+    window: int,
+    process: Callable[[Any, Any], Awaitable[None]],
+    response: Any,
+) -> None:
+    """Up to ``window`` outputs in flight, started in order, behind one FIFO gate."""
+    token = _stream_gate.set(asyncio.Lock())
+    create_task = asyncio.get_running_loop().create_task
+    try:
+        in_flight: deque[asyncio.Task[None]] = deque()
+        async for output in as_async_generator(it):
+            # Tasks start in the order they are created, so each reaches the gate
+            # before the next one exists.
+            in_flight.append(create_task(process(output, response)))  # type: ignore[arg-type]
+            if len(in_flight) >= window:
+                await in_flight.popleft()
+        while in_flight:
+            await in_flight.popleft()
+    finally:
+        _stream_gate.reset(token)
+
+
+def _gate_pipelines(scraper: Scraper) -> bool:
+    """Wrap the item processor so that a stream's items pass it one at a time, in
+    order; ``False`` when the processor is not the async kind this can wrap."""
+    itemproc = scraper.itemproc
+    if not scraper._itemproc_has_async.get("process_item"):
+        return False
+    if getattr(itemproc, "_scrapy_sse_gated", False):
+        return True
+    original = itemproc.process_item_async
+
+    @functools.wraps(original)
+    async def process_item_async(item: Any) -> Any:
+        gate = _stream_gate.get()
+        if gate is None:
+            return await original(item)
+        async with gate:
+            return await original(item)
+
+    itemproc.process_item_async = process_item_async  # type: ignore[method-assign]
+    itemproc._scrapy_sse_gated = True  # type: ignore[attr-defined]
+    return True

@@ -50,6 +50,7 @@ class SSEExtension:
             self.crawler.engine.scraper,
             lambda response: isinstance(response, SSEResponse),
             self.settings.concurrent_items,
+            ordered=self.settings.ordered_items,
         )
         jobdir = job_dir(self.crawler.settings)
         if jobdir:

@@ -47,9 +47,12 @@ DEFAULTS: dict[str, Any] = {
     "SSE_GIVE_UP_AFTER": None,
     # Seconds between JOBDIR checkpoints of delivered ids (also written at close).
     "SSE_CHECKPOINT_INTERVAL": 1.0,
-    # Items of one stream processed at once (Scrapy's CONCURRENT_ITEMS, per stream).
-    # 1: in order, and no worker tasks per open stream (memory for many streams).
-    "SSE_CONCURRENT_ITEMS": 1,
+    # Items of one stream in flight at once (Scrapy's CONCURRENT_ITEMS, per stream): a
+    # task each only while in flight, none while the stream is idle. 1: no task at all.
+    "SSE_CONCURRENT_ITEMS": 16,
+    # Items of one stream enter the item pipelines strictly in order (each leaves them
+    # before the next enters). False: Scrapy's worker pool, slow async pipelines overlap.
+    "SSE_ORDERED_ITEMS": True,
     # Record events whose callback raised, and items pipelines dropped, as dead letters.
     "SSE_DEAD_LETTERS": False,
 }
@@ -71,6 +74,7 @@ class SSESettings:
     give_up_after: float | None
     checkpoint_interval: float
     concurrent_items: int
+    ordered_items: bool
     dead_letters: bool
 
     @classmethod
@@ -94,6 +98,7 @@ class SSESettings:
             give_up_after=_optional(settings.get("SSE_GIVE_UP_AFTER"), float),
             checkpoint_interval=float(get("SSE_CHECKPOINT_INTERVAL")),
             concurrent_items=int(get("SSE_CONCURRENT_ITEMS")),
+            ordered_items=settings.getbool("SSE_ORDERED_ITEMS", DEFAULTS["SSE_ORDERED_ITEMS"]),
             dead_letters=settings.getbool("SSE_DEAD_LETTERS", DEFAULTS["SSE_DEAD_LETTERS"]),
         )
 

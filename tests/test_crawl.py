@@ -328,17 +328,24 @@ def test_failed_callbacks_become_dead_letters(sse_server: SSEServer, tmp_path: P
     assert len([item for item in result.items if "error" not in item]) == 4
 
 
-@pytest.mark.parametrize(("concurrency", "ordered"), [(None, True), (8, False)])
+@pytest.mark.parametrize(
+    ("settings", "ordered"),
+    [
+        ({}, True),
+        ({"SSE_CONCURRENT_ITEMS": 1}, True),
+        ({"SSE_ORDERED_ITEMS": False, "SSE_CONCURRENT_ITEMS": 8}, False),
+    ],
+)
 def test_items_of_a_stream_reach_async_pipelines_in_order(
-    sse_server: SSEServer, concurrency: int | None, ordered: bool
+    sse_server: SSEServer, settings: dict[str, object], ordered: bool
 ) -> None:
-    # An async pipeline with random delays: by default (SSE_CONCURRENT_ITEMS = 1) the
-    # items of one stream still arrive in order; with concurrency they overtake.
-    url = sse_server.url(f"/stream?n=300&chunk=0&key=order{concurrency}")
-    settings: dict[str, object] = {"TEST_JITTER": True}
-    if concurrency:
-        settings["SSE_CONCURRENT_ITEMS"] = concurrency
-    result = run_crawl("PerEvent", args={"url": url}, settings=settings)
+    # An async pipeline with random delays: by default (16 items in flight behind an
+    # in-order gate) and one at a time, the items of one stream still arrive in order;
+    # with Scrapy's worker pool they overtake.
+    url = sse_server.url(f"/stream?n=300&chunk=0&key=order{len(settings)}")
+    result = run_crawl(
+        "PerEvent", args={"url": url}, settings={"TEST_JITTER": True, **settings}
+    )
     assert result.returncode == 0, result.log
     ids = [int(item["id"]) for item in result.items]
     assert sorted(ids) == list(range(1, 301))

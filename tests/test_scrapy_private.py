@@ -76,3 +76,27 @@ def test_scraper_output_hooks_still_exist() -> None:
     assert callable(scrapy_asyncio._parallel_asyncio)
     assert callable(defer.aiter_errback)
     assert callable(defer.iter_errback)
+
+
+def test_item_processor_is_gateable() -> None:
+    # A stream's items enter the pipelines in order while several are in flight: the
+    # gate wraps the async item processor, which the scraper must still call per item.
+    from scrapy.core.engine import ExecutionEngine
+    from scrapy.pipelines import ItemPipelineManager
+
+    crawler = get_crawler()
+    crawler.spider = crawler._create_spider("gate")
+    crawler.engine = ExecutionEngine(crawler, lambda _: None)
+    scraper = crawler.engine.scraper
+    assert scraper._itemproc_has_async == {
+        "open_spider": True,
+        "close_spider": True,
+        "process_item": True,
+    }
+    assert isinstance(scraper.itemproc, ItemPipelineManager)
+    assert list(inspect.signature(scraper.itemproc.process_item_async).parameters) == ["item"]
+    assert "self.itemproc.process_item_async(item)" in inspect.getsource(
+        type(scraper).start_itemproc_async
+    )
+    assert _scrapy_private._gate_pipelines(scraper)
+    assert scraper.itemproc._scrapy_sse_gated  # type: ignore[attr-defined]
