@@ -52,6 +52,17 @@ _FOLD_AT = 2048
 #: Joined text longer than this is split by lines, not by blocks (see ``feed``).
 _LONG_TEXT = 8192
 
+#: How complete blocks are taken apart; the parser picks by what the stream sends.
+#: Single-line data events: split where a blank line is followed by ``data: ``.
+_DATA = 0
+#: Blocks of ``event:``/``id:`` lines and one data line: one regex match per block.
+_BLOCKS = 1
+#: Anything else (multi-line data, comments, retry...): one loop over all lines.
+_LINES = 2
+#: In line mode, every this many reads go through the block path, which measures the
+#: stream's shape again (a stream may change what it sends).
+_PROBE_EVERY = 64
+
 #: A whole block of the shape price feeds send: optional ``event:``/``id:`` lines
 #: (``event`` may come before or after ``id``) and one ``data:`` line. One C-level
 #: match replaces a Python loop over its lines; anything else takes the general path.
@@ -78,13 +89,17 @@ class SSEParser:
         "_id_buffer",
         "_keep_comments",
         "_max_size",
+        "_mode",
         "_own_id",
         "_pending",
         "_pending_limit",
         "_pending_size",
+        "_probe",
         "_raw",
+        "_seen",
+        "_seen_matched",
+        "_seen_simple",
         "_skip_lf",
-        "_split_data",
         "_started",
         "_tail",
         "_type",
@@ -111,7 +126,10 @@ class SSEParser:
         self._pending_limit = max_event_size
         # No BOM check done yet: the first read must take the text path.
         self._raw = False
-        self._split_data = True
+        self._mode = _DATA
+        self._probe = _PROBE_EVERY
+        # Blocks seen since the mode was last chosen, and how many took each fast path.
+        self._seen = self._seen_simple = self._seen_matched = 0
         self._started = False
         self._skip_lf = False
         self._data: list[str] = []
@@ -189,10 +207,15 @@ class SSEParser:
             tail = lines.pop()
             self._lines(lines, out)
             self._keep_tail(tail, out)
-        elif self._split_data:
+        elif self._mode == _DATA:
             self._data_parts(text, out)
-        else:
+        elif self._mode == _BLOCKS or self._probe_due():
             self._blocks(text, out, complete=False)
+        else:
+            lines = text.split("\n")
+            tail = lines.pop()
+            self._lines(lines, out)
+            self._keep_tail(tail, out)
         # Back to the byte path once nothing but one unfinished line is carried over and
         # the decoder holds no partial character (the read ended on an ASCII byte).
         self._raw = (
@@ -208,6 +231,14 @@ class SSEParser:
                 self._pending_size = len(self._pending[0])
                 self._tail = ""
         return out
+
+    def _probe_due(self) -> bool:
+        """In line mode, whether this read should measure the stream's shape again."""
+        self._probe -= 1
+        if self._probe:
+            return False
+        self._probe = _PROBE_EVERY
+        return True
 
     def _feed_raw(self, data: bytes) -> list[Any] | None:
         """Parse LF-only bytes without decoding them as a whole; ``None`` when ``data``
@@ -241,10 +272,16 @@ class SSEParser:
         if end > 0:
             if end > _LONG_TEXT and data.find(10, 0, _LONG_TEXT) < 0:
                 self._raw_long(data, end, out)
-            elif self._split_data:
+            elif self._mode == _DATA:
                 self._raw_blocks(data[:end], out)
+            elif self._mode == _BLOCKS or self._probe_due():
+                text = data[:end].decode("utf-8", "replace")
+                if "\n\n" in text or not self._one_block(text, out):
+                    self._blocks(text, out, complete=True)
             else:
-                self._blocks(data[:end].decode("utf-8", "replace"), out, complete=True)
+                lines = data[:end].decode("utf-8", "replace").split("\n")
+                lines.append("")
+                self._lines(lines, out)
         if lf + 1 < len(data):
             self._hold(data[lf + 1 :], out)
         return out
@@ -270,30 +307,9 @@ class SSEParser:
             parts[0] = first[6:]
         else:
             del parts[0]
-            other = 1
             text = first.decode("utf-8", "replace")
-            match = _simple_block(text)
-            if match is not None and not parts and "\0" not in text:
-                # One block of event/id lines and one data line, as price feeds send
-                # them one per read: one C-level match instead of the block machinery.
-                event_type, event_id, event_type2, value = match.groups()
-                if event_id is not None:
-                    self._id_buffer = event_id
-                if len(value) >= self._max_size:
-                    raise SSEEventTooLarge(len(value) + 1, self._max_size, out)
-                self.last_event_id = self._id_buffer
-                event_type = event_type2 if event_type2 is not None else event_type
-                event = (
-                    event_type or "message",
-                    value,
-                    self._id_buffer,
-                    None,
-                    self.source,
-                    event_id is not None,
-                )
-                out.append(_tuple_new(SSEEvent, event))
-                return
-            self._blocks(text, out, complete=True)
+            if parts or not self._one_block(text, out):
+                self._blocks(text, out, complete=True)
         append = out.append
         max_size = self._max_size
         id_buffer = self._id_buffer
@@ -313,9 +329,48 @@ class SSEParser:
                 self._blocks("data: " + value.decode("utf-8", "replace"), out, complete=True)
                 id_buffer = self._id_buffer
         self.last_event_id = id_buffer
-        if other * 4 > len(parts) + 4:
-            # Mostly not single-line data events: the split only adds work here.
-            self._split_data = False
+        self._tally(len(parts) - other, len(parts) - other, 0)
+
+    def _one_block(self, text: str, out: list[Any]) -> bool:
+        """Dispatch ``text`` if it is one block of event/id lines and one data line, as
+        price feeds send them one per read: one C-level match instead of the block
+        machinery. ``False``: anything else, nothing done."""
+        match = _simple_block(text)
+        if match is None or "\0" in text:
+            return False
+        event_type, event_id, event_type2, value = match.groups()
+        if event_id is not None:
+            self._id_buffer = event_id
+        if len(value) >= self._max_size:
+            raise SSEEventTooLarge(len(value) + 1, self._max_size, out)
+        self.last_event_id = self._id_buffer
+        event_type = event_type2 if event_type2 is not None else event_type
+        event = (
+            event_type or "message",
+            value,
+            self._id_buffer,
+            None,
+            self.source,
+            event_id is not None,
+        )
+        out.append(_tuple_new(SSEEvent, event))
+        self._tally(1, 0, 1)
+        return True
+
+    def _tally(self, blocks: int, simple: int, matched: int) -> None:
+        """Pick how to take blocks apart from the shape of the last blocks seen:
+        single-line data events, event/id/data blocks, or anything else."""
+        self._seen += blocks
+        self._seen_simple += simple
+        self._seen_matched += matched
+        seen = self._seen
+        if seen >= 16:
+            simple = self._seen_simple
+            fast = simple + self._seen_matched
+            self._mode = (
+                _DATA if simple * 4 >= seen * 3 else _BLOCKS if fast * 4 >= seen * 3 else _LINES
+            )
+            self._seen = self._seen_simple = self._seen_matched = 0
 
     def _raw_long(self, data: bytes, end: int, out: list[Any]) -> None:
         """Complete blocks made of long lines: find each line end (a fast C scan)
@@ -357,10 +412,8 @@ class SSEParser:
                 self._blocks("data: " + value, out, complete=True)
                 id_buffer = self._id_buffer
         self.last_event_id = id_buffer
+        self._tally(len(parts) - 1 - other, len(parts) - 1 - other, 0)
         self._blocks("data: " + last, out, complete=False)
-        if other * 4 > len(parts):
-            # Mostly not single-line data events: the split only adds work here.
-            self._split_data = False
 
     def _blocks(self, text: str, out: list[Any], *, complete: bool) -> None:
         """Parse ``text``; with ``complete`` it ends at a blank line, else its last
@@ -373,7 +426,7 @@ class SSEParser:
         source = self.source
         # Only the first block can continue an event begun in an earlier read.
         clean = not (self._data or self._type or self._event_retry is not None or self._own_id)
-        simple = 0
+        simple = matched = 0
         for block in blocks:
             if clean and block.startswith("data:") and "\n" not in block:
                 # Fast path: a block that is exactly one data line.
@@ -403,6 +456,7 @@ class SSEParser:
                             event_id is not None,
                         )
                         append(_tuple_new(SSEEvent, event))
+                        matched += 1
                         continue
             clean = True
             self._id_buffer = id_buffer
@@ -433,8 +487,7 @@ class SSEParser:
         if blocks:
             self.last_event_id = id_buffer
         self._id_buffer = id_buffer
-        if len(blocks) >= 4:
-            self._split_data = simple * 4 >= len(blocks) * 3
+        self._tally(len(blocks), simple, matched)
         self._keep_tail(tail, out)
 
     def _keep_tail(self, tail: str, out: list[Any]) -> None:

@@ -238,7 +238,7 @@ def test_long_lf_streams_in_random_reads_match_the_spec(seed: int) -> None:
     # parser in its byte path: one-line data events, typed events with ids, multi-line
     # events, comments, empty data, invalid UTF-8, and reads of 1 byte to 4 KiB.
     rng = random.Random(seed)
-    words = ["x", "café", "日本", "🙂", "{\"a\": 1}", "", " lead", "é" * 300, "z" * 5000]
+    words = ["x", "café", "日本", "🙂", '{"a": 1}', "", " lead", "é" * 300, "z" * 5000]
     blocks = []
     for n in range(300):
         kind = rng.random()
@@ -310,3 +310,28 @@ def test_a_comment_line_counts_when_it_arrives_not_when_a_block_ends() -> None:
     assert parser.comments == 1
     assert parser.feed(b"data: b\n\n: beat\n") == [SSEEvent(data="b"), SSEComment("beat")]
     assert parser.comments == 2
+
+
+@pytest.mark.parametrize("read_size", [None, 7, 4096])
+def test_a_stream_that_changes_shape_keeps_giving_the_events_of_the_spec(
+    read_size: int | None,
+) -> None:
+    # The parser picks its fast path from the blocks it has seen (data-only events,
+    # event/id/data blocks, anything else); each change of shape must go unnoticed.
+    phases = [
+        [f'data: {{"n": {n}}}\n\n' for n in range(100)],
+        [f"event: tick\nid: {n}\ndata: {n}\n\n" for n in range(100)],
+        [f"data: a{n}\r\ndata: b\r\n: c\r\nretry: {n}\r\n\r\n" for n in range(100)],
+        [f"data: x\ndata: y{n}\nid: m{n}\n\n" for n in range(100)],
+        [f"data: {n}\n\n" for n in range(100)],
+        [f"id: {n}\nevent: t\ndata: {n}\n\n" for n in range(100)],
+    ]
+    blocks = [block.encode() for phase in phases for block in phase]
+    stream = b"".join(blocks)
+    if read_size is None:
+        chunks = blocks
+    else:
+        chunks = [stream[i : i + read_size] for i in range(0, len(stream), read_size)]
+    events = parse(*chunks)
+    assert events == reference_parse(stream)
+    assert len(events) == 600
