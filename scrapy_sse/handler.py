@@ -8,6 +8,7 @@ rewrites ``DOWNLOAD_HANDLERS_BASE`` for reactorless mode after add-ons have run.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from scrapy.core.downloader.handlers.base import BaseDownloadHandler
@@ -174,6 +175,12 @@ class SSEDownloadHandler(BaseDownloadHandler):
             await handler.close()
 
 
+@lru_cache(maxsize=16)
+def _frozen(values: tuple[str, ...]) -> frozenset[str]:
+    """One frozenset per distinct ``SSE_DONE_DATA``, shared by all streams using it."""
+    return frozenset(values)
+
+
 def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSEStream:
     """The stream object for one connection of ``request``, configured per request."""
     last_event_id = getattr(request, "last_event_id", None) or (
@@ -184,7 +191,7 @@ def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSE
         request,
         queue_size=settings.for_request(request, "queue_size"),
         max_event_size=settings.for_request(request, "max_event_size"),
-        done_data=settings.done_data,
+        done_data=_frozen(tuple(settings.done_data)),
         comments=settings.for_request(request, "comments"),
         stats=crawler.stats,
         last_event_id=last_event_id,
@@ -208,22 +215,30 @@ def stream_response(
     Its request is a copy that carries that callback and ``handle_httpstatus_all``:
     a failed connection also becomes an ``SSEResponse`` (with an error status), which
     must reach the spider middleware instead of being filtered by HttpErrorMiddleware.
+
+    Both live as long as the stream (hours, thousands at once), so nothing is copied
+    that need not be: the copy shares the ``Headers`` of the request it stands for
+    (it is that request, as sent), and the response keeps ``headers`` as given
+    instead of copying them once more.
     """
     callback = build_callback(request, crawler)
     meta = dict(request.meta)
     meta["handle_httpstatus_all"] = True
-    changes: dict[str, Any] = {"meta": meta}
+    changes: dict[str, Any] = {"meta": meta, "headers": None}
     if callback is not None:
         changes["callback"] = callback
+    response_request = request.replace(**changes)
+    response_request.headers = request.headers
     response = SSEResponse(
         url,
         status=status,
-        headers=headers,
         body=b"",
-        request=request.replace(**changes),
+        request=response_request,
         stream=stream,
         **kwargs,
     )
+    if headers is not None:
+        response.headers = headers
     stream.response = response
     stream.parser.source = response
     return response

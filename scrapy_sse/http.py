@@ -51,6 +51,9 @@ class SSERequest(Request):
         "batch_size",
         "batch_interval",
     )
+    # Scrapy's Request is slotted; without slots here every stream request would
+    # carry an instance dict for these four fields (two requests per open stream).
+    __slots__ = ("batch_interval", "batch_size", "last_event_id", "reconnect")
 
     def __init__(
         self,
@@ -101,6 +104,7 @@ class SSEResponse(Response):
     """
 
     attributes: tuple[str, ...] = (*Response.attributes, "stream")
+    __slots__ = ("stream",)  # Response is slotted: no instance dict per open stream
 
     def __init__(self, *args: Any, stream: SSEStream | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

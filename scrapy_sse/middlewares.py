@@ -79,7 +79,11 @@ class SSEDownloaderMiddleware:
         meta = request.meta
         if STREAM_KEY not in meta:
             assert self.crawler.request_fingerprinter is not None
-            meta[STREAM_KEY] = self.crawler.request_fingerprinter.fingerprint(request).hex()
+            # Fingerprint a throwaway copy: Scrapy caches a fingerprint for as long as
+            # its request lives, and a stream's request lives as long as the stream
+            # (about 500 bytes per open stream for a value needed once, here).
+            fingerprint = self.crawler.request_fingerprinter.fingerprint(request.replace())
+            meta[STREAM_KEY] = fingerprint.hex()
             checkpoints = self.registry.checkpoints
             resume = checkpoints.get(meta[STREAM_KEY]) if checkpoints is not None else None
             if resume and not request.headers.get(b"Last-Event-ID"):

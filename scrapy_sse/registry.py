@@ -62,7 +62,11 @@ class StreamRegistry:
         self._total = _Gate(max_streams)
         self._max_per_slot = max_per_slot
         self._slots: defaultdict[str, _Gate] = defaultdict(lambda: _Gate(max_per_slot))
-        self.streams: set[SSEStream] = set()
+        #: Open streams, each with the download slot it holds.
+        self.streams: dict[SSEStream, str] = {}
+        # One bound method for every stream's end callback (a closure per stream
+        # would cost a function, a cell and a tuple each).
+        self._ended_callback = self._ended
         self._sleeps: set[Deferred[bool]] = set()
         self._watchdog: Any = None
         self._watch_interval = 0.0
@@ -109,15 +113,16 @@ class StreamRegistry:
     # -- open streams ----------------------------------------------------------------
 
     def add(self, stream: SSEStream, slot: str) -> None:
-        self.streams.add(stream)
-        stream.on_end(lambda s: self._ended(s, slot))
+        self.streams[stream] = slot
+        stream.on_end(self._ended_callback)
         if stream.read_timeout:
             stream.last_activity = monotonic()
             self._watch(stream.read_timeout)
 
-    def _ended(self, stream: SSEStream, slot: str) -> None:
-        self.streams.discard(stream)
-        self.release(slot)
+    def _ended(self, stream: SSEStream) -> None:
+        slot = self.streams.pop(stream, None)
+        if slot is not None:
+            self.release(slot)
         self.record(stream)
 
     def record(self, stream: SSEStream) -> None:

@@ -10,12 +10,12 @@ aiohttp: a transport only has to offer the three :class:`Producer` methods.
 from __future__ import annotations
 
 import logging
+from asyncio import Future, get_running_loop
 from collections import deque
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scrapy.utils.asyncio import call_later
-from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from .errors import SSEEventTooLarge
@@ -59,8 +59,50 @@ NETWORK_ERROR = "network_error"  # no response at all (refused, DNS, TLS, timeou
 DEDUP_WINDOW = 64
 
 
+#: Shared by every stream that resumes from nothing (most of them): no set per stream.
+_NO_IDS: frozenset[str] = frozenset()
+
+#: Stands for the queue of a stream nothing was ever queued on. Most open streams of
+#: a large crawl only carry heartbeats, and a deque costs ~760 bytes even when empty,
+#: so the real one is made by the first event (see ``_enqueue``).
+_NO_QUEUE: deque[Any] = deque(maxlen=0)
+
+
 class SSEStream:
-    """One open event stream: parser, bounded queue, flow control, end reason."""
+    """One open event stream: parser, bounded queue, flow control, end reason.
+
+    A crawl may hold ten thousand of these for hours, so the object is slotted and
+    everything only some streams need (the queue, the recent-id window, end
+    callbacks) is created when first needed.
+    """
+
+    __slots__ = (
+        "_done",
+        "_high",
+        "_low",
+        "_on_end",
+        "_paused",
+        "_producer",
+        "_queue",
+        "_recent_ids",
+        "_skip_ids",
+        "_stats",
+        "_waiter",
+        "bytes_received",
+        "duplicates_skipped",
+        "end_reason",
+        "error",
+        "events_delivered",
+        "events_received",
+        "last_activity",
+        "last_delivered_id",
+        "parser",
+        "pauses",
+        "read_timeout",
+        "request",
+        "response",
+        "url",
+    )
 
     def __init__(
         self,
@@ -82,15 +124,17 @@ class SSEStream:
         self.parser = SSEParser(
             max_event_size=max_event_size, comments=comments, last_event_id=last_event_id
         )
-        self._queue: deque[Any] = deque()
+        self._queue: deque[Any] = _NO_QUEUE
         self._high = max(1, queue_size)
         self._low = self._high // 2
+        # A frozenset passed in is kept as is (``frozenset(x)`` returns ``x``): the
+        # handler shares one among all its streams.
         self._done = frozenset(done_data)
         self._stats = stats
         self._producer: Producer | None = None
         self._paused = False
-        self._waiter: Deferred[None] | None = None
-        self._on_end: list[Callable[[SSEStream], None]] = []
+        self._waiter: Future[None] | Deferred[None] | None = None
+        self._on_end: tuple[Callable[[SSEStream], None], ...] = ()
         #: Why the stream ended (see the module constants), ``None`` while open.
         self.end_reason: str | None = None
         #: The error that ended the stream, if it failed.
@@ -105,10 +149,20 @@ class SSEStream:
         self.read_timeout = read_timeout
         #: ``time.monotonic()`` of the last read (set by the watchdog's clock).
         self.last_activity = 0.0
-        self.recent_ids: deque[str] = deque(skip_ids, maxlen=DEDUP_WINDOW)
+        self._recent_ids: deque[str] | None = (
+            deque(skip_ids, maxlen=DEDUP_WINDOW) if skip_ids else None
+        )
         # Ids delivered before a reconnect: a server that resends them is skipped.
-        self._skip_ids = frozenset(skip_ids)
+        self._skip_ids = frozenset(skip_ids) if skip_ids else _NO_IDS
         self.duplicates_skipped = 0
+
+    @property
+    def recent_ids(self) -> deque[str]:
+        """The last ``DEDUP_WINDOW`` distinct delivered ids (a reconnect skips them
+        if the server sends them again)."""
+        if self._recent_ids is None:
+            self._recent_ids = deque(maxlen=DEDUP_WINDOW)
+        return self._recent_ids
 
     # -- producer side -------------------------------------------------------------
 
@@ -146,6 +200,8 @@ class SSEStream:
             self._producer.pause()
 
     def _enqueue(self, events: Any) -> None:
+        if self._queue is _NO_QUEUE:
+            self._queue = deque()
         done = self._done
         if done:
             for i, event in enumerate(events):
@@ -177,7 +233,7 @@ class SSEStream:
             if self.pauses:
                 self._stats.inc_value("sse/backpressure_pauses", self.pauses)
         self._wake()
-        callbacks, self._on_end = self._on_end, []
+        callbacks, self._on_end = self._on_end, ()
         for callback in callbacks:
             callback(self)
 
@@ -185,7 +241,7 @@ class SSEStream:
         if self.end_reason is not None:
             callback(self)
         else:
-            self._on_end.append(callback)
+            self._on_end = (*self._on_end, callback)
 
     # -- consumer side -------------------------------------------------------------
 
@@ -211,8 +267,13 @@ class SSEStream:
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.callback(None)
+        if waiter is None:
+            return
+        if isinstance(waiter, Deferred):
+            if not waiter.called:
+                waiter.callback(None)
+        elif not waiter.done():  # a cancelled task cancels the future it awaited
+            waiter.set_result(None)
 
     def _accept(self, event: Any) -> bool:
         """Count ``event`` as delivered (``False``: a resent duplicate, skip it)."""
@@ -230,7 +291,10 @@ class SSEStream:
                 self._skip_ids = frozenset()
             if event_id != self.last_delivered_id:
                 self.last_delivered_id = event_id
-                self.recent_ids.append(event_id)
+                recent = self._recent_ids
+                if recent is None:
+                    recent = self._recent_ids = deque(maxlen=DEDUP_WINDOW)
+                recent.append(event_id)
             self.events_delivered += 1
         return True
 
@@ -241,16 +305,29 @@ class SSEStream:
             if self._producer is not None:
                 self._producer.resume()
 
-    async def _wait(self, timeout: float | None = None) -> None:
-        """Until something is queued or the stream ends (or ``timeout`` passes)."""
-        waiter: Deferred[None] = Deferred()
-        self._waiter = waiter
-        timer = None if timeout is None else call_later(timeout, self._wake)
+    def _new_waiter(self) -> Future[None] | Deferred[None]:
+        """What the consumer awaits until something is queued or the stream ends.
+
+        In an asyncio loop (the asyncio reactor, or no reactor) a bare future: every
+        idle stream waits on one all the time, and a Deferred converted to a future
+        costs about a kilobyte more (the Deferred, its callbacks and closures). With
+        another reactor, a Deferred, which is what can be awaited there.
+        """
+        waiter: Future[None] | Deferred[None]
         try:
-            await maybe_deferred_to_future(waiter)
+            waiter = get_running_loop().create_future()
+        except RuntimeError:
+            waiter = Deferred()
+        self._waiter = waiter
+        return waiter
+
+    async def _wait(self, timeout: float) -> None:
+        """Until something is queued, the stream ends or ``timeout`` passes."""
+        timer = call_later(timeout, self._wake)
+        try:
+            await self._new_waiter()
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
 
     async def __aiter__(self) -> AsyncIterator[SSEEvent]:
         """Events in order; ends when the stream ends (see ``end_reason``, ``error``).
@@ -259,34 +336,37 @@ class SSEStream:
         It never raises for a failed stream: the end of a stream (reconnect, give up,
         errback) is handled once, by the spider middleware, whatever the callback style.
         """
-        queue = self._queue
-        popleft = queue.popleft
         accept = self._accept
         while True:
+            # Read again after every wait: the first event replaces the empty
+            # placeholder queue with a real one.
+            queue = self._queue
             if queue:
-                event = popleft()
-                if self._paused:
-                    self._popped()
-                if accept(event):
-                    yield event
+                popleft = queue.popleft
+                while queue:
+                    event = popleft()
+                    if self._paused:
+                        self._popped()
+                    if accept(event):
+                        yield event
                 continue
             if self.end_reason is not None:
                 return
-            await self._wait()
+            await self._new_waiter()
 
     async def batches(self, size: int, interval: float) -> AsyncIterator[list[Any]]:
         """Events in lists of up to ``size``; an event waits at most ``interval``
         seconds for others to join its list. For high-rate feeds, where one item per
         event would cost more than the event itself."""
-        queue = self._queue
-        popleft = queue.popleft
         accept = self._accept
         while True:
+            queue = self._queue  # see __aiter__: replaced by the first event
             if not queue:
                 if self.end_reason is not None:
                     return
-                await self._wait()
+                await self._new_waiter()
                 continue
+            popleft = queue.popleft
             deadline = _monotonic() + interval
             batch: list[Any] = []
             while len(batch) < size:

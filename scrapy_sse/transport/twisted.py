@@ -68,25 +68,11 @@ def _reactor() -> Any:
     return reactor
 
 
-class _Producer:
-    """The stream's view of the connection: Twisted's public push-producer calls."""
-
-    __slots__ = ("_transport",)
-
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
-
-    def pause(self) -> None:
-        self._transport.pauseProducing()
-
-    def resume(self) -> None:
-        self._transport.resumeProducing()
-
-    def abort(self) -> None:
-        self._transport.stopProducing()
-
-
 class _StreamProtocol(Protocol):
+    """Body bytes into the stream; also the stream's view of the connection (its
+    :class:`~scrapy_sse.stream.Producer`: Twisted's public push-producer calls), so
+    that an open stream costs one object here, not two."""
+
     def __init__(self, stream: SSEStream, decode: Callable[[bytes], bytes] | None) -> None:
         self._stream = stream
         self._decode = decode
@@ -95,7 +81,16 @@ class _StreamProtocol(Protocol):
             self.dataReceived = stream.feed  # type: ignore[method-assign]
 
     def connectionMade(self) -> None:
-        self._stream.attach(_Producer(self.transport))
+        self._stream.attach(self)
+
+    def pause(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         assert self._decode is not None
