@@ -62,6 +62,8 @@ _LINES = 2
 #: In line mode, every this many reads go through the block path, which measures the
 #: stream's shape again (a stream may change what it sends).
 _PROBE_EVERY = 64
+#: Blocks between two choices of the path.
+_TALLY_EVERY = 16
 
 #: A whole block of the shape price feeds send: optional ``event:``/``id:`` lines
 #: (``event`` may come before or after ``id``) and one ``data:`` line. One C-level
@@ -252,6 +254,29 @@ class SSEParser:
         lf = data.rfind(10)
         if lf > 0 and data[lf - 1] == 10:
             end = lf - 1
+            if self._mode == _DATA and data.startswith(b"data: ") and data.find(10, 0, end) < 0:
+                # One event of one data line, and maybe the start of the next: what a
+                # read per event, or the read that ends a trickle, holds.
+                try:
+                    value = data[6:end].decode()
+                except UnicodeDecodeError:
+                    value = data[6:end].decode("utf-8", "replace")
+                if len(value) >= self._max_size:
+                    raise SSEEventTooLarge(len(value) + 1, self._max_size)
+                if lf + 1 < len(data):
+                    rest = data[lf + 1 :]
+                    if len(rest) > self._max_size:
+                        raise SSEEventTooLarge(len(rest), self._max_size)
+                    self._pending = [rest]
+                    self._pending_size = len(rest)
+                self.last_event_id = id_buffer = self._id_buffer
+                self._seen += 1
+                self._seen_simple += 1
+                if self._seen >= _TALLY_EVERY:
+                    self._tally(0, 0, 0)
+                return [
+                    _tuple_new(SSEEvent, ("message", value, id_buffer, None, self.source, False))
+                ]
         elif lf == len(data) - 1:
             # The read ends with a line end that does not close a block: dispatch what
             # came before its line and keep the line for the next read.
@@ -364,7 +389,7 @@ class SSEParser:
         self._seen_simple += simple
         self._seen_matched += matched
         seen = self._seen
-        if seen >= 16:
+        if seen >= _TALLY_EVERY:
             simple = self._seen_simple
             fast = simple + self._seen_matched
             self._mode = (
