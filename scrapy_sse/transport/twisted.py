@@ -9,6 +9,7 @@ producer, TLS included) when the spider falls behind.
 from __future__ import annotations
 
 import zlib
+from contextlib import suppress
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +179,13 @@ class _TwistedOpenedResponse:
         if self._txresponse.length == 0:  # type: ignore[comparison-overlap]
             stream.finish(SERVER_CLOSED)
             return
+        # Twisted keeps its request (and so a copy of every request header) until the
+        # response ends, which for a stream is hours later; the headers were written
+        # long ago and are not read again. Let that copy go (about 1 KiB per stream).
+        sent = self._txresponse.request
+        if sent is not None:
+            with suppress(AttributeError):
+                sent.headers = TxHeaders()
         self._txresponse.deliverBody(_StreamProtocol(stream, decode))
 
     def abort(self) -> None:
@@ -208,7 +216,9 @@ class TwistedTransport:
         headers = TxHeaders(request.headers)
         if tunnel:
             headers.removeHeader(b"Proxy-Authorization")
-        url = request.url.split("#", 1)[0]
+        url = request.url
+        if "#" in url:  # else keep the request's string: the response holds it for hours
+            url = url.split("#", 1)[0]
         body = _BodyProducer(request.body) if request.body else None
         started = monotonic()
         d = agent.request(to_bytes(request.method), to_bytes(url, "ascii"), headers, body)  # type: ignore[arg-type]
