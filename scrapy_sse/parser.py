@@ -73,6 +73,12 @@ _simple_block = re.compile(
 ).fullmatch
 
 
+#: The same shape for a run of complete blocks, each followed by a blank line or the end.
+_split_simple_blocks = re.compile(
+    r"(?:event: ?([^\n]*)\n)?(?:id: ?([^\n]*)\n)?(?:event: ?([^\n]*)\n)?data: ?([^\n]*)(?:\n\n|\Z)"
+).split
+
+
 class SSEParser:
     """Incremental event-stream parser for one connection.
 
@@ -218,13 +224,15 @@ class SSEParser:
             tail = lines.pop()
             self._lines(lines, out)
             self._keep_tail(tail, out)
-        # Back to the byte path once nothing but one unfinished line is carried over and
-        # the decoder holds no partial character (the read ended on an ASCII byte).
+        # Back to the byte path once nothing but an unfinished block is carried over (one
+        # line, or short) and the decoder holds no partial character (the read ended on
+        # an ASCII byte).
         self._raw = (
             chunk[-1] < 0x80
             and not self._skip_lf
             and not (self._data or self._type or self._event_retry is not None or self._own_id)
-            and "\n" not in self._tail
+            and self._tail[:1] != ":"
+            and ("\n" not in self._tail or len(self._tail) <= _FOLD_AT)
         )
         if self._raw:
             self._pending_limit = self._max_size
@@ -244,11 +252,11 @@ class SSEParser:
 
     def _feed_raw(self, data: bytes) -> list[Any] | None:
         """Parse LF-only bytes without decoding them as a whole; ``None`` when ``data``
-        needs the text path (an unfinished event with complete lines).
+        needs the text path (a long unfinished event, or a comment line).
 
         Only complete blocks are decoded, value by value: a field value never holds a
         line end, and a line end is never part of a UTF-8 sequence, so this gives the
-        same text as decoding the stream in one go. The unfinished last line stays
+        same text as decoding the stream in one go. The unfinished last block stays
         undecoded in ``_pending``, however many reads it takes to complete.
         """
         lf = data.rfind(10)
@@ -277,22 +285,18 @@ class SSEParser:
                 return [
                     _tuple_new(SSEEvent, ("message", value, id_buffer, None, self.source, False))
                 ]
-        elif lf == len(data) - 1:
-            # The read ends with a line end that does not close a block: dispatch what
-            # came before its line and keep the line for the next read.
-            lf = data.rfind(10, 0, lf)
-            if data.startswith(b":", lf + 1):
-                return None  # a comment line: it counts now, not when a block ends
-            if lf < 0:
-                if len(data) > 1:
-                    self._hold(data)
-                # (A lone blank line, with nothing buffered, dispatches nothing.)
-                return []
-            if lf > 0 and data[lf - 1] != 10:
-                return None
-            end = lf - 1
+        elif lf == 0 and len(data) == 1:
+            return []  # a lone blank line, with nothing buffered, dispatches nothing
         else:
-            return None
+            # The read ends inside a block that already has complete lines: dispatch the
+            # blocks before it and keep it, undecoded, while it is short (a long one is
+            # folded into the parser state by the text path instead of re-scanned).
+            cut = data.rfind(b"\n\n", 0, lf)
+            start = cut + 2 if cut >= 0 else 0
+            if len(data) - start > _FOLD_AT or data.startswith(b":", start):
+                return None  # (a comment line counts now, not when its block ends)
+            end = cut
+            lf = start - 1
         out: list[Any] = []
         if end > 0:
             if end > _LONG_TEXT and data.find(10, 0, _LONG_TEXT) < 0:
@@ -301,7 +305,10 @@ class SSEParser:
                 self._raw_blocks(data[:end], out)
             elif self._mode == _BLOCKS or self._probe_due():
                 text = data[:end].decode("utf-8", "replace")
-                if "\n\n" in text or not self._one_block(text, out):
+                if "\n\n" in text:
+                    if not self._simple_blocks(text, out):
+                        self._blocks(text, out, complete=True)
+                elif not self._one_block(text, out):
                     self._blocks(text, out, complete=True)
             else:
                 lines = data[:end].decode("utf-8", "replace").split("\n")
@@ -312,7 +319,7 @@ class SSEParser:
         return out
 
     def _hold(self, rest: bytes, out: Sequence[Any] = ()) -> None:
-        """Keep the unfinished last line of a read, undecoded, for the next one."""
+        """Keep the unfinished last block of a read, undecoded, for the next one."""
         size = len(rest)
         if size > self._max_size:
             raise SSEEventTooLarge(size, self._max_size, out)
@@ -380,6 +387,32 @@ class SSEParser:
         )
         out.append(_tuple_new(SSEEvent, event))
         self._tally(1, 0, 1)
+        return True
+
+    def _simple_blocks(self, text: str, out: list[Any]) -> bool:
+        """Dispatch ``text`` (complete blocks) if every block is event/id lines and one
+        data line: one C-level regex split yields every field of every block, and the
+        loop only builds the events. ``False``: some block is not, nothing done."""
+        parts = _split_simple_blocks(text)
+        # parts: [gap, event, id, event, data, gap, event, ...]; a gap is text between
+        # two matches, i.e. a block of another shape.
+        if any(parts[::5]) or "\0" in text or max(map(len, parts[4::5])) >= self._max_size:
+            return False
+        append = out.append
+        id_buffer = self._id_buffer
+        source = self.source
+        fields = iter(parts)
+        next(fields)
+        for first_type, event_id, last_type, value, _ in zip(
+            fields, fields, fields, fields, fields, strict=False
+        ):
+            if event_id is not None:
+                id_buffer = event_id
+            event_type = (last_type if last_type is not None else first_type) or "message"
+            event = (event_type, value, id_buffer, None, source, event_id is not None)
+            append(_tuple_new(SSEEvent, event))
+        self._id_buffer = self.last_event_id = id_buffer
+        self._tally(len(parts) // 5, 0, len(parts) // 5)
         return True
 
     def _tally(self, blocks: int, simple: int, matched: int) -> None:

@@ -312,19 +312,20 @@ def test_a_comment_line_counts_when_it_arrives_not_when_a_block_ends() -> None:
     assert parser.comments == 2
 
 
-@pytest.mark.parametrize("read_size", [None, 7, 4096])
+@pytest.mark.parametrize("read_size", [None, 7, 512, 4096])
 def test_a_stream_that_changes_shape_keeps_giving_the_events_of_the_spec(
     read_size: int | None,
 ) -> None:
     # The parser picks its fast path from the blocks it has seen (data-only events,
     # event/id/data blocks, anything else); each change of shape must go unnoticed.
     phases = [
-        [f'data: {{"n": {n}}}\n\n' for n in range(100)],
-        [f"event: tick\nid: {n}\ndata: {n}\n\n" for n in range(100)],
-        [f"data: a{n}\r\ndata: b\r\n: c\r\nretry: {n}\r\n\r\n" for n in range(100)],
-        [f"data: x\ndata: y{n}\nid: m{n}\n\n" for n in range(100)],
-        [f"data: {n}\n\n" for n in range(100)],
-        [f"id: {n}\nevent: t\ndata: {n}\n\n" for n in range(100)],
+        [f'data: {{"n": {n}}}\n\n' for n in range(300)],
+        # (every tenth id empty: it resets the last event id)
+        [f"event: tick\nid: {'' if n % 10 == 0 else n}\ndata: {n}\n\n" for n in range(300)],
+        [f"data: a{n}\r\ndata: b\r\n: c\r\nretry: {n}\r\n\r\n" for n in range(300)],
+        [f"data: x\ndata: y{n}\nid: m{n}\n\n" for n in range(300)],
+        [f"data: {n}\n\n" for n in range(300)],
+        [f"id: {n}\nevent: t\ndata: {n}\n\n" for n in range(300)],
     ]
     blocks = [block.encode() for phase in phases for block in phase]
     stream = b"".join(blocks)
@@ -334,4 +335,4 @@ def test_a_stream_that_changes_shape_keeps_giving_the_events_of_the_spec(
         chunks = [stream[i : i + read_size] for i in range(0, len(stream), read_size)]
     events = parse(*chunks)
     assert events == reference_parse(stream)
-    assert len(events) == 600
+    assert len(events) == 1800
