@@ -571,9 +571,13 @@ class SSEParser:
         self._pending_limit = self._max_size - len(tail)
 
     def _lines(self, lines: list[str], out: list[Any]) -> None:
-        """Apply the field lines of one (part of a) block to the current event."""
+        """Apply the field lines of one (part of a) block to the current event.
+
+        The size limit is checked once per call (one read adds at most one read's
+        worth of data) and once per dispatched event, not once per line."""
         data = self._data
-        data_size = self._data_size
+        data_size = self._data_size  # of data[:counted]
+        counted = len(data)
         etype = self._type
         event_retry = self._event_retry
         id_buffer = self._id_buffer
@@ -583,35 +587,26 @@ class SSEParser:
             for line in lines:
                 if line.startswith("data:"):
                     # Most lines of a multi-line event: checked first, sliced once.
-                    value = line[6:] if line.startswith(" ", 5) else line[5:]
-                    data.append(value)
-                    data_size += len(value) + 1
-                    if data_size > max_size:
-                        size = data_size
-                        data = []
-                        data_size = 0
-                        raise SSEEventTooLarge(size, max_size, out)
+                    data.append(line[6:] if line.startswith(" ", 5) else line[5:])
                     continue
                 if not line:
-                    # A lone blank line inside a block (three or more line ends in a
-                    # row, or one that started this read): dispatch.
+                    # A blank line: dispatch.
                     self.last_event_id = id_buffer
                     if data:
-                        out.append(
-                            _tuple_new(
-                                SSEEvent,
-                                (
-                                    etype or "message",
-                                    "\n".join(data),
-                                    id_buffer,
-                                    event_retry,
-                                    self.source,
-                                    own_id,
-                                ),
-                            )
-                        )
+                        value = "\n".join(data)
                         data = []
-                        data_size = 0
+                        data_size = counted = 0
+                        if len(value) >= max_size:
+                            raise SSEEventTooLarge(len(value) + 1, max_size, out)
+                        event = (
+                            etype or "message",
+                            value,
+                            id_buffer,
+                            event_retry,
+                            self.source,
+                            own_id,
+                        )
+                        out.append(_tuple_new(SSEEvent, event))
                     etype = ""
                     event_retry = None
                     own_id = False
@@ -622,23 +617,11 @@ class SSEParser:
                         text = line[1:]
                         out.append(SSEComment(text[1:] if text[:1] == " " else text))
                     continue
-                colon = line.find(":")
-                if colon < 0:
-                    field = line
-                    value = ""
-                else:
-                    field = line[:colon]
-                    value = line[colon + 1 :]
-                    if value[:1] == " ":
-                        value = value[1:]
+                field, _, value = line.partition(":")
+                if value[:1] == " ":
+                    value = value[1:]
                 if field == "data":  # "data" without a colon: an empty line of data
                     data.append(value)
-                    data_size += 1
-                    if data_size > max_size:
-                        size = data_size
-                        data = []
-                        data_size = 0
-                        raise SSEEventTooLarge(size, max_size, out)
                 elif field == "event":
                     etype = value
                 elif field == "id":
@@ -648,6 +631,13 @@ class SSEParser:
                 elif field == "retry" and value.isdigit() and value.isascii():
                     event_retry = self.retry = int(value)
                 # Any other field is ignored, as the spec requires.
+            if len(data) > counted:
+                data_size += sum(map(len, data[counted:])) + len(data) - counted
+                if data_size > max_size:
+                    size = data_size
+                    data = []
+                    data_size = 0
+                    raise SSEEventTooLarge(size, max_size, out)
         finally:
             self._data = data
             self._data_size = data_size
