@@ -6,6 +6,10 @@ Two measurements the throughput benchmark (``run.py``) does not cover:
   them, a fraction also carrying events), reporting resident memory per open stream
   above the idle crawler and the events each hot stream received (starvation shows as
   a low minimum).
+  ``--trace`` also attributes the memory: ``tracemalloc`` snapshots before the crawl
+  and once every stream is open, printed as bytes per stream by component and by
+  allocating line (tracing slows the crawl several times, so its RSS figure is not
+  the one to quote).
 * ``latency``: one stream at a fixed event rate in per-event mode; each event carries
   the server's send time, the item pipeline records the difference on arrival, and the
   p50/p99/max are printed.
@@ -26,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +128,15 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
     from scrapy.utils.asyncio import create_looping_call
 
     from scrapy_sse import SSEEvent, SSERequest
+    from scrapy_sse.registry import StreamRegistry
 
     nofile = raise_nofile(config["streams"] + 1000)
     received: dict[int, int] = {}
     latencies: list[float] = []
-    samples: list[tuple[float, int, int]] = []
+    # (seconds since start, streams opened, RSS, events queued in all streams)
+    samples: list[tuple[float, int, int, int]] = []
+    trace_frames = config.get("trace", 0)
+    profile: dict[str, Any] = {}
 
     class Record:
         def process_item(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +193,13 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
     def sample() -> None:
         assert crawler.stats is not None
         opened = crawler.stats.get_value("sse/streams_opened", 0)
-        samples.append((time.monotonic() - started, opened, rss_bytes()))
+        queued = sum(stream.queued for stream in StreamRegistry.for_crawler(crawler).streams)
+        samples.append((time.monotonic() - started, opened, rss_bytes(), queued))
+        if trace_frames and opened >= config["streams"] and "text" not in profile:
+            # Three samples after the last stream opened: its set-up has settled.
+            profile["settled"] = profile.get("settled", 0) + 1
+            if profile["settled"] == 3:
+                profile["text"] = attribute(base_snapshot, tracemalloc.take_snapshot(), opened)
 
     def engine_started() -> None:
         timer = create_looping_call(sample)
@@ -192,12 +207,15 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
         timer.start(1.0)
 
     crawler.signals.connect(engine_started, signal=signals.engine_started)
+    if trace_frames:
+        tracemalloc.start(trace_frames)
+    base_snapshot = tracemalloc.take_snapshot() if trace_frames else None
     baseline = rss_bytes()
     process.crawl(crawler)
     process.start()
-    top = max(samples, key=lambda s: (s[1], -s[0])) if samples else (0, 0, baseline)
+    top = max(samples, key=lambda s: (s[1], -s[0])) if samples else (0, 0, baseline, 0)
     settled = [s for s in samples if s[1] == top[1]]
-    rss_open = max(s[2] for s in settled) if settled else baseline
+    peak = max(settled, key=lambda s: s[2]) if settled else top
     hot_counts = [
         received.get(i, 0) for i in range(config["streams"] - config["hot"], config["streams"])
     ]
@@ -206,20 +224,115 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
         "opened": top[1],
         "seconds_to_open": top[0],
         "rss_idle": baseline,
-        "rss_open": rss_open,
+        "rss_open": peak[2],
+        "queued_at_peak": peak[3],
+        "profile": profile.get("text"),
         "hot_min": min(hot_counts) if hot_counts else None,
         "hot_max": max(hot_counts) if hot_counts else None,
         "latencies": latencies,
     }
 
 
+#: (label, path prefixes) of the parts an open stream's memory is attributed to, in the
+#: order they are tried; an allocation counts for the first frame (innermost first)
+#: outside the standard library, so asyncio's weak set of async generators is charged
+#: to whoever made the generator.
+_PARTS = (
+    (
+        "Scrapy spider-middleware output chain",
+        (
+            "scrapy/core/spidermw.py",
+            "scrapy/utils/decorators.py",
+            "scrapy/utils/python.py",
+            "scrapy/spidermiddlewares/",
+            "scrapy/utils/asyncgen.py",
+        ),
+    ),
+    (
+        "Scrapy engine and scraper (request in flight)",
+        (
+            "scrapy/core/",
+            "scrapy/utils/defer.py",
+            "scrapy/utils/reactor.py",
+            "twisted/internet/defer.py",
+            "twisted/internet/asyncioreactor.py",
+        ),
+    ),
+    ("Twisted HTTP/1.1 connection", ("twisted/", "attr/")),
+    (
+        "Scrapy requests, response, headers, caches",
+        ("scrapy/http/", "scrapy/utils/", "w3lib/"),
+    ),
+    ("scrapy_sse", ("scrapy_sse/",)),
+)
+_STDLIB = (
+    "_weakrefset",
+    "weakref.py",
+    "asyncio/",
+    "<frozen",
+    "contextlib",
+    "functools",
+    "abc.py",
+    "typing",
+    "collections/",
+    "selectors",
+    "socket.py",
+    "codecs",
+    "encodings/",
+    "urllib/",
+    "copy.py",
+    "<string>",
+)
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "python3.11/", "python3.12/", "python3.13/", f"{ROOT}/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+def attribute(before: Any, after: Any, streams: int) -> str:
+    """Bytes per stream allocated between two tracemalloc snapshots, by part and line."""
+    ignore = [
+        tracemalloc.Filter(False, tracemalloc.__file__),
+        tracemalloc.Filter(False, "<frozen importlib._bootstrap*>"),
+        tracemalloc.Filter(False, "*linecache.py"),
+    ]
+    stats = after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "traceback")
+    parts: dict[str, int] = {}
+    lines: dict[str, list[int]] = {}
+    for stat in stats:
+        frames = list(reversed(list(stat.traceback)))  # innermost first
+        where = next((f for f in frames if not _short(f.filename).startswith(_STDLIB)), frames[0])
+        name = _short(where.filename)
+        part = next(
+            (label for label, prefixes in _PARTS if name.startswith(prefixes)),
+            "other (imports and one-off set-up, divided by N)",
+        )
+        parts[part] = parts.get(part, 0) + stat.size_diff
+        line = lines.setdefault(f"{name}:{where.lineno}", [0, 0])
+        line[0] += stat.size_diff
+        line[1] += stat.count_diff
+    out = ["| part | bytes per stream |", "|---|---|"]
+    for part, size in sorted(parts.items(), key=lambda item: -item[1]):
+        out.append(f"| {part} | {size / streams:.0f} |")
+    out.append(f"| total | {sum(parts.values()) / streams:.0f} |")
+    out += ["", "| allocating line (first outside the stdlib) | bytes | blocks |", "|---|---|---|"]
+    for name, (size, count) in sorted(lines.items(), key=lambda item: -item[1][0])[:30]:
+        out.append(f"| {name} | {size / streams:.0f} | {count / streams:.1f} |")
+    return "\n".join(out)
+
+
 def run_crawl(config: dict[str, Any]) -> dict[str, Any]:
+    # Tracing makes everything several times slower, the snapshot comparison included.
+    slack = 900 if config.get("trace") else 120
     proc = subprocess.run(
         [sys.executable, __file__, "_crawl"],
         input=json.dumps(config),
         capture_output=True,
         text=True,
-        timeout=config["seconds"] + 120,
+        timeout=config["seconds"] + slack,
         check=False,
     )
     lines = proc.stdout.strip().splitlines()
@@ -247,6 +360,7 @@ def many(args: argparse.Namespace) -> None:
                 "seconds": args.seconds,
                 "concurrent_items": args.concurrent_items,
                 "batch": args.batch,
+                "trace": args.trace,
             }
         )
     finally:
@@ -263,6 +377,10 @@ def many(args: argparse.Namespace) -> None:
         f"| {per_stream / 1024:.1f} | {args.hot} | {result['hot_min']}/{result['hot_max']} "
         f"| {result['nofile']} |"
     )
+    print(f"\nEvents parsed and waiting in stream queues at that RSS: {result['queued_at_peak']}")
+    if result["profile"]:
+        print("\nWith tracemalloc on (the RSS above is inflated by tracing):\n")
+        print(result["profile"])
     if result["nofile"] < args.streams + 100:
         print(
             f"\nOpen-file limit {result['nofile']} is below {args.streams} streams: "
@@ -319,6 +437,13 @@ def main() -> None:
     m.add_argument("--concurrent-items", type=int, default=100)
     m.add_argument(
         "--batch", type=int, default=0, help="batch delivery with this batch size (0: per event)"
+    )
+    m.add_argument(
+        "--trace",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="attribute memory with tracemalloc, keeping FRAMES frames (try 25; slow)",
     )
     lat = sub.add_parser("latency", help="server-write to pipeline latency")
     lat.add_argument("--rate", type=float, default=10_000.0)

@@ -257,6 +257,11 @@ class SSEStream:
         self.finish(RESTART)
 
     @property
+    def queued(self) -> int:
+        """Events parsed and waiting for the spider (at most about ``queue_size``)."""
+        return len(self._queue)
+
+    @property
     def is_paused(self) -> bool:
         """Whether the transport is paused because the spider is behind."""
         return self._paused
