@@ -72,14 +72,20 @@ def _reactor() -> Any:
 class _StreamProtocol(Protocol):
     """Body bytes into the stream; also the stream's view of the connection (its
     :class:`~scrapy_sse.stream.Producer`: Twisted's public push-producer calls), so
-    that an open stream costs one object here, not two."""
+    that an open stream costs one object here, not two.
+
+    Twisted hands over a chunked body one HTTP chunk at a time, and servers commonly
+    write one chunk per event: a single socket read then arrives as hundreds of
+    pieces. They are collected and fed to the stream once, at the end of the reactor
+    turn, so the parser and the stream queue run once per read instead of once per
+    chunk. At most what one turn reads is held, and nothing waits longer than that turn.
+    """
 
     def __init__(self, stream: SSEStream, decode: Callable[[bytes], bytes] | None) -> None:
         self._stream = stream
         self._decode = decode
-        if decode is None:
-            # Bind the hot path once: one method call per read.
-            self.dataReceived = stream.feed  # type: ignore[method-assign]
+        # Pieces received in this reactor turn, not fed yet (None: no flush scheduled).
+        self._pieces: list[bytes] | None = None
 
     def connectionMade(self) -> None:
         self._stream.attach(self)
@@ -94,18 +100,30 @@ class _StreamProtocol(Protocol):
         self.transport.stopProducing()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
-        assert self._decode is not None
-        try:
-            data = self._decode(data)
-        except zlib.error as exc:
-            self._stream.finish(
-                DECODE_ERROR,
-                SSEStreamError(f"Could not decompress the stream: {exc}", DECODE_ERROR),
-            )
-            return
-        self._stream.feed(data)
+        if self._decode is not None:
+            try:
+                data = self._decode(data)
+            except zlib.error as exc:
+                self._flush()
+                self._stream.finish(
+                    DECODE_ERROR,
+                    SSEStreamError(f"Could not decompress the stream: {exc}", DECODE_ERROR),
+                )
+                return
+        pieces = self._pieces
+        if pieces is None:
+            self._pieces = [data]
+            _reactor().callLater(0, self._flush)
+        else:
+            pieces.append(data)
+
+    def _flush(self) -> None:
+        pieces, self._pieces = self._pieces, None
+        if pieces:
+            self._stream.feed(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._flush()
         if reason.check(ResponseDone, PotentialDataLoss):
             self._stream.finish(SERVER_CLOSED)
         else:
