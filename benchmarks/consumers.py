@@ -202,7 +202,7 @@ def launchdarkly_consumer(url: str, args: argparse.Namespace) -> Outcome:
 
 def twisted_upper_bound(url: str, args: argparse.Namespace) -> Outcome:
     """Twisted's HTTP/1.1 client (``Agent``, the one scrapy-sse's transport uses) with
-    ``SSEParser`` in ``dataReceived``: no Scrapy, no stream queue, no callbacks. On the
+    ``SSEParser`` fed once per reactor turn: no Scrapy, no stream queue, no callbacks. On the
     asyncio reactor, Scrapy's default, so the gap to the crawl is Scrapy's and ours."""
     from twisted.internet import asyncioreactor
 
@@ -219,16 +219,29 @@ def twisted_upper_bound(url: str, args: argparse.Namespace) -> Outcome:
     done: Deferred[None] = Deferred()
 
     class Body(Protocol):
+        """The HTTP chunks of one reactor turn parsed at once, as the transport does."""
+
         def __init__(self) -> None:
             self.parser = SSEParser()
             self.last: Any = None
+            self.pieces: list[bytes] | None = None
 
         def dataReceived(self, data: bytes) -> None:
-            for event in self.parser.feed(data):
-                out.events += 1
-                self.last = event
+            if self.pieces is None:
+                self.pieces = [data]
+                reactor.callLater(0, self.flush)
+            else:
+                self.pieces.append(data)
+
+        def flush(self) -> None:
+            pieces, self.pieces = self.pieces, None
+            if pieces:
+                for event in self.parser.feed(b"".join(pieces)):
+                    out.events += 1
+                    self.last = event
 
         def connectionLost(self, reason: Any = None) -> None:
+            self.flush()
             self.parser.close()
             METER.stop()
             out.extra["end"] = type(getattr(reason, "value", None)).__name__
