@@ -183,7 +183,6 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
         "CONCURRENT_REQUESTS": 1000,
         "CONCURRENT_REQUESTS_PER_DOMAIN": 1000,
         "CONCURRENT_ITEMS": config["concurrent_items"],
-        "SSE_CONCURRENT_ITEMS": 1,
         # Each open response is charged 1 KiB in the scraper slot: make room.
         "SCRAPER_SLOT_MAX_ACTIVE_SIZE": 5_000_000 + 1024 * config["streams"],
         "DOWNLOAD_TIMEOUT": 120,

@@ -10,8 +10,8 @@ Scrapy release moves any of these.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -100,31 +100,40 @@ def install_close_hook(engine: ExecutionEngine, hook: Callable[[str], Awaitable[
     engine.close_spider_async = close_spider_async  # type: ignore[method-assign]
 
 
-#: The per-stream gate of the stream whose output the current task processes.
-_stream_gate: contextvars.ContextVar[asyncio.Lock | None] = contextvars.ContextVar(
-    "scrapy_sse_stream_gate", default=None
+#: The per-stream gate of each task that carries one stream item (looked up by task, not
+#: inherited through the context: requests a stream callback yields are downloaded and
+#: their items processed outside the stream's order).
+_item_gates: weakref.WeakKeyDictionary[asyncio.Task[Any], asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
 )
 
 
 def install_stream_output(
-    scraper: Scraper, is_stream: Callable[[Any], bool], window: int, *, ordered: bool = True
+    scraper: Scraper,
+    is_stream: Callable[[Any], bool],
+    window: int,
+    *,
+    ordered: bool = True,
+    backlog: Callable[[Any], int] = lambda response: 0,
 ) -> None:
     """Process the output of stream responses in order, ``window`` items at a time.
 
     Scrapy runs every response's output through ``CONCURRENT_ITEMS`` (default 100)
     worker tasks that live as long as the callback does. For a page that is a moment;
     for a stream it is hours, and 100 idle tasks per open stream cost about 150 KiB
-    each, so 10,000 streams would need gigabytes. Here a stream's items get a task each
-    only while they are in flight (at most ``window``; none while the stream is idle),
-    so the per-item round trips of Scrapy's ``item_scraped`` signal overlap instead of
-    costing an event-loop turn each in a row. With ``ordered``, a per-stream FIFO lock
-    around the item pipeline chain lets an item into the pipelines only once the one
-    before it has left them: items reach every pipeline, async ones included, in the
-    order they were produced. ``window == 1`` processes items one by one with no task
-    at all; ``ordered=False`` is Scrapy's own worker pool (slow async pipelines
-    overlap, order is not kept). Other responses keep Scrapy's own processing. Only
-    with the asyncio reactor and the stock async item processor; otherwise items are
-    processed one by one.
+    each, so 10,000 streams would need gigabytes. Here an item is processed in the
+    callback's own task while the stream has nothing else queued (``backlog(response)``
+    is 0: a quiet stream, where latency matters and a task would only add cost); while
+    events queue up, items get a task each, at most ``window`` in flight, so the
+    per-item round trips of Scrapy's ``item_scraped`` signal overlap instead of costing
+    an event-loop turn each in a row. No task outlives its burst. With ``ordered``, a
+    per-stream FIFO lock around the item pipeline chain lets an item into the
+    pipelines only once the one before it has left them: items reach every pipeline,
+    async ones included, in the order they were produced. ``window == 1`` processes
+    items one by one with no task at all; ``ordered=False`` is Scrapy's own worker
+    pool (slow async pipelines overlap, order is not kept). Other responses keep
+    Scrapy's own processing. Only with the asyncio reactor and the stock async item
+    processor; otherwise items are processed one by one.
     """
     from scrapy.utils.asyncio import _parallel_asyncio, is_asyncio_available
     from scrapy.utils.defer import aiter_errback, iter_errback
@@ -156,7 +165,7 @@ def install_stream_output(
                 for output in it:
                     await process(output, response)
         elif ordered:
-            await _windowed(it, window, process, response)
+            await _windowed(it, window, process, response, backlog)
         else:
             await _parallel_asyncio(it, window, process, response)
 
@@ -168,22 +177,35 @@ async def _windowed(
     window: int,
     process: Callable[[Any, Any], Awaitable[None]],
     response: Any,
+    backlog: Callable[[Any], int],
 ) -> None:
-    """Up to ``window`` outputs in flight, started in order, behind one FIFO gate."""
-    token = _stream_gate.set(asyncio.Lock())
+    """Items in the caller's task while the stream is quiet; during a burst up to
+    ``window`` item tasks, started in order, behind one FIFO gate."""
+    gate = asyncio.Lock()
     create_task = asyncio.get_running_loop().create_task
+    in_flight: deque[asyncio.Task[None]] = deque()
     try:
-        in_flight: deque[asyncio.Task[None]] = deque()
         async for output in as_async_generator(it):
+            if not in_flight and not backlog(response):
+                await process(output, response)
+                continue
             # Tasks start in the order they are created, so each reaches the gate
             # before the next one exists.
-            in_flight.append(create_task(process(output, response)))  # type: ignore[arg-type]
-            if len(in_flight) >= window:
+            task: asyncio.Task[None] = create_task(process(output, response))  # type: ignore[arg-type]
+            _item_gates[task] = gate
+            in_flight.append(task)
+            del task  # (the frame must not keep the last one alive while idle)
+            if not backlog(response):
+                # The burst is over: let its tasks finish before waiting for more.
+                while in_flight:
+                    await in_flight.popleft()
+            elif len(in_flight) >= window:
                 await in_flight.popleft()
+    finally:
+        # Also when the output fails or the callback is cancelled: no item is left
+        # running unobserved.
         while in_flight:
             await in_flight.popleft()
-    finally:
-        _stream_gate.reset(token)
 
 
 def _gate_pipelines(scraper: Scraper) -> bool:
@@ -198,7 +220,8 @@ def _gate_pipelines(scraper: Scraper) -> bool:
 
     @functools.wraps(original)
     async def process_item_async(item: Any) -> Any:
-        gate = _stream_gate.get()
+        task = asyncio.current_task()
+        gate = None if task is None else _item_gates.get(task)
         if gate is None:
             return await original(item)
         async with gate:

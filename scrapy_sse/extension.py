@@ -51,6 +51,7 @@ class SSEExtension:
             lambda response: isinstance(response, SSEResponse),
             self.settings.concurrent_items,
             ordered=self.settings.ordered_items,
+            backlog=lambda response: response.stream.queued if response.stream else 0,
         )
         jobdir = job_dir(self.crawler.settings)
         if jobdir:

@@ -26,6 +26,8 @@ from .stream import HTTP_ERROR, NETWORK_ERROR, NO_CONTENT, SSEStream
 from .transport import body_decoder
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from scrapy import Request
     from scrapy.crawler import Crawler
 
@@ -181,6 +183,11 @@ def _frozen(values: tuple[str, ...]) -> frozenset[str]:
     return frozenset(values)
 
 
+def _strings(value: str | Iterable[str]) -> tuple[str, ...]:
+    """``meta["sse_done_data"]`` may be one string or several."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSEStream:
     """The stream object for one connection of ``request``, configured per request."""
     last_event_id = getattr(request, "last_event_id", None) or (
@@ -191,7 +198,7 @@ def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSE
         request,
         queue_size=settings.for_request(request, "queue_size"),
         max_event_size=settings.for_request(request, "max_event_size"),
-        done_data=_frozen(tuple(settings.done_data)),
+        done_data=_frozen(_strings(settings.for_request(request, "done_data"))),
         comments=settings.for_request(request, "comments"),
         stats=crawler.stats,
         last_event_id=last_event_id,

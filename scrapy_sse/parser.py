@@ -271,20 +271,21 @@ class SSEParser:
                     value = data[6:end].decode("utf-8", "replace")
                 if len(value) >= self._max_size:
                     raise SSEEventTooLarge(len(value) + 1, self._max_size)
-                if lf + 1 < len(data):
-                    rest = data[lf + 1 :]
-                    if len(rest) > self._max_size:
-                        raise SSEEventTooLarge(len(rest), self._max_size)
-                    self._pending = [rest]
-                    self._pending_size = len(rest)
                 self.last_event_id = id_buffer = self._id_buffer
                 self._seen += 1
                 self._seen_simple += 1
                 if self._seen >= _TALLY_EVERY:
                     self._tally(0, 0, 0)
-                return [
+                events = [
                     _tuple_new(SSEEvent, ("message", value, id_buffer, None, self.source, False))
                 ]
+                if lf + 1 < len(data):
+                    rest = data[lf + 1 :]
+                    if len(rest) > self._max_size:
+                        raise SSEEventTooLarge(len(rest), self._max_size, events)
+                    self._pending = [rest]
+                    self._pending_size = len(rest)
+                return events
         elif lf == 0 and len(data) == 1:
             return []  # a lone blank line, with nothing buffered, dispatches nothing
         else:
@@ -293,8 +294,10 @@ class SSEParser:
             # folded into the parser state by the text path instead of re-scanned).
             cut = data.rfind(b"\n\n", 0, lf)
             start = cut + 2 if cut >= 0 else 0
-            if len(data) - start > _FOLD_AT or data.startswith(b":", start):
-                return None  # (a comment line counts now, not when its block ends)
+            if len(data) - start > _FOLD_AT or data.startswith((b":", b"\n"), start):
+                # (A comment line counts now, not when its block ends; so does one after
+                # a blank line that starts the block.)
+                return None
             end = cut
             lf = start - 1
         out: list[Any] = []

@@ -56,6 +56,27 @@ class JitterPipeline:
         return item
 
 
+class ConcurrencyProbePipeline:
+    """An async pipeline that records, as a stat, how many page items were inside it at
+    once (each takes 10 ms)."""
+
+    def __init__(self, crawler: Any) -> None:
+        self._stats = crawler.stats
+        self._inside = 0
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> ConcurrencyProbePipeline:
+        return cls(crawler)
+
+    async def process_item(self, item: Any) -> Any:
+        if item.get("kind") == "page":
+            self._inside += 1
+            self._stats.max_value("test/page_items_at_once", self._inside)
+            await asyncio.sleep(0.01)
+            self._inside -= 1
+        return item
+
+
 def main() -> None:
     config = json.loads(sys.stdin.read())
     spidercls = load_object(f"tests.spiders.{config['spider']}")
@@ -65,6 +86,11 @@ def main() -> None:
         **(
             {"ITEM_PIPELINES": {JitterPipeline: 50, RecordPipeline: 100}}
             if config["settings"].pop("TEST_JITTER", False)
+            else {}
+        ),
+        **(
+            {"ITEM_PIPELINES": {ConcurrencyProbePipeline: 50, RecordPipeline: 100}}
+            if config["settings"].pop("TEST_CONCURRENCY_PROBE", False)
             else {}
         ),
         "LOG_LEVEL": "INFO",

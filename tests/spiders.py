@@ -254,3 +254,25 @@ class Closer(PerEvent):
         if event.id == "3":
             raise scrapy.exceptions.CloseSpider("enough")
         yield from super().parse_event(event)
+
+
+class PageFollower(_Base):
+    """A stream whose every fifth event leads to a page (``-a page_url``) of 20 items:
+    the usual "notification feed, then fetch what it points at" crawl."""
+
+    name = "page_follower"
+    page_url: str
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield self.request(callback=self.parse_event)
+
+    def parse_event(self, event: SSEEvent) -> Any:
+        yield {"kind": "stream", "id": event.id}
+        if int(event.id) % 5 == 0:
+            yield scrapy.Request(
+                f"{self.page_url}&n={event.id}", callback=self.parse_page, dont_filter=True
+            )
+
+    def parse_page(self, response: scrapy.http.Response) -> Any:
+        for n in range(20):
+            yield {"kind": "page", "id": f"{response.url}#{n}"}

@@ -343,13 +343,32 @@ def test_items_of_a_stream_reach_async_pipelines_in_order(
     # in-order gate) and one at a time, the items of one stream still arrive in order;
     # with Scrapy's worker pool they overtake.
     url = sse_server.url(f"/stream?n=300&chunk=0&key=order{len(settings)}")
-    result = run_crawl(
-        "PerEvent", args={"url": url}, settings={"TEST_JITTER": True, **settings}
-    )
+    result = run_crawl("PerEvent", args={"url": url}, settings={"TEST_JITTER": True, **settings})
     assert result.returncode == 0, result.log
     ids = [int(item["id"]) for item in result.items]
     assert sorted(ids) == list(range(1, 301))
     assert (ids == sorted(ids)) is ordered
+
+
+@pytest.mark.parametrize("delay", ["0", "0.002"])
+def test_pages_a_stream_leads_to_keep_scrapys_item_concurrency(
+    sse_server: SSEServer, delay: str
+) -> None:
+    # Only a stream's own items pass its in-order gate: the items of pages its callback
+    # asks for go through the pipelines side by side, as Scrapy's CONCURRENT_ITEMS says
+    # (with a quiet stream and with one whose events queue up).
+    url = sse_server.url(f"/stream?n=30&delay={delay}&key=follow{delay}")
+    page_url = sse_server.url("/ctype?type=text/html&body=page")
+    result = run_crawl(
+        "PageFollower",
+        args={"url": url, "page_url": page_url},
+        settings={"TEST_CONCURRENCY_PROBE": True},
+    )
+    assert result.returncode == 0, result.log
+    stream_ids = [int(item["id"]) for item in result.items if item["kind"] == "stream"]
+    assert stream_ids == list(range(1, 31))
+    assert len([item for item in result.items if item["kind"] == "page"]) == 6 * 20
+    assert result.stat("test/page_items_at_once") > 1
 
 
 def test_streams_are_never_served_from_the_http_cache(

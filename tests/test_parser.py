@@ -336,3 +336,17 @@ def test_a_stream_that_changes_shape_keeps_giving_the_events_of_the_spec(
     events = parse(*chunks)
     assert events == reference_parse(stream)
     assert len(events) == 1800
+
+
+def test_a_heartbeat_after_an_extra_blank_line_counts_when_it_arrives() -> None:
+    parser = SSEParser(comments=True)
+    assert parser.feed(b"data: a\n\n") == [SSEEvent(data="a")]
+    assert parser.feed(b"\n: hb\n") == [SSEComment("hb")]
+
+
+def test_an_event_completed_before_an_oversized_line_in_the_same_read_is_kept() -> None:
+    parser = SSEParser(max_event_size=100)
+    parser.feed(b"data: first\n\n")
+    with pytest.raises(SSEEventTooLarge) as raised:
+        parser.feed(b"data: a\n\n" + b"x" * 200)
+    assert raised.value.events == [SSEEvent(data="a")]

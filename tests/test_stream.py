@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from scrapy import Request
 
 from scrapy_sse.stream import SERVER_CLOSED, SSEStream
@@ -41,3 +43,26 @@ def test_new_events_without_any_id_after_resume_are_all_delivered() -> None:
     stream.finish(SERVER_CLOSED)
     assert drain(stream) == [("a", "5"), ("b", "5")]
     assert stream.duplicates_skipped == 0
+
+
+@pytest.mark.parametrize("done", ["END", ["END", "STOP"]])
+def test_a_request_can_name_its_own_end_of_stream_data(done: object) -> None:
+    # An API whose last event is not "[DONE]": meta["sse_done_data"] overrides the
+    # setting for that stream only; one string or several.
+    from scrapy.utils.test import get_crawler
+
+    from scrapy_sse.handler import new_stream
+    from scrapy_sse.settings import SSESettings
+    from scrapy_sse.stream import COMPLETED
+
+    crawler = get_crawler()
+    settings = SSESettings.from_settings(crawler.settings)
+    request = Request("http://127.0.0.1/s", meta={"sse_done_data": done})
+    stream = new_stream(crawler, settings, request)
+    stream.feed(b"data: [DONE]\n\ndata: END\n\ndata: later\n\n")
+    assert [event.data for event in stream._queue] == ["[DONE]"]
+    assert stream.end_reason == COMPLETED
+    default = new_stream(crawler, settings, Request("http://127.0.0.1/s"))
+    default.feed(b"data: END\n\ndata: [DONE]\n\n")
+    assert [event.data for event in default._queue] == ["END"]
+    assert default.end_reason == COMPLETED

@@ -8,6 +8,7 @@ producer, TLS included) when the spider falls behind.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from contextlib import suppress
 from time import monotonic
@@ -69,6 +70,18 @@ def _reactor() -> Any:
     return reactor
 
 
+def _at_end_of_turn(function: Callable[[], object]) -> None:
+    """Run ``function`` once the reactor has handled what it is handling now: with the
+    asyncio reactor (Scrapy's default) a plain ``call_soon``, a third of the cost of
+    ``reactor.callLater(0, ...)``, which other reactors get."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _reactor().callLater(0, function)
+    else:
+        loop.call_soon(function)
+
+
 class _StreamProtocol(Protocol):
     """Body bytes into the stream; also the stream's view of the connection (its
     :class:`~scrapy_sse.stream.Producer`: Twisted's public push-producer calls), so
@@ -113,7 +126,7 @@ class _StreamProtocol(Protocol):
         pieces = self._pieces
         if pieces is None:
             self._pieces = [data]
-            _reactor().callLater(0, self._flush)
+            _at_end_of_turn(self._flush)
         else:
             pieces.append(data)
 

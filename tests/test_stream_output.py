@@ -1,0 +1,45 @@
+"""How a stream's items are handed to Scrapy's item processing (``install_stream_output``):
+in order, with tasks only during a burst, none left behind by a quiet stream."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+from scrapy_sse._scrapy_private import _windowed
+
+
+def test_a_burst_is_processed_in_order_and_a_quiet_stream_keeps_no_task() -> None:
+    async def main() -> None:
+        processed: list[int] = []
+        queued = [0]
+        jitter = random.Random(3)
+
+        async def process(output: int, response: Any) -> None:
+            await asyncio.sleep(jitter.random() * 0.001)
+            processed.append(output)
+
+        quiet = asyncio.Event()
+
+        async def outputs() -> AsyncIterator[int]:
+            for i in range(40):
+                queued[0] = 39 - i  # events still waiting behind this one
+                yield i
+            quiet.set()
+            await asyncio.Event().wait()  # the stream goes quiet for good
+
+        runner = asyncio.create_task(_windowed(outputs(), 16, process, None, lambda _: queued[0]))
+        await asyncio.wait_for(quiet.wait(), 5)
+        await asyncio.sleep(0.01)
+        # (No gate here: plain tasks finish in any order; the crawl tests check the
+        # pipelines' order through the gate.)
+        assert sorted(processed) == list(range(40))
+        gc.collect()
+        alive = {obj for obj in gc.get_objects() if isinstance(obj, asyncio.Task)}
+        assert alive == {asyncio.current_task(), runner}  # finished item tasks let go
+        runner.cancel()
+
+    asyncio.run(main())
