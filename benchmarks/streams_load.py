@@ -183,6 +183,11 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
         "CONCURRENT_REQUESTS": 1000,
         "CONCURRENT_REQUESTS_PER_DOMAIN": 1000,
         "CONCURRENT_ITEMS": config["concurrent_items"],
+        **(
+            {"SSE_CONCURRENT_ITEMS": config["sse_concurrent_items"]}
+            if config.get("sse_concurrent_items")
+            else {}
+        ),
         # Each open response is charged 1 KiB in the scraper slot: make room.
         "SCRAPER_SLOT_MAX_ACTIVE_SIZE": 5_000_000 + 1024 * config["streams"],
         "DOWNLOAD_TIMEOUT": 120,
@@ -361,6 +366,7 @@ def many(args: argparse.Namespace) -> None:
                 "hot": args.hot,
                 "seconds": args.seconds,
                 "concurrent_items": args.concurrent_items,
+                "sse_concurrent_items": args.sse_concurrent_items,
                 "batch": args.batch,
                 "trace": args.trace,
             }
@@ -441,6 +447,9 @@ def main() -> None:
     m.add_argument("--heartbeat", type=float, default=15.0)
     m.add_argument("--seconds", type=float, default=60.0)
     m.add_argument("--concurrent-items", type=int, default=100)
+    m.add_argument(
+        "--sse-concurrent-items", type=int, default=None, help="SSE_CONCURRENT_ITEMS if set"
+    )
     m.add_argument(
         "--batch", type=int, default=0, help="batch delivery with this batch size (0: per event)"
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -103,9 +102,7 @@ def install_close_hook(engine: ExecutionEngine, hook: Callable[[str], Awaitable[
 #: The per-stream gate of each task that carries one stream item (looked up by task, not
 #: inherited through the context: requests a stream callback yields are downloaded and
 #: their items processed outside the stream's order).
-_item_gates: weakref.WeakKeyDictionary[asyncio.Task[Any], asyncio.Lock] = (
-    weakref.WeakKeyDictionary()
-)
+_item_gates: dict[asyncio.Task[Any], asyncio.Lock] = {}
 
 
 def install_stream_output(
@@ -144,6 +141,7 @@ def install_stream_output(
     process = scraper._process_spidermw_output_async
     if ordered and window > 1 and not _gate_pipelines(scraper):
         window = 1
+    bursts = _Bursts(_MAX_BURSTS)
 
     @functools.wraps(original)
     async def handle_spider_output_async(
@@ -165,11 +163,28 @@ def install_stream_output(
                 for output in it:
                     await process(output, response)
         elif ordered:
-            await _windowed(it, window, process, response, backlog)
+            await _windowed(it, window, process, response, backlog=backlog, bursts=bursts)
         else:
             await _parallel_asyncio(it, window, process, response)
 
     scraper.handle_spider_output_async = handle_spider_output_async  # type: ignore[method-assign]
+
+
+#: Streams that may run item tasks at once (see :class:`_Bursts`).
+_MAX_BURSTS = 4
+
+
+class _Bursts:
+    """Streams running item tasks, crawl-wide, and how many may at once. When many
+    streams are behind the crawl is CPU-bound: overlapping their items only lengthens
+    each reactor turn, and Scrapy takes one start request per turn, so opening the
+    next streams would stall."""
+
+    __slots__ = ("active", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.active = 0
+        self.limit = limit
 
 
 async def _windowed(
@@ -177,18 +192,36 @@ async def _windowed(
     window: int,
     process: Callable[[Any, Any], Awaitable[None]],
     response: Any,
+    *,
     backlog: Callable[[Any], int],
+    bursts: _Bursts,
 ) -> None:
-    """Items in the caller's task while the stream is quiet; during a burst up to
-    ``window`` item tasks, started in order, behind one FIFO gate."""
+    """Items in the caller's task unless the stream has fallen ``window`` events
+    behind; then, until it has caught up, up to ``window`` item tasks, started in
+    order, behind one FIFO gate (for a few streams at a time, see :class:`_Bursts`).
+
+    A stream that keeps up gains nothing from tasks: each costs more than the turn it
+    saves."""
     gate = asyncio.Lock()
     create_task = asyncio.get_running_loop().create_task
     in_flight: deque[asyncio.Task[None]] = deque()
+    bursting = False
+
+    async def finish_oldest() -> None:
+        task = in_flight.popleft()
+        try:
+            await task
+        finally:
+            del _item_gates[task]
+
     try:
         async for output in as_async_generator(it):
-            if not in_flight and not backlog(response):
-                await process(output, response)
-                continue
+            if not bursting:
+                if backlog(response) < window or bursts.active >= bursts.limit:
+                    await process(output, response)
+                    continue
+                bursting = True
+                bursts.active += 1
             # Tasks start in the order they are created, so each reaches the gate
             # before the next one exists.
             task: asyncio.Task[None] = create_task(process(output, response))  # type: ignore[arg-type]
@@ -196,16 +229,20 @@ async def _windowed(
             in_flight.append(task)
             del task  # (the frame must not keep the last one alive while idle)
             if not backlog(response):
-                # The burst is over: let its tasks finish before waiting for more.
+                # Caught up: let the burst's tasks finish before waiting for more.
                 while in_flight:
-                    await in_flight.popleft()
+                    await finish_oldest()
+                bursting = False
+                bursts.active -= 1
             elif len(in_flight) >= window:
-                await in_flight.popleft()
+                await finish_oldest()
     finally:
         # Also when the output fails or the callback is cancelled: no item is left
         # running unobserved.
         while in_flight:
-            await in_flight.popleft()
+            await finish_oldest()
+        if bursting:
+            bursts.active -= 1
 
 
 def _gate_pipelines(scraper: Scraper) -> bool:

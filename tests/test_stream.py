@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from scrapy import Request
 
 from scrapy_sse.stream import SERVER_CLOSED, SSEStream

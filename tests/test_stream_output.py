@@ -9,7 +9,7 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
-from scrapy_sse._scrapy_private import _windowed
+from scrapy_sse._scrapy_private import _Bursts, _windowed
 
 
 def test_a_burst_is_processed_in_order_and_a_quiet_stream_keeps_no_task() -> None:
@@ -31,7 +31,10 @@ def test_a_burst_is_processed_in_order_and_a_quiet_stream_keeps_no_task() -> Non
             quiet.set()
             await asyncio.Event().wait()  # the stream goes quiet for good
 
-        runner = asyncio.create_task(_windowed(outputs(), 16, process, None, lambda _: queued[0]))
+        bursts = _Bursts(4)
+        runner = asyncio.create_task(
+            _windowed(outputs(), 16, process, None, backlog=lambda _: queued[0], bursts=bursts)
+        )
         await asyncio.wait_for(quiet.wait(), 5)
         await asyncio.sleep(0.01)
         # (No gate here: plain tasks finish in any order; the crawl tests check the
@@ -40,6 +43,7 @@ def test_a_burst_is_processed_in_order_and_a_quiet_stream_keeps_no_task() -> Non
         gc.collect()
         alive = {obj for obj in gc.get_objects() if isinstance(obj, asyncio.Task)}
         assert alive == {asyncio.current_task(), runner}  # finished item tasks let go
+        assert bursts.active == 0
         runner.cancel()
 
     asyncio.run(main())
