@@ -171,7 +171,7 @@ def install_stream_output(
 
 
 #: Streams that may run item tasks at once (see :class:`_Bursts`).
-_MAX_BURSTS = 4
+_MAX_BURSTS = 2
 
 
 class _Bursts:
