@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
 from scrapy import Request
 from scrapy.settings import Settings
 from scrapy.utils.request import request_from_dict
 
 from scrapy_sse import SSEAddon, SSEEvent, SSERequest, SSEResponse
+from scrapy_sse.events import parse_json_or_none
 from scrapy_sse.http import is_sse_request
 from scrapy_sse.stream import SSEStream
 
@@ -82,3 +84,26 @@ def test_addon_installs_handler_and_keeps_user_handler_as_fallback() -> None:
     # Running it twice (settings reloaded) must not make the handler its own fallback.
     SSEAddon().update_settings(settings)
     assert "http" not in settings.getdict("SSE_FALLBACK_HANDLERS")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ('{"a": [1, 2.5, null, true]}', {"a": [1, 2.5, None, True]}),
+        ("[DONE]", None),
+        ("42", 42),
+        ("-1.5e3", -1500.0),
+        ('"text"', "text"),
+        ("plain text", None),
+        ('{"a": 1} ', {"a": 1}),
+        ('{"a": 1} trailing', None),
+        ('{"a": 1}{"b": 2}', None),
+        ("{broken", None),
+        ("", None),
+        ("nul", None),
+    ],
+)
+def test_event_items_carry_the_data_parsed_as_json_when_it_is_json(
+    data: str, expected: object
+) -> None:
+    assert parse_json_or_none(data) == expected
