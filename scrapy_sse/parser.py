@@ -207,23 +207,20 @@ class SSEParser:
         if self._tail:
             text = self._tail + text
         out: list[Any] = []
-        if len(text) > _LONG_TEXT and (joined or text.find("\n", 0, _LONG_TEXT) < 0):
-            # Long lines, few of them (reads without a line end were joined, or the
-            # first line is long): a one-character split is many times faster than a
-            # two-character one there.
+        if (len(text) > _LONG_TEXT and (joined or text.find("\n", 0, _LONG_TEXT) < 0)) or (
+            self._mode == _LINES and not self._probe_due()
+        ):
+            # Line mode, or long lines, few of them (reads without a line end were
+            # joined, or the first line is long): a one-character split is many times
+            # faster than a two-character one there.
             lines = text.split("\n")
             tail = lines.pop()
             self._lines(lines, out)
             self._keep_tail(tail, out)
         elif self._mode == _DATA:
             self._data_parts(text, out)
-        elif self._mode == _BLOCKS or self._probe_due():
-            self._blocks(text, out, complete=False)
         else:
-            lines = text.split("\n")
-            tail = lines.pop()
-            self._lines(lines, out)
-            self._keep_tail(tail, out)
+            self._blocks(text, out, complete=False)
         # Back to the byte path once nothing but an unfinished block is carried over (one
         # line, or short) and the decoder holds no partial character (the read ended on
         # an ASCII byte).
