@@ -277,11 +277,7 @@ class SSEParser:
                     _tuple_new(SSEEvent, ("message", value, id_buffer, None, self.source, False))
                 ]
                 if lf + 1 < len(data):
-                    rest = data[lf + 1 :]
-                    if len(rest) > self._max_size:
-                        raise SSEEventTooLarge(len(rest), self._max_size, events)
-                    self._pending = [rest]
-                    self._pending_size = len(rest)
+                    self._hold(data[lf + 1 :], events)
                 return events
         elif lf == 0 and len(data) == 1:
             return []  # a lone blank line, with nothing buffered, dispatches nothing
