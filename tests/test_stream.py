@@ -59,9 +59,9 @@ def test_a_request_can_name_its_own_end_of_stream_data(done: object) -> None:
     request = Request("http://127.0.0.1/s", meta={"sse_done_data": done})
     stream = new_stream(crawler, settings, request)
     stream.feed(b"data: [DONE]\n\ndata: END\n\ndata: later\n\n")
-    assert [event.data for event in stream._queue] == ["[DONE]"]
     assert stream.end_reason == COMPLETED
+    assert drain(stream) == [("[DONE]", "")]
     default = new_stream(crawler, settings, Request("http://127.0.0.1/s"))
     default.feed(b"data: END\n\ndata: [DONE]\n\n")
-    assert [event.data for event in default._queue] == ["END"]
     assert default.end_reason == COMPLETED
+    assert drain(default) == [("END", "")]
