@@ -215,7 +215,9 @@ async def _windowed(
             del _item_gates[task]
 
     try:
-        async for output in as_async_generator(it):
+        # (A stream callback's output is an async iterator already: no wrapping layer.)
+        outputs = it if isinstance(it, AsyncIterator) else as_async_generator(it)
+        async for output in outputs:
             if not bursting:
                 if backlog(response) < window or bursts.active >= bursts.limit:
                     await process(output, response)
