@@ -7,21 +7,23 @@ tests, and lets every transport (Twisted, aiohttp, a benchmark) share one parser
 Speed matters here: every event of every stream passes through :meth:`feed`. The
 design choices that follow from that:
 
-* LF-only streams (nearly all servers) stay bytes until a block is complete: a read is
-  split on ``b"\n\ndata: "`` (one C call; in a data-only stream every piece is then one
-  event's value) and each value is decoded on its own. Splitting bytes is faster than
-  splitting text, and no wide string is built for a read that holds one emoji. A field
-  value never holds a line end and a line end is never inside a UTF-8 sequence, so the
-  values are exactly what decoding the whole stream would give.
-* The unfinished last line of a read stays undecoded in a list of reads until its line
-  end arrives, so a slow trickle or a 64 KiB line costs O(n) overall, not O(n²); long
-  lines are located with ``find`` (a vectorised scan), never with ``split``.
-* Anything else (CR line ends, an event left half-read with complete lines, the first
-  read with its BOM check) takes the text path: one incremental UTF-8 decoder per stream
-  (``errors="replace"``), line ends normalised only when a chunk contains a CR (a CR at
-  the very end of a read is a line end at once, and a LF that starts the next read is
-  then skipped), one ``str.split`` per read. The parser returns to the byte path as soon
-  as only one unfinished line is carried over.
+* CR and CRLF line ends are rewritten to LF on the bytes of each read (a CR or LF is
+  never inside a UTF-8 sequence; a CR at the very end of a read is a line end at once,
+  and a LF that starts the next read is then dropped), so everything after sees LF only.
+* Streams stay bytes until a block is complete: a read is split on ``b"\n\ndata: "``
+  (one C call; in a data-only stream every piece is then one event's value) and each
+  value is decoded on its own. Splitting bytes is faster than splitting text, and no
+  wide string is built for a read that holds one emoji. A field value never holds a line
+  end, so the values are exactly what decoding the whole stream would give.
+* The unfinished last block of a read stays undecoded in a list of reads until its
+  blank line arrives: a read without a line end, or with one line end that cannot end
+  the block, costs one append. A slow trickle or a 64 KiB line costs O(n) overall, not
+  O(n²); long lines are located with ``find`` (a memchr), never with ``split``.
+* Anything else (an event left half-read with complete lines past 2 KiB, a comment
+  starting a block, the first read with its BOM check) takes the text path: one
+  incremental UTF-8 decoder per stream (``errors="replace"``) and one ``str.split`` per
+  read. The parser returns to the byte path as soon as only a short unfinished block is
+  carried over.
 * Per-event state lives in local variables inside the loops and is stored back once
   per read.
 """
@@ -129,6 +131,8 @@ class SSEParser:
         self._max_size = max_event_size
         self._keep_comments = comments
         self._tail = ""
+        # Reads of an unfinished block, undecoded (see ``_feed_raw``); never empty
+        # ones. A list, not a bytearray: that would reallocate on most tiny reads.
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._pending_limit = max_event_size
@@ -139,7 +143,8 @@ class SSEParser:
         # Blocks seen since the mode was last chosen, and how many took each fast path.
         self._seen = self._seen_simple = self._seen_matched = 0
         self._started = False
-        self._skip_lf = False
+        # After a read that ended with a CR: ``_pending_size`` then (see ``feed``).
+        self._skip_lf = -1
         self._data: list[str] = []
         self._data_size = 0
         self._type = ""
@@ -170,14 +175,55 @@ class SSEParser:
                 size = self._pending_size + len(self._tail)
                 self._pending = []
                 self._pending_size = 0
+                self._skip_lf = -1
                 raise SSEEventTooLarge(size, self._max_size)
             self._pending.append(chunk)
             return ()
+        if self._skip_lf >= 0:
+            # The last read with a line end ended with a CR: a LF right after it is part
+            # of its CRLF. Right after means no bytes were held since (reads without a
+            # line end do not touch this mark, to keep that path short).
+            skip = self._skip_lf == self._pending_size and chunk[0] == 10
+            self._skip_lf = -1
+            if skip:
+                return self.feed(chunk[1:])
+        if 13 in chunk:
+            # CR and LF never occur inside a UTF-8 sequence, so line ends are normalised
+            # on the bytes; a CR at the very end is a line end at once.
+            normalised = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if chunk[-1] != 13:
+                chunk = normalised
+            else:
+                done = self.feed(normalised)
+                self._skip_lf = self._pending_size
+                return done
         joined = False
-        if self._raw and 13 not in chunk:
-            if self._pending:
-                self._pending.append(chunk)
-                chunk = b"".join(self._pending)
+        pending = self._pending
+        if self._raw:
+            # A read with one line end, not at its start (so it makes no blank line),
+            # cannot end the block it continues: hold it too. Not a comment line that
+            # starts a block, though: a heartbeat counts when it arrives. (Cheap tests
+            # first: a read per event ends with a blank line. ``find`` is a memchr;
+            # ``count`` and two-byte searches walk every byte.)
+            if (
+                chunk[0] != 10
+                and (chunk[-1] != 10 or chunk[-2] != 10)
+                and self._pending_size + len(chunk) <= _FOLD_AT
+                and chunk.find(10, chunk.find(10) + 1) < 0
+            ):
+                if pending:
+                    # (An empty first read says nothing of the block: not held.)
+                    if pending[0][:1] not in (b"", b":"):
+                        self._pending_size += len(chunk)
+                        pending.append(chunk)
+                        return ()
+                elif chunk[0] != 58:
+                    self._pending_size = len(chunk)
+                    pending.append(chunk)
+                    return ()
+            if pending:
+                pending.append(chunk)
+                chunk = b"".join(pending)
                 self._pending = []
                 self._pending_size = 0
             events = self._feed_raw(chunk)
@@ -186,9 +232,9 @@ class SSEParser:
             # The read needs the text path below; nothing is buffered anywhere else.
             self._raw = False
             joined = True
-        elif self._pending:
-            self._pending.append(chunk)
-            chunk = b"".join(self._pending)
+        elif pending:
+            pending.append(chunk)
+            chunk = b"".join(pending)
             self._pending = []
             self._pending_size = 0
             joined = True
@@ -197,13 +243,6 @@ class SSEParser:
             self._started = True
             if text[:1] == "\ufeff":
                 text = text[1:]
-        if self._skip_lf:
-            self._skip_lf = False
-            if text[:1] == "\n":
-                text = text[1:]
-        if "\r" in text:
-            self._skip_lf = text[-1] == "\r"
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
         if self._tail:
             text = self._tail + text
         out: list[Any] = []
@@ -226,7 +265,6 @@ class SSEParser:
         # an ASCII byte).
         self._raw = (
             chunk[-1] < 0x80
-            and not self._skip_lf
             and not (self._data or self._type or self._event_retry is not None or self._own_id)
             and self._tail[:1] != ":"
             and ("\n" not in self._tail or len(self._tail) <= _FOLD_AT)

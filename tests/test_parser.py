@@ -43,6 +43,29 @@ def test_crlf_split_across_reads_is_one_line_end() -> None:
     assert parse(b"data: a\r", b"\ndata: b\r\n\r\n") == [SSEEvent("message", "a\nb")]
 
 
+def test_an_empty_read_between_cr_and_lf_keeps_them_one_line_end() -> None:
+    assert parse(b"data: a\r", b"", b"\ndata: b\r\n\r\n") == [SSEEvent("message", "a\nb")]
+
+
+def test_a_lf_after_other_bytes_that_followed_a_cr_is_a_line_end_of_its_own() -> None:
+    # The CR ended "data: a"; "data: b" came in a read without a line end; the LF that
+    # starts the last read ends "data: b" and the next one dispatches.
+    parser = SSEParser()
+    assert list(parser.feed(b"data: a\r")) == []
+    assert list(parser.feed(b"data: b")) == []
+    assert parser.feed(b"\n\n") == [SSEEvent("message", "a\nb")]
+
+
+def test_a_read_ending_inside_a_block_holds_it_and_dispatches_on_the_blank_line() -> None:
+    # Reads with one line end that cannot end the block are held undecoded; the event
+    # comes out with the read that brings its blank line, not earlier or later.
+    parser = SSEParser()
+    parser.feed(b"data: warm\n\n")  # leaves the first-read text path
+    reads = [b"event: t\nid", b": 7\nda", b"ta: x\nd", b"ata: y\n", b"\n"]
+    assert [list(parser.feed(read)) for read in reads[:-1]] == [[], [], [], []]
+    assert parser.feed(reads[-1]) == [SSEEvent("t", "x\ny", "7")]
+
+
 def test_cr_at_end_of_read_dispatches_without_waiting() -> None:
     parser = SSEParser()
     assert parser.feed(b"data: a\r\r") == [SSEEvent("message", "a")]
