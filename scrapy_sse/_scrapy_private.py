@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "build_twisted_agent",
     "install_close_hook",
+    "install_released_chains",
     "install_stream_output",
     "load_tls_policy",
     "make_ssl_context",
@@ -97,6 +98,27 @@ def install_close_hook(engine: ExecutionEngine, hook: Callable[[str], Awaitable[
         await original(reason=reason)
 
     engine.close_spider_async = close_spider_async  # type: ignore[method-assign]
+
+
+def install_released_chains(
+    scraper: Scraper, is_stream: Callable[[Any], bool], idle: float
+) -> None:
+    """Build a stream's spider-middleware chain per burst of output, released while the
+    stream is idle (see :mod:`scrapy_sse.idle_chain`). Scrapy builds the chain in
+    ``SpiderMiddlewareManager._process_callback_output``, once per response: wrapping
+    it on the crawl's instance is the one place where each burst can get its own."""
+    from .idle_chain import released_chains
+
+    spidermw = scraper.spidermw
+    original = spidermw._process_callback_output
+
+    @functools.wraps(original)
+    async def _process_callback_output(response: Any, result: AsyncIterator[Any]) -> Any:
+        if not is_stream(response):
+            return await original(response, result)
+        return released_chains(original, response, result, idle)
+
+    spidermw._process_callback_output = _process_callback_output  # type: ignore[method-assign]
 
 
 #: The per-stream gate of each task that carries one stream item (looked up by task, not

@@ -53,6 +53,12 @@ class SSEExtension:
             ordered=self.settings.ordered_items,
             backlog=lambda response: response.stream.queued if response.stream else 0,
         )
+        if self.settings.release_idle_chain > 0:
+            _scrapy_private.install_released_chains(
+                self.crawler.engine.scraper,
+                lambda response: isinstance(response, SSEResponse),
+                self.settings.release_idle_chain,
+            )
         jobdir = job_dir(self.crawler.settings)
         if jobdir:
             self.registry.checkpoints = Checkpoints(jobdir)

@@ -33,6 +33,7 @@ from .dispatch import _outputs
 from .errors import SSEResponseError, SSEStreamError
 from .handler import failed_response
 from .http import SSERequest, SSEResponse, apply_stream_defaults, is_sse_request
+from .idle_chain import is_released
 from .policy import GIVE_UP, RECONNECT, History, Outcome, decide, parse_retry_after
 from .registry import StreamRegistry
 from .settings import SSESettings
@@ -123,11 +124,16 @@ class SSESpiderMiddleware:
             async for value in result:
                 yield value
         finally:
-            if stream.is_open:
-                stream.close(CALLBACK_DONE)
-            # Now every queued event has been delivered (or dropped): checkpoint the
-            # final id, which the end of the connection alone would not have seen.
-            self.registry.record(stream)
+            # (Not when only this burst's chain ends: the stream went idle and its
+            # output continues in a new chain, see ``idle_chain``.)
+            if not is_released(response):
+                if stream.is_open:
+                    stream.close(CALLBACK_DONE)
+                # Now every queued event has been delivered (or dropped): checkpoint
+                # the final id, which the end of the connection alone would not see.
+                self.registry.record(stream)
+        if is_released(response):
+            return
         async for value in self._after(stream):
             yield value
 

@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     # Items of one stream enter the item pipelines strictly in order (each leaves them
     # before the next enters). False: Scrapy's worker pool, slow async pipelines overlap.
     "SSE_ORDERED_ITEMS": True,
+    # Seconds a stream callback may wait for its next output before the stream's
+    # spider-middleware chain (~13 KiB of suspended generators) is released; a new one
+    # is built for its next burst. 0: one chain for the stream's life, as for a page.
+    "SSE_RELEASE_IDLE_CHAIN": 1.0,
     # Record events whose callback raised, and items pipelines dropped, as dead letters.
     "SSE_DEAD_LETTERS": False,
 }
@@ -75,6 +79,7 @@ class SSESettings:
     checkpoint_interval: float
     concurrent_items: int
     ordered_items: bool
+    release_idle_chain: float
     dead_letters: bool
 
     @classmethod
@@ -99,6 +104,7 @@ class SSESettings:
             checkpoint_interval=float(get("SSE_CHECKPOINT_INTERVAL")),
             concurrent_items=int(get("SSE_CONCURRENT_ITEMS")),
             ordered_items=settings.getbool("SSE_ORDERED_ITEMS", DEFAULTS["SSE_ORDERED_ITEMS"]),
+            release_idle_chain=float(get("SSE_RELEASE_IDLE_CHAIN")),
             dead_letters=settings.getbool("SSE_DEAD_LETTERS", DEFAULTS["SSE_DEAD_LETTERS"]),
         )
 

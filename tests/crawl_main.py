@@ -77,6 +77,24 @@ class ConcurrencyProbePipeline:
         return item
 
 
+class ChainProbeMiddleware:
+    """A spider middleware that counts, as a stat, how many times its output chain was
+    built for stream responses (``process_spider_output`` calls)."""
+
+    def __init__(self, crawler: Any) -> None:
+        self._stats = crawler.stats
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> ChainProbeMiddleware:
+        return cls(crawler)
+
+    async def process_spider_output(self, response: Any, result: Any) -> Any:
+        if getattr(response, "stream", None) is not None:
+            self._stats.inc_value("test/stream_chains_built")
+        async for value in result:
+            yield value
+
+
 def main() -> None:
     config = json.loads(sys.stdin.read())
     spidercls = load_object(f"tests.spiders.{config['spider']}")

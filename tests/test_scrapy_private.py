@@ -100,3 +100,17 @@ def test_item_processor_is_gateable() -> None:
     )
     assert _scrapy_private._gate_pipelines(scraper)
     assert scraper.itemproc._scrapy_sse_gated  # type: ignore[attr-defined]
+
+
+def test_callback_output_chain_is_built_in_one_wrappable_method() -> None:
+    # A stream's spider-middleware chain is built per burst (idle streams hold none):
+    # the manager must still build the whole chain for a callback's output in
+    # _process_callback_output(response, result), awaited by scrape_response_async.
+    from scrapy.core.spidermw import SpiderMiddlewareManager
+
+    method = SpiderMiddlewareManager._process_callback_output
+    assert inspect.iscoroutinefunction(method)
+    assert list(inspect.signature(method).parameters) == ["self", "response", "result"]
+    assert "self._process_callback_output(response, ait)" in inspect.getsource(
+        SpiderMiddlewareManager.scrape_response_async
+    )
