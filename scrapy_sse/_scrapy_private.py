@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy.utils._download_handlers import wrap_twisted_exceptions
 from scrapy.utils.asyncgen import as_async_generator
+from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     import ssl
@@ -172,6 +173,16 @@ def install_stream_output(
         if not is_stream(response):
             await original(result, request, response)
             return
+        if ordered and window > 1 and isinstance(result, AsyncIterator):
+            # (Errors getting the next output are handled inside: no wrapping layer
+            # held per stream, none to pass through per item.)
+            def on_error() -> None:
+                scraper.handle_spider_error(Failure(), request, response)
+
+            await _windowed(
+                result, window, process, response, backlog=backlog, bursts=bursts, on_error=on_error
+            )
+            return
         it: Iterable[Any] | AsyncIterator[Any]
         if isinstance(result, AsyncIterator):
             it = aiter_errback(result, scraper.handle_spider_error, request, response)
@@ -217,35 +228,49 @@ async def _windowed(
     *,
     backlog: Callable[[Any], int],
     bursts: _Bursts,
+    on_error: Callable[[], None] | None = None,
 ) -> None:
     """Items in the caller's task unless the stream has fallen ``window`` events
     behind; then, until it has caught up, up to ``window`` item tasks, started in
     order, behind one FIFO gate (for a few streams at a time, see :class:`_Bursts`).
+    ``on_error`` is called (in the ``except`` block) when getting an output fails.
 
     A stream that keeps up gains nothing from tasks: each costs more than the turn it
-    saves."""
-    gate = asyncio.Lock()
+    saves. The burst's gate and task queue exist only during a burst: an idle stream
+    holds neither (a deque alone is half a kilobyte)."""
     create_task = asyncio.get_running_loop().create_task
-    in_flight: deque[asyncio.Task[None]] = deque()
-    bursting = False
+    gate: asyncio.Lock | None = None
+    in_flight: deque[asyncio.Task[None]] | None = None
 
-    async def finish_oldest() -> None:
+    async def finish_oldest(in_flight: deque[asyncio.Task[None]]) -> None:
         task = in_flight.popleft()
         try:
             await task
         finally:
             del _item_gates[task]
 
+    # (A stream callback's output is an async iterator already: no wrapping layer.)
+    outputs = it if isinstance(it, AsyncIterator) else as_async_generator(it)
+    next_output = outputs.__anext__
     try:
-        # (A stream callback's output is an async iterator already: no wrapping layer.)
-        outputs = it if isinstance(it, AsyncIterator) else as_async_generator(it)
-        async for output in outputs:
-            if not bursting:
+        while True:
+            try:
+                output = await next_output()
+            except StopAsyncIteration:
+                break
+            except Exception:
+                if on_error is None:
+                    raise
+                on_error()
+                continue
+            if in_flight is None:
                 if backlog(response) < window or bursts.active >= bursts.limit:
                     await process(output, response)
                     continue
-                bursting = True
                 bursts.active += 1
+                gate = asyncio.Lock()
+                in_flight = deque()
+            assert gate is not None
             # Tasks start in the order they are created, so each reaches the gate
             # before the next one exists.
             task: asyncio.Task[None] = create_task(process(output, response))  # type: ignore[arg-type]
@@ -255,17 +280,17 @@ async def _windowed(
             if not backlog(response):
                 # Caught up: let the burst's tasks finish before waiting for more.
                 while in_flight:
-                    await finish_oldest()
-                bursting = False
+                    await finish_oldest(in_flight)
+                in_flight = gate = None
                 bursts.active -= 1
             elif len(in_flight) >= window:
-                await finish_oldest()
+                await finish_oldest(in_flight)
     finally:
         # Also when the output fails or the callback is cancelled: no item is left
         # running unobserved.
-        while in_flight:
-            await finish_oldest()
-        if bursting:
+        if in_flight is not None:
+            while in_flight:
+                await finish_oldest(in_flight)
             bursts.active -= 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,5 +46,30 @@ def test_a_burst_is_processed_in_order_and_a_quiet_stream_keeps_no_task() -> Non
         assert alive == {asyncio.current_task(), runner}  # finished item tasks let go
         assert bursts.active == 0
         runner.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_failing_output_is_reported_once_and_what_came_before_is_processed() -> None:
+    async def main() -> None:
+        processed: list[int] = []
+        errors: list[str] = []
+
+        async def process(output: int, response: Any) -> None:
+            processed.append(output)
+
+        async def outputs() -> AsyncIterator[int]:
+            yield 1
+            yield 2
+            raise ValueError("callback failed")
+
+        def on_error() -> None:
+            errors.append(str(sys.exc_info()[1]))
+
+        await _windowed(
+            outputs(), 16, process, None, backlog=lambda _: 0, bursts=_Bursts(2), on_error=on_error
+        )
+        assert processed == [1, 2]
+        assert errors == ["callback failed"]
 
     asyncio.run(main())
