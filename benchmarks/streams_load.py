@@ -191,6 +191,7 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
         # Each open response is charged 1 KiB in the scraper slot: make room.
         "SCRAPER_SLOT_MAX_ACTIVE_SIZE": 5_000_000 + 1024 * config["streams"],
         "DOWNLOAD_TIMEOUT": 120,
+        **config.get("settings", {}),
     }
     process = CrawlerProcess(settings)
     crawler = process.create_crawler(LoadSpider)
@@ -367,6 +368,7 @@ def many(args: argparse.Namespace) -> None:
                 "seconds": args.seconds,
                 "concurrent_items": args.concurrent_items,
                 "sse_concurrent_items": args.sse_concurrent_items,
+                "settings": dict(item.split("=", 1) for item in args.set),
                 "batch": args.batch,
                 "trace": args.trace,
             }
@@ -449,6 +451,13 @@ def main() -> None:
     m.add_argument("--concurrent-items", type=int, default=100)
     m.add_argument(
         "--sse-concurrent-items", type=int, default=None, help="SSE_CONCURRENT_ITEMS if set"
+    )
+    m.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a Scrapy setting for the crawl (repeatable), e.g. SSE_RELEASE_IDLE_CHAIN=0",
     )
     m.add_argument(
         "--batch", type=int, default=0, help="batch delivery with this batch size (0: per event)"
