@@ -412,6 +412,7 @@ def latency(args: argparse.Namespace) -> None:
                 "seconds": args.seconds,
                 "concurrent_items": args.concurrent_items,
                 "record_latency": True,
+                "settings": dict(item.split("=", 1) for item in args.set),
             }
         )
     finally:
@@ -473,6 +474,7 @@ def main() -> None:
     lat.add_argument("--rate", type=float, default=10_000.0)
     lat.add_argument("--seconds", type=float, default=10.0)
     lat.add_argument("--concurrent-items", type=int, default=100)
+    lat.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
     {"many": many, "latency": latency}[args.mode](args)
 
