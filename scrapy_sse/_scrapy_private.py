@@ -102,7 +102,10 @@ def install_close_hook(engine: ExecutionEngine, hook: Callable[[str], Awaitable[
 
 
 def install_released_chains(
-    scraper: Scraper, is_stream: Callable[[Any], bool], idle: float
+    scraper: Scraper,
+    is_stream: Callable[[Any], bool],
+    idle: float,
+    ready: Callable[[Any], bool] = lambda response: False,
 ) -> None:
     """Build a stream's spider-middleware chain per burst of output, released while the
     stream is idle (see :mod:`scrapy_sse.idle_chain`). Scrapy builds the chain in
@@ -117,7 +120,7 @@ def install_released_chains(
     async def _process_callback_output(response: Any, result: AsyncIterator[Any]) -> Any:
         if not is_stream(response):
             return await original(response, result)
-        return released_chains(original, response, result, idle)
+        return released_chains(original, response, result, idle, ready)
 
     spidermw._process_callback_output = _process_callback_output  # type: ignore[method-assign]
 

@@ -58,6 +58,7 @@ class SSEExtension:
                 self.crawler.engine.scraper,
                 lambda response: isinstance(response, SSEResponse),
                 self.settings.release_idle_chain,
+                ready=lambda response: bool(response.stream and response.stream.queued),
             )
         jobdir = job_dir(self.crawler.settings)
         if jobdir:

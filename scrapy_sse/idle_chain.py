@@ -49,14 +49,21 @@ BuildChain = Callable[[Any, AsyncIterator[Any]], Awaitable[AsyncIterator[Any]]]
 
 
 async def released_chains(
-    build: BuildChain, response: Any, output: AsyncIterator[Any], idle: float
+    build: BuildChain,
+    response: Any,
+    output: AsyncIterator[Any],
+    idle: float,
+    ready: Callable[[Any], bool] = lambda response: False,
 ) -> AsyncIterator[Any]:
-    """The processed output of a stream callback, through one chain per burst."""
+    """The processed output of a stream callback, through one chain per burst.
+
+    While ``ready(response)`` (events are queued, so the callback is not about to wait
+    for one) its next output is taken as Scrapy would, with no idle watch at all."""
     carried: _Outcome | None = None
     burst: _Burst | None = None
     try:
         while True:
-            burst = _Burst(response, output, idle, carried)
+            burst = _Burst(response, output, idle, carried, ready)
             async for item in await build(response, burst):
                 yield item
             if burst.parked is None:
@@ -93,13 +100,19 @@ class _Burst:
     """The callback's output for one chain: ends when the callback has waited ``idle``
     seconds for its next item (``parked`` then holds that waiting step)."""
 
-    __slots__ = ("_carried", "_idle", "_output", "_response", "parked")
+    __slots__ = ("_carried", "_idle", "_output", "_ready", "_response", "parked")
 
     def __init__(
-        self, response: Any, output: AsyncIterator[Any], idle: float, carried: _Outcome | None
+        self,
+        response: Any,
+        output: AsyncIterator[Any],
+        idle: float,
+        carried: _Outcome | None,
+        ready: Callable[[Any], bool],
     ) -> None:
         self._response = response
         self._output = output
+        self._ready = ready
         self._idle = idle
         self._carried = carried
         self.parked: tuple[Generator[Any, Any, Any], Any] | None = None
@@ -108,6 +121,8 @@ class _Burst:
         return self
 
     def __anext__(self) -> Awaitable[Any]:
+        if self._carried is None and self.parked is None and self._ready(self._response):
+            return self._output.__anext__()
         return _next(self)
 
 

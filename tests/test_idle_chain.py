@@ -213,3 +213,17 @@ def test_a_drop_while_the_chain_is_released_still_reconnects_and_resumes(
     assert result.returncode == 0, result.log
     assert [item["id"] for item in result.items] == ["1", "2", "3", "4", "5", "6"]
     assert sum(v for k, v in result.stats.items() if k.startswith("sse/reconnects/")) == 1
+
+
+def test_while_events_are_queued_the_output_is_taken_without_an_idle_watch() -> None:
+    # (``ready``: the stream has events queued, so the callback is not idle; the gaps
+    # here stand for a slow callback, which keeps its chain.)
+    chains = Chains()
+
+    async def run() -> list[Any]:
+        output = gaps(["a", "b"], 0.05)
+        chain = released_chains(chains.build, Response(), output, 0.01, lambda _: True)
+        return [item async for item in chain]
+
+    assert asyncio.run(asyncio.wait_for(run(), 10)) == ["a", "b"]
+    assert chains.built == 1
