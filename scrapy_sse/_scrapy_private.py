@@ -111,8 +111,12 @@ def install_released_chains(
     stream is idle (see :mod:`scrapy_sse.idle_chain`). Scrapy builds the chain in
     ``SpiderMiddlewareManager._process_callback_output``, once per response: wrapping
     it on the crawl's instance is the one place where each burst can get its own."""
+    from scrapy.utils.asyncio import is_asyncio_available
+
     from .idle_chain import released_chains
 
+    if not is_asyncio_available():
+        return  # (the parked step is driven by the asyncio loop; Twisted's has none)
     spidermw = scraper.spidermw
     original = spidermw._process_callback_output
 

@@ -227,3 +227,19 @@ def test_while_events_are_queued_the_output_is_taken_without_an_idle_watch() -> 
 
     assert asyncio.run(asyncio.wait_for(run(), 10)) == ["a", "b"]
     assert chains.built == 1
+
+
+def test_without_the_asyncio_reactor_a_stream_keeps_one_chain(sse_server: SSEServer) -> None:
+    url = sse_server.url("/stream?n=4&delay=0.3&ascii=1")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url},
+        settings={
+            **PROBE,
+            "SSE_RELEASE_IDLE_CHAIN": 0.05,
+            "TWISTED_REACTOR": "twisted.internet.epollreactor.EPollReactor",
+        },
+    )
+    assert result.returncode == 0, result.log
+    assert [item["id"] for item in result.items] == ["1", "2", "3", "4"]
+    assert result.stat("test/stream_chains_built") == 1
