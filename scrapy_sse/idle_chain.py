@@ -135,53 +135,42 @@ def _next(burst: _Burst) -> Generator[Any, Any, Any]:
     if burst.parked is not None:
         raise StopAsyncIteration
     step = burst._output.__anext__().__await__()
-    try:
-        waiting_on = step.send(None)
-    except StopIteration as done:
-        return done.value  # ready at once: the usual case while output flows
+    done, waiting_on = _advance(step, None, None)
+    if done:
+        return waiting_on  # ready at once: the usual case while output flows
     loop = asyncio.get_running_loop()
     deadline = loop.time() + burst._idle
-    while True:
+    while not done:
+        if not asyncio.isfuture(waiting_on) or waiting_on.done():
+            # A bare yield (``sleep(0)``): hand it to the task, as ``await`` does.
+            done, waiting_on = yield from _pass_up(step, waiting_on)
+            continue
+        waiter = loop.create_future()
+        wake = functools.partial(_wake, waiter)
+        waiting_on.add_done_callback(wake)
+        timer = loop.call_at(deadline, wake, None)
+        waiter._asyncio_future_blocking = True
         try:
-            if not asyncio.isfuture(waiting_on) or waiting_on.done():
-                # A bare yield (``sleep(0)``): hand it to the task, as ``await`` does.
-                try:
-                    sent = yield waiting_on
-                except BaseException as exc:
-                    if isinstance(exc, GeneratorExit):
-                        step.close()
-                        raise
-                    waiting_on = step.throw(exc)
-                else:
-                    waiting_on = step.send(sent)
-                continue
-            waiter = loop.create_future()
-            wake = functools.partial(_wake, waiter)
-            waiting_on.add_done_callback(wake)
-            timer = loop.call_at(deadline, wake, None)
-            waiter._asyncio_future_blocking = True
-            try:
-                yield waiter
-            except BaseException as exc:
-                timer.cancel()
-                waiting_on.remove_done_callback(wake)
-                if isinstance(exc, GeneratorExit):
-                    step.close()
-                    raise
-                if isinstance(exc, asyncio.CancelledError):
-                    # As a task would have done, had it been waiting on it directly.
-                    waiting_on.cancel()
-                waiting_on = step.throw(exc)
-                continue
+            yield waiter
+        except BaseException as exc:
             timer.cancel()
             waiting_on.remove_done_callback(wake)
-            if not waiting_on.done():
-                burst.parked = (step, waiting_on)
-                _released.add(burst._response)
-                raise StopAsyncIteration
-            waiting_on = step.send(None)
-        except StopIteration as done:
-            return done.value
+            if isinstance(exc, GeneratorExit):
+                step.close()
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                # As a task would have done, had it been waiting on it directly.
+                waiting_on.cancel()
+            done, waiting_on = _advance(step, None, exc)
+            continue
+        timer.cancel()
+        waiting_on.remove_done_callback(wake)
+        if not waiting_on.done():
+            burst.parked = (step, waiting_on)
+            _released.add(burst._response)
+            raise StopAsyncIteration
+        done, waiting_on = _advance(step, None, None)
+    return waiting_on
 
 
 def _wake(waiter: asyncio.Future[None], _: object) -> None:
@@ -189,20 +178,36 @@ def _wake(waiter: asyncio.Future[None], _: object) -> None:
         waiter.set_result(None)
 
 
+def _advance(
+    step: Generator[Any, Any, Any], sent: Any, exc: BaseException | None
+) -> tuple[bool, Any]:
+    """Resume ``step``: ``(True, result)`` when it finished, else ``(False, what it
+    yielded)``. (A plain function: StopIteration must not cross a generator frame.)"""
+    try:
+        return False, step.send(sent) if exc is None else step.throw(exc)
+    except StopIteration as finished:
+        return True, finished.value
+
+
+@types.coroutine
+def _pass_up(step: Generator[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
+    """Hand what ``step`` yielded to the task and the task's answer back, as ``yield
+    from`` does for one round; returns what :func:`_advance` returns."""
+    try:
+        sent = yield waiting_on
+    except GeneratorExit:
+        step.close()
+        raise
+    except BaseException as exc:
+        return _advance(step, None, exc)
+    return _advance(step, sent, None)
+
+
 @types.coroutine
 def _finish(step: Generator[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
     """Drive a parked step to its end exactly as ``await`` would (``yield from``, with
     its first yield already made)."""
-    while True:
-        try:
-            try:
-                sent = yield waiting_on
-            except BaseException as exc:
-                if isinstance(exc, GeneratorExit):
-                    step.close()
-                    raise
-                waiting_on = step.throw(exc)
-            else:
-                waiting_on = step.send(sent)
-        except StopIteration as done:
-            return done.value
+    done = False
+    while not done:
+        done, waiting_on = yield from _pass_up(step, waiting_on)
+    return waiting_on

@@ -104,66 +104,45 @@ def test_a_bare_yield_does_not_count_as_idle() -> None:
     assert chains.built == 1
 
 
-def test_cancelling_the_consumer_cancels_the_callback_waiting_outside_any_chain() -> None:
-    cancelled = asyncio.Event()
-
-    async def waits_forever() -> AsyncIterator[Any]:
-        yield "first"
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        yield "never"
-
+@pytest.mark.parametrize(
+    ("idle", "chains_alive"),
+    [
+        pytest.param(0.01, 0, id="waiting-outside-any-chain"),
+        pytest.param(30, 1, id="waiting-inside-its-chain"),
+    ],
+)
+def test_cancelling_the_consumer_cancels_the_waiting_callback(
+    idle: float, chains_alive: int
+) -> None:
     async def run() -> list[Any]:
+        cancelled = asyncio.Event()
         chains = Chains()
         got: list[Any] = []
 
+        async def waits() -> AsyncIterator[Any]:
+            yield "first"
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            yield "never"
+
         async def consume() -> None:
-            async for item in released_chains(chains.build, Response(), waits_forever(), 0.01):
+            async for item in released_chains(chains.build, Response(), waits(), idle):
                 got.append(item)
 
         task = asyncio.ensure_future(consume())
-        await asyncio.sleep(0.1)  # the chain is released by now
-        assert chains.alive == 0
+        await asyncio.sleep(0.1)  # released by now with the short idle, not the long
+        assert chains.alive == chains_alive
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert cancelled.is_set()
+        assert chains.alive == 0
         return got
 
     assert asyncio.run(asyncio.wait_for(run(), 10)) == ["first"]
-
-
-def test_cancelling_while_a_chain_waits_cancels_the_callback_too() -> None:
-    cancelled = asyncio.Event()
-
-    async def waits() -> AsyncIterator[Any]:
-        yield "first"
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        yield "never"
-
-    async def run() -> None:
-        chains = Chains()
-
-        async def consume() -> None:
-            async for _ in released_chains(chains.build, Response(), waits(), 30):
-                pass
-
-        task = asyncio.ensure_future(consume())
-        await asyncio.sleep(0.05)  # waiting inside the chain (idle is 30 s)
-        assert chains.alive == 1
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert cancelled.is_set()
-
-    asyncio.run(asyncio.wait_for(run(), 10))
 
 
 # --- real crawls -------------------------------------------------------------------
