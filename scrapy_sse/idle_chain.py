@@ -64,6 +64,7 @@ async def released_chains(
     try:
         while True:
             burst = _Burst(response, output, idle, carried, ready)
+            carried = None  # (held by the burst until used: not through the next idle)
             async for item in await build(response, burst):
                 yield item
             if burst.parked is None:
@@ -80,7 +81,20 @@ async def released_chains(
     finally:
         _released.discard(response)
         if burst is not None and burst.parked is not None:
-            burst.parked[0].close()
+            # The output ends here (the chain failed or was closed after the release):
+            # the callback's waiting step ends too, running its ``finally`` blocks.
+            _close(burst.parked[0])
+
+
+def _close(step: Generator[Any, Any, Any]) -> None:
+    """Close a parked step and the callback inside it. (Up to Python 3.12, closing an
+    async generator's ``asend`` leaves the generator itself marked running: throw
+    GeneratorExit into it, which reaches the callback at its ``await``.)"""
+    try:
+        step.throw(GeneratorExit)
+    except (GeneratorExit, StopIteration, StopAsyncIteration):
+        return
+    raise RuntimeError("a stream callback kept running after GeneratorExit")
 
 
 class _Outcome:

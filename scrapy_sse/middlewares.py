@@ -123,19 +123,21 @@ class SSESpiderMiddleware:
         try:
             async for value in result:
                 yield value
-        finally:
-            # (Not when only this burst's chain ends: the stream went idle and its
-            # output continues in a new chain, see ``idle_chain``.)
-            if not is_released(response):
-                if stream.is_open:
-                    stream.close(CALLBACK_DONE)
-                # Now every queued event has been delivered (or dropped): checkpoint
-                # the final id, which the end of the connection alone would not see.
-                self.registry.record(stream)
+        except BaseException:
+            self._output_ended(stream)
+            raise
         if is_released(response):
-            return
+            return  # only this burst's chain ended: the output goes on in a new one
+        self._output_ended(stream)
         async for value in self._after(stream):
             yield value
+
+    def _output_ended(self, stream: SSEStream) -> None:
+        if stream.is_open:
+            stream.close(CALLBACK_DONE)
+        # Now every queued event has been delivered (or dropped): checkpoint the final
+        # id, which the end of the connection alone would not have seen.
+        self.registry.record(stream)
 
     # -- end of a stream -------------------------------------------------------------
 

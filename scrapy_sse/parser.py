@@ -96,6 +96,7 @@ class SSEParser:
         "_data_size",
         "_decode",
         "_event_retry",
+        "_hold_at",
         "_id_buffer",
         "_keep_comments",
         "_max_size",
@@ -131,11 +132,15 @@ class SSEParser:
         self._max_size = max_event_size
         self._keep_comments = comments
         self._tail = ""
-        # Reads of an unfinished block, undecoded (see ``_feed_raw``); never empty
-        # ones. A list, not a bytearray: that would reallocate on most tiny reads.
+        # Reads of an unfinished block, undecoded (see ``_feed_raw``). A list, not a
+        # bytearray: that would reallocate on most tiny reads. (An empty read is
+        # appended as is; ``_pending_size`` says whether anything is held.)
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._pending_limit = max_event_size
+        # Largest block held by appending reads (see ``feed``): past it, or past the
+        # size limit, a read goes through the path that folds or refuses it.
+        self._hold_at = min(_FOLD_AT, max_event_size)
         # No BOM check done yet: the first read must take the text path.
         self._raw = False
         self._mode = _DATA
@@ -186,7 +191,7 @@ class SSEParser:
             skip = self._skip_lf == self._pending_size and chunk[0] == 10
             self._skip_lf = -1
             if skip:
-                return self.feed(chunk[1:])
+                return self.feed(chunk[1:]) if len(chunk) > 1 else ()
         if 13 in chunk:
             # CR and LF never occur inside a UTF-8 sequence, so line ends are normalised
             # on the bytes; a CR at the very end is a line end at once.
@@ -208,7 +213,7 @@ class SSEParser:
             if (
                 chunk[0] != 10
                 and (chunk[-1] != 10 or chunk[-2] != 10)
-                and self._pending_size + len(chunk) <= _FOLD_AT
+                and self._pending_size + len(chunk) <= self._hold_at
                 and chunk.find(10, chunk.find(10) + 1) < 0
             ):
                 if pending:
@@ -683,7 +688,7 @@ class SSEParser:
     @property
     def pending(self) -> bool:
         """Whether an incomplete event or line is buffered (it would be lost at EOF)."""
-        return bool(self._data or self._tail or self._type or self._pending or self._own_id)
+        return bool(self._data or self._tail or self._type or self._pending_size or self._own_id)
 
     def close(self) -> bool:
         """End of stream: discard any incomplete event, as the spec requires.

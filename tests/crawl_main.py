@@ -95,6 +95,19 @@ class ChainProbeMiddleware:
             yield value
 
 
+class FailAfterReleaseMiddleware:
+    """A spider middleware whose code after its output loop raises once a stream's
+    chain is released (a middleware bug scrapy-sse must survive)."""
+
+    async def process_spider_output(self, response: Any, result: Any) -> Any:
+        from scrapy_sse.idle_chain import is_released
+
+        async for value in result:
+            yield value
+        if is_released(response):
+            raise RuntimeError("post-loop failure")
+
+
 def main() -> None:
     config = json.loads(sys.stdin.read())
     spidercls = load_object(f"tests.spiders.{config['spider']}")

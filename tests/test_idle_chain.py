@@ -94,14 +94,49 @@ def test_an_error_raised_after_an_idle_gap_reaches_the_chain() -> None:
 
 def test_a_bare_yield_does_not_count_as_idle() -> None:
     async def spinning() -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
         for i in range(3):
-            for _ in range(20):
+            busy_until = loop.time() + 0.05  # five times the idle time, never waiting
+            while loop.time() < busy_until:  # noqa: ASYNC110 - a busy callback, on purpose
                 await asyncio.sleep(0)
             yield i
 
     chains = Chains()
-    assert collect(chains, spinning(), idle=0.5) == [0, 1, 2]
+    assert collect(chains, spinning(), idle=0.01) == [0, 1, 2]
     assert chains.built == 1
+
+
+def test_a_chain_failing_after_a_release_ends_the_waiting_callback() -> None:
+    # A middleware's code after its output loop raises once the burst was released:
+    # the output ends with that error, and the callback's ``finally`` runs at once.
+    finalised = []
+
+    async def callback() -> AsyncIterator[Any]:
+        try:
+            yield "first"
+            await asyncio.sleep(60)
+            yield "never"
+        finally:
+            finalised.append(True)
+
+    async def build(response: Any, burst: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async def chain() -> AsyncIterator[Any]:
+            async for value in burst:
+                yield value
+            if is_released(response):
+                raise RuntimeError("post-loop failure")
+
+        return chain()
+
+    async def run() -> list[Any]:
+        got: list[Any] = []
+        with pytest.raises(RuntimeError, match="post-loop failure"):
+            async for item in released_chains(build, Response(), callback(), 0.01):
+                got.append(item)
+        return got
+
+    assert asyncio.run(asyncio.wait_for(run(), 10)) == ["first"]
+    assert finalised == [True]
 
 
 @pytest.mark.parametrize(
@@ -222,3 +257,25 @@ def test_without_the_asyncio_reactor_a_stream_keeps_one_chain(sse_server: SSESer
     assert result.returncode == 0, result.log
     assert [item["id"] for item in result.items] == ["1", "2", "3", "4"]
     assert result.stat("test/stream_chains_built") == 1
+
+
+def test_a_middleware_failing_after_a_release_still_ends_the_stream(
+    sse_server: SSEServer,
+) -> None:
+    # The stream is held open for a minute after its events; the failure must end it
+    # (closed and recorded by scrapy-sse's middleware), not leave it open unread.
+    url = sse_server.url("/stream?n=2&hold=60&ascii=1")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url},
+        settings={
+            "SPIDER_MIDDLEWARES": {"tests.crawl_main.FailAfterReleaseMiddleware": 500},
+            "SSE_RELEASE_IDLE_CHAIN": 0.05,
+        },
+        timeout=30,
+    )
+    assert result.returncode == 0, result.log
+    assert [item["id"] for item in result.items] == ["1", "2"]
+    assert result.stat("spider_exceptions/RuntimeError") == 1
+    assert result.stat("sse/ends/callback_done") == 1
+    assert result.stat("finish_reason") == "finished"

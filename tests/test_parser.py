@@ -66,6 +66,30 @@ def test_a_read_ending_inside_a_block_holds_it_and_dispatches_on_the_blank_line(
     assert parser.feed(reads[-1]) == [SSEEvent("t", "x\ny", "7")]
 
 
+def test_a_lone_lf_completing_a_crlf_leaves_nothing_pending() -> None:
+    # (Else the end of the stream would count an incomplete event that never was.)
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r\n\r") == [SSEEvent("message", "a")]
+    assert list(parser.feed(b"\n")) == []
+    assert not parser.pending
+    assert parser.close() is False
+
+
+def test_a_comment_starting_a_block_counts_when_its_line_ends_however_it_is_cut() -> None:
+    parser = SSEParser(comments=True)
+    parser.feed(b"data: warm\n\n")  # leaves the first-read text path
+    assert list(parser.feed(b":")) == []
+    assert parser.feed(b" hb\n") == [SSEComment("hb")]
+    assert parser.comments == 1
+
+
+def test_an_oversized_line_is_refused_as_soon_as_a_read_passes_the_limit() -> None:
+    parser = SSEParser(max_event_size=100)
+    parser.feed(b"data: warm\n\n")
+    with pytest.raises(SSEEventTooLarge):
+        parser.feed(b"data: " + b"x" * 120 + b"\nid")
+
+
 def test_cr_at_end_of_read_dispatches_without_waiting() -> None:
     parser = SSEParser()
     assert parser.feed(b"data: a\r\r") == [SSEEvent("message", "a")]

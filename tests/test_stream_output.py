@@ -10,6 +10,8 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from scrapy_sse._scrapy_private import _Bursts, _windowed
 
 
@@ -50,7 +52,10 @@ def test_a_burst_is_processed_in_order_and_a_quiet_stream_keeps_no_task() -> Non
     asyncio.run(main())
 
 
-def test_a_failing_output_is_reported_once_and_what_came_before_is_processed() -> None:
+@pytest.mark.parametrize("queued", [0, 10], ids=["in-task", "burst"])
+def test_a_failing_output_is_reported_once_and_what_came_before_is_processed(
+    queued: int,
+) -> None:
     async def main() -> None:
         processed: list[int] = []
         errors: list[str] = []
@@ -66,10 +71,12 @@ def test_a_failing_output_is_reported_once_and_what_came_before_is_processed() -
         def on_error() -> None:
             errors.append(str(sys.exc_info()[1]))
 
+        bursts = _Bursts(2)
         await _windowed(
-            outputs(), 16, process, None, backlog=lambda _: 0, bursts=_Bursts(2), on_error=on_error
+            outputs(), 4, process, None, backlog=lambda _: queued, bursts=bursts, on_error=on_error
         )
-        assert processed == [1, 2]
+        assert sorted(processed) == [1, 2]
         assert errors == ["callback failed"]
+        assert bursts.active == 0
 
     asyncio.run(main())
