@@ -11,7 +11,9 @@ import asyncio
 import datetime as dt
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -328,3 +330,24 @@ def test_items_sqlite_pipeline_is_importable_from_the_package() -> None:
 
     assert Exported is SQLitePipeline
     assert asyncio.iscoroutinefunction(SQLitePipeline.process_item)
+
+
+def test_crawls_opening_one_new_file_at_once_all_open_it(tmp_path: Path) -> None:
+    # Three pipelines (the demo runs three crawls on one file) switch a new file to
+    # WAL at the same moment, 20 times over; SQLite answers some of them "database is
+    # locked" at once (a would-be deadlock, no busy wait): none may fail to open.
+    for attempt in range(20):
+        settings = {"SSE_SQLITE_PATH": str(tmp_path / f"race{attempt}.sqlite3")}
+        sinks = [pipeline(tmp_path, **settings, SSE_SQLITE_TABLE=f"t{i}") for i in range(3)]
+        barrier = threading.Barrier(len(sinks))
+
+        def open_at_once(sink: SQLitePipeline, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            sink._open()
+
+        with ThreadPoolExecutor(len(sinks)) as pool:
+            for future in [pool.submit(open_at_once, sink) for sink in sinks]:
+                future.result()
+        for sink in sinks:
+            assert sink._conn is not None
+            sink._conn.close()

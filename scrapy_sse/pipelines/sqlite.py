@@ -19,6 +19,7 @@ import datetime as dt
 import enum
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable
 from decimal import Decimal
@@ -112,7 +113,7 @@ class SQLitePipeline(BatchingPipeline):
             uri=self.path.startswith("file:"),
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._use_wal(conn)
             known = self._read_columns(conn)
             if not known:
                 if not self.create_table:
@@ -128,6 +129,21 @@ class SQLitePipeline(BatchingPipeline):
             raise
         self._conn = conn
         self._known = known
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL. Several crawls opening one new file at once can each
+        hold a read lock and want the write lock: SQLite then answers "locked" at once,
+        without waiting (it would deadlock), so the switch is retried here, in the
+        worker thread, for up to ``SSE_SQLITE_TIMEOUT`` seconds."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def _read_columns(self, conn: sqlite3.Connection) -> dict[str, str]:
         info = conn.execute(f"PRAGMA table_info({quote_identifier(self.table)})").fetchall()
