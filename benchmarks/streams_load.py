@@ -132,6 +132,12 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
 
     nofile = raise_nofile(config["streams"] + 1000)
     received: dict[int, int] = {}
+    # When each stream's response arrived (the stream opened), and when the crawl ended:
+    # starvation is judged on the rate a hot stream got while it was open, not on a
+    # count that also reflects how late it was opened.
+    opened_at: dict[int, float] = {}
+    ended_at: list[float] = []
+    closing_at: list[float] = []  # when the spider began closing (to the second)
     latencies: list[float] = []
     record_latency = config.get("record_latency", False)
     # (seconds since start, streams opened, RSS, events queued in all streams)
@@ -201,7 +207,10 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
     def sample() -> None:
         assert crawler.stats is not None
         opened = crawler.stats.get_value("sse/streams_opened", 0)
-        queued = sum(stream.queued for stream in StreamRegistry.for_crawler(crawler).streams)
+        registry = StreamRegistry.for_crawler(crawler)
+        queued = sum(stream.queued for stream in registry.streams)
+        if registry.closing and not closing_at:
+            closing_at.append(time.monotonic())
         samples.append((time.monotonic() - started, opened, rss_bytes(), queued))
         if trace_frames and opened >= config["streams"] and "text" not in profile:
             # Three samples after the last stream opened: its set-up has settled.
@@ -214,7 +223,17 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
         timers.append(timer)
         timer.start(1.0)
 
+    def response_received(response: Any, request: Any, spider: Any) -> None:
+        stream = request.cb_kwargs.get("stream")
+        if stream is not None:
+            opened_at.setdefault(stream, time.monotonic())
+
+    def spider_closed() -> None:
+        ended_at.append(time.monotonic())
+
     crawler.signals.connect(engine_started, signal=signals.engine_started)
+    crawler.signals.connect(response_received, signal=signals.response_received)
+    crawler.signals.connect(spider_closed, signal=signals.spider_closed)
     if trace_frames:
         tracemalloc.start(trace_frames)
     base_snapshot = tracemalloc.take_snapshot() if trace_frames else None
@@ -224,9 +243,12 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
     top = max(samples, key=lambda s: (s[1], -s[0])) if samples else (0, 0, baseline, 0)
     settled = [s for s in samples if s[1] == top[1]]
     peak = max(settled, key=lambda s: s[2]) if settled else top
-    hot_counts = [
-        received.get(i, 0) for i in range(config["streams"] - config["hot"], config["streams"])
-    ]
+    hot = range(config["streams"] - config["hot"], config["streams"])
+    hot_counts = [received.get(i, 0) for i in hot]
+    ended = ended_at[0] if ended_at else time.monotonic()
+    end = closing_at[0] if closing_at else ended
+    # (seconds open, events received) of each hot stream that opened.
+    hot_open = [(end - opened_at[i], received.get(i, 0)) for i in hot if i in opened_at]
     return {
         "nofile": nofile,
         "opened": top[1],
@@ -237,6 +259,9 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
         "profile": profile.get("text"),
         "hot_min": min(hot_counts) if hot_counts else None,
         "hot_max": max(hot_counts) if hot_counts else None,
+        "hot_open": hot_open,
+        "crawl_seconds": end - started,
+        "close_seconds": ended - end,
         "latencies": latencies,
     }
 
@@ -386,6 +411,19 @@ def many(args: argparse.Namespace) -> None:
         f"| {result['rss_idle'] / 1e6:.0f} | {result['rss_open'] / 1e6:.0f} "
         f"| {per_stream / 1024:.1f} | {args.hot} | {result['hot_min']}/{result['hot_max']} "
         f"| {result['nofile']} |"
+    )
+    # A hot stream open for a while must have received events at about the server's
+    # rate; a batch may still wait up to its 1 s interval, hence the margin.
+    settled = [(seconds, count) for seconds, count in result["hot_open"] if seconds >= 10]
+    rates = sorted(count / seconds for seconds, count in settled)
+    starved = sum(rate < args.rate / 2 for rate in rates)
+    print(
+        f"\nHot streams opened: {len(result['hot_open'])} of {args.hot}; open for 10 s or "
+        f"more: {len(settled)}. Events/s each of those got while open (server sends "
+        f"{args.rate:g}/s): min {rates[0] if rates else float('nan'):.1f}, median "
+        f"{percentile(rates, 0.5):.1f}, max {rates[-1] if rates else float('nan'):.1f}; "
+        f"starved (under half the rate): {starved}. The crawl ran "
+        f"{result['crawl_seconds']:.0f} s, and closing it {result['close_seconds']:.0f} s."
     )
     print(
         "\nEvents parsed and waiting in stream queues (the spider behind), most in one "

@@ -20,7 +20,7 @@ from scrapy.utils.misc import build_from_crawler, load_object
 from .dispatch import build_callback
 from .errors import SSEResponseError, SSEStreamError
 from .http import SSEResponse, is_sse_request
-from .registry import StreamRegistry
+from .registry import CLOSING, StreamRegistry
 from .settings import SSESettings
 from .stream import HTTP_ERROR, NETWORK_ERROR, NO_CONTENT, SSEStream
 from .transport import body_decoder
@@ -101,7 +101,11 @@ class SSEDownloadHandler(BaseDownloadHandler):
         slot = download_slot(request)
         await self._registry.acquire(slot)
         try:
-            opened = await self._get_transport().open(request)
+            opened = await self._registry.opening(self._get_transport().open(request))
+            if self._registry.closing:
+                # The head arrived in the same turn as the close began.
+                opened.abort()
+                raise SSEStreamError("The spider closed as the stream opened", CLOSING)
             return await self._respond(request, opened, slot)
         except BaseException:
             self._registry.release(slot)

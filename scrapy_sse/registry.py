@@ -6,19 +6,24 @@ It lives in a weak mapping keyed by the crawler so no component has to find anot
 
 It also owns the only timers: one watchdog for read timeouts of all streams (not a
 timer per read, which would cost a reschedule per chunk), and the cancellable waits
-before reconnects, so that closing the spider ends them at once.
+before reconnects, so that closing the spider ends them at once. Connections still
+waiting for their response head are tracked too: Scrapy's close waits for every
+request in progress, and one server slow to answer would hold it for up to
+``DOWNLOAD_TIMEOUT``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict, deque
+from collections.abc import Coroutine
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from scrapy.utils.asyncio import call_later, create_looping_call
-from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from .errors import SSEStreamError
@@ -34,6 +39,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _registries: WeakKeyDictionary[Crawler, StreamRegistry] = WeakKeyDictionary()
+
+T = TypeVar("T")
+
+#: The end reason of a stream refused because the spider is closing.
+CLOSING = "closing"
 
 
 class _Gate:
@@ -68,6 +78,7 @@ class StreamRegistry:
         # would cost a function, a cell and a tuple each).
         self._ended_callback = self._ended
         self._sleeps: set[Deferred[bool]] = set()
+        self._opening: set[Deferred[Any]] = set()
         self._watchdog: Any = None
         self._watch_interval = 0.0
         self.closing = False
@@ -91,7 +102,7 @@ class StreamRegistry:
         download slot (``SSE_MAX_STREAMS_PER_SLOT``)."""
         for gate in (self._total, self._slots[slot]):
             if self.closing:
-                raise SSEStreamError("The spider is closing; no new stream is opened", "closing")
+                raise SSEStreamError("The spider is closing; no new stream is opened", CLOSING)
             if gate.try_take():
                 continue
             waiter: Deferred[None] = Deferred()
@@ -102,6 +113,24 @@ class StreamRegistry:
                 if gate is self._slots[slot]:
                     self._total.release()
                 raise
+
+    async def opening(self, connect: Coroutine[Any, Any, T]) -> T:
+        """Await a stream's connection and response head; cancelled (the connection
+        dropped) as soon as the spider starts closing."""
+        dfd: Deferred[T] = deferred_from_coro(connect)
+        self._opening.add(dfd)
+        try:
+            return await maybe_deferred_to_future(dfd)
+        except (Exception, asyncio.CancelledError):
+            if dfd in self._opening:
+                raise  # not cancelled by close_all
+            # (How the cancel shows depends on the reactor: asyncio's CancelledError,
+            # or the transport's timeout error.)
+            raise SSEStreamError(
+                "The spider closed before the stream's server answered", CLOSING
+            ) from None
+        finally:
+            self._opening.discard(dfd)
 
     def release(self, slot: str) -> None:
         gate = self._slots[slot]
@@ -195,6 +224,9 @@ class StreamRegistry:
         for sleep in list(self._sleeps):
             if not sleep.called:
                 sleep.callback(False)
+        opening, self._opening = self._opening, set()
+        for dfd in opening:
+            dfd.cancel()
         streams = list(self.streams)
         for stream in streams:
             stream.close(reason)

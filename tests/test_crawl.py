@@ -201,6 +201,28 @@ def test_closing_spider_closes_live_streams_at_once(sse_server: SSEServer) -> No
     assert (closed - closing).total_seconds() <= 1
 
 
+def test_closing_spider_drops_streams_still_waiting_for_their_server(
+    sse_server: SSEServer,
+) -> None:
+    # One live stream; another whose server sends no response head for 60 s, within
+    # DOWNLOAD_TIMEOUT: the close must not wait for it.
+    urls = f"{sse_server.url('/stream?n=5&hold=60')}|{sse_server.url('/stall?hold=60')}"
+    result = run_crawl(
+        "PerEvent",
+        args={"url": urls},
+        settings={"CLOSESPIDER_TIMEOUT": 2, "DOWNLOAD_TIMEOUT": 120},
+        timeout=40,
+    )
+    assert result.returncode == 0, result.log
+    assert result.stat("finish_reason") == "closespider_timeout"
+    assert result.stat("sse/ends/spider_closed") == 1
+    assert result.stat("sse/ends/closing") == 1
+    assert len(result.items) == 5
+    closing = _log_time(result.log, "Closing spider")
+    closed = _log_time(result.log, "Spider closed")
+    assert (closed - closing).total_seconds() <= 1
+
+
 def test_slow_pipeline_pauses_the_socket_instead_of_buffering(sse_server: SSEServer) -> None:
     # 100,000 small events sent as fast as possible; the pipeline takes 2 ms per item.
     url = sse_server.url("/stream?n=100000&ascii=1&hold=30&key=slow")

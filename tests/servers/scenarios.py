@@ -285,6 +285,12 @@ async def serve_silent(ctx: Context) -> None:
     await serve_stream(ctx, query=query, hold_default=MAX_HOLD)
 
 
+async def serve_stall(ctx: Context) -> None:
+    """``/stall``: no response head for ``hold`` seconds (default/cap 60), then ``/stream``."""
+    await asyncio.sleep(float_param(ctx.query, "hold", MAX_HOLD, MAX_HOLD))
+    await serve_stream(ctx, query={k: v for k, v in ctx.query.items() if k != "hold"})
+
+
 async def serve_heartbeat(ctx: Context) -> None:
     """``/heartbeat``: only ``: ping`` comments, every ``every`` s, ``count`` times."""
     every = float_param(ctx.query, "every", 1.0, MAX_DELAY)
@@ -404,6 +410,7 @@ ROUTES: dict[str, Handler] = {
     "/redirect": serve_redirect,
     "/auth": serve_auth,
     "/silent": serve_silent,
+    "/stall": serve_stall,
     "/heartbeat": serve_heartbeat,
     "/garbage": serve_garbage,
     "/huge": serve_huge,

@@ -38,6 +38,7 @@ Scenarios (query parameters; all sizes and durations are capped):
 ``/redirect``  ``code`` (302) to ``to`` (relative or absolute, sent verbatim).
 ``/auth``  401 + JSON unless ``Authorization: Bearer <token>``; then ``/stream``.
 ``/silent``  ``after`` events, then silence for ``hold`` s (default and cap 60).
+``/stall``  no response head for ``hold`` s (default and cap 60), then ``/stream``.
 ``/heartbeat``  ``: ping`` every ``every`` s (1), ``count`` (3) times, then end; ``crlf=1``.
 ``/garbage``  :data:`servers.garbage.GARBAGE_BYTES` (``chunk``/``seed`` split it).
 ``/huge``  one event (``id: 1``) whose data is ``size`` bytes of ``x`` (1 MiB; cap 256 MiB).
