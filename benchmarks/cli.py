@@ -18,6 +18,7 @@ from .corpora import CORPORA
 from .e2e import ROOT, E2EResult, profile_crawl, run_e2e
 from .machine import LoadMonitor, machine_info
 from .parse_bench import ParseResult, run_parse
+from .peers import PARSERS, compiled_peer
 from .report import e2e_tables, load_line, machine_table, parse_tables, write_json
 
 #: Disturbed measurements are repeated only during this many seconds from the start,
@@ -51,6 +52,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-profile", action="store_true", help="never profile the crawl")
     parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="parse-only: also the parser's mypyc build (SCRAPY_SSE_COMPILE=1), same run",
+    )
+    parser.add_argument(
         "--output", type=Path, default=ROOT / "benchmarks" / "results.json", help="JSON file"
     )
     return parser.parse_args(argv)
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "e2e_corpora": args.e2e_corpora,
         "framing": args.framing,
         "server_writes": args.writes,
+        "compiled": args.compiled,
     }
     print("## scrapy-sse benchmarks" + (" (--quick: smoke test, not for quoting)" if quick else ""))
     print()
@@ -87,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = ""
     if args.only in (None, "parse"):
         print(f"Running parse-only ({parse_repeats} runs per case, best kept)...", flush=True)
+        parsers = PARSERS + ((compiled_peer(),) if args.compiled else ())
         phase = time.perf_counter()
         parse_results = run_parse(
             quick=quick,
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             corpora=args.parse_corpora,
             log=_log,
             retry_until=retry_until,
+            parsers=parsers,
         )
         config["parse_s"] = round(time.perf_counter() - phase, 1)
         print(f"(parse-only took {config['parse_s']:.0f} s)", flush=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 from .corpora import Corpus, build, split_reads
 from .machine import LoadMonitor
-from .peers import PARSERS, expected_rows, normalise
+from .peers import PARSERS, ParserPeer, expected_rows, normalise
 
 __all__ = ["READ_MODES", "SIZES", "run_parse"]
 
@@ -136,6 +136,7 @@ def run_parse(
     corpora: list[str] | None = None,
     log: Any = print,
     retry_until: float = float("inf"),
+    parsers: tuple[ParserPeer, ...] = PARSERS,
 ) -> list[ParseResult]:
     """Every parser on every (corpus, read mode); corpora are 8x smaller with ``quick``.
 
@@ -152,7 +153,7 @@ def run_parse(
                 ParseResult(
                     name, mode, p.key, p.label, len(corpus.expected), corpus.size, len(reads)
                 )
-                for p in PARSERS
+                for p in parsers
             ]
             # The corpus, its reads and expected events live through all runs: freeze them
             # so that each run's gc.collect() does not rescan them (tens of ms each).
@@ -163,7 +164,7 @@ def run_parse(
             for round_no in range(1 + EXTRA_ROUNDS):
                 monitor = LoadMonitor()
                 for _ in range(repeats):
-                    for peer, result in zip(PARSERS, case, strict=True):
+                    for peer, result in zip(parsers, case, strict=True):
                         _one_run(peer.parse, reads, result, corpus)
                 busy = monitor.summary()["other_cores_busy"]
                 for result in case:

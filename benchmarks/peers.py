@@ -38,19 +38,25 @@ from scrapy_sse import SSEParser
 
 from .corpora import Expected
 
-__all__ = ["PARSERS", "ParserPeer", "normalise"]
+__all__ = ["PARSERS", "ParserPeer", "compiled_peer", "normalise"]
 
 
-def parse_ours(reads: list[bytes]) -> list[Any]:
-    """scrapy-sse's parser, as a transport drives it: one ``feed`` per read."""
-    parser = SSEParser()
-    out: list[Any] = []
-    extend = out.extend
-    feed = parser.feed
-    for chunk in reads:
-        extend(feed(chunk))
-    parser.close()
-    return out
+def _driver(parser_class: type[Any]) -> Callable[[list[bytes]], list[Any]]:
+    def parse(reads: list[bytes]) -> list[Any]:
+        """scrapy-sse's parser, as a transport drives it: one ``feed`` per read."""
+        parser = parser_class()
+        out: list[Any] = []
+        extend = out.extend
+        feed = parser.feed
+        for chunk in reads:
+            extend(feed(chunk))
+        parser.close()
+        return out
+
+    return parse
+
+
+parse_ours = _driver(SSEParser)
 
 
 def parse_httpx_sse(reads: list[bytes]) -> list[Any]:
@@ -90,6 +96,15 @@ def parse_launchdarkly(reads: list[bytes]) -> list[Any]:
     return [a for a in reader.events_and_comments() if isinstance(a, Event)]
 
 
+def compiled_peer() -> ParserPeer:
+    """Our parser's mypyc build (``SCRAPY_SSE_COMPILE=1``), built from this checkout."""
+    from .compiled import load_compiled_parser
+
+    return ParserPeer(
+        "ours_compiled", "scrapy-sse SSEParser, compiled", _driver(load_compiled_parser())
+    )
+
+
 @dataclass(frozen=True)
 class ParserPeer:
     key: str
@@ -120,7 +135,7 @@ def normalise(key: str, events: Iterable[Any]) -> tuple[list[tuple[str, str, str
     * launchdarkly: ``last_event_id`` is the id in effect (``None`` before any id).
     """
     notes: list[str] = []
-    if key == "ours":
+    if key in ("ours", "ours_compiled"):
         return [(e[0], e[1], e[2]) for e in events], notes
     if key == "httpx_sse":
         rows = [(e.event, e.data, e.id) for e in events]

@@ -74,8 +74,10 @@ def _ratio(ours: float, other: float) -> str:
 
 
 def parse_tables(results: list[ParseResult]) -> str:
-    """One table per corpus; "ours ÷ peer" is speed (events/s) ours over the peer's."""
+    """One table per corpus; "ours ÷ peer" is speed (events/s) ours over the peer's, and
+    with ``--compiled`` "compiled ÷ peer" the same for the parser's mypyc build."""
     out: list[str] = []
+    compiled = any(r.parser == "ours_compiled" for r in results)
     for corpus in dict.fromkeys(r.corpus for r in results):
         rows: list[list[str]] = []
         mine = [r for r in results if r.corpus == corpus]
@@ -83,36 +85,40 @@ def parse_tables(results: list[ParseResult]) -> str:
         for mode in dict.fromkeys(r.reads for r in mine):
             case = [r for r in mine if r.reads == mode]
             ours = next(r for r in case if r.parser == "ours")
+            built = next((r for r in case if r.parser == "ours_compiled"), None)
             for r in case:
                 speed = "—" if r.parser == "ours" else _ratio(ours.events_per_s, r.events_per_s)
-                rows.append(
-                    [
-                        mode,
-                        r.label,
-                        _rate(r.events_per_s) if r.ok else "**wrong output**",
-                        f"{r.us_per_event:.2f}" if r.ok else "—",
-                        f"{r.bytes / (1 << 20) / r.best_s:.0f}" if r.ok else "—",
-                        speed,
-                        "; ".join(
-                            ([r.error] if r.error else [])
-                            + r.notes
-                            + (
-                                [f"machine busy ({min(r.other_load):.0%} of a core)"]
-                                if r.other_load and min(r.other_load) > 0.25
-                                else []
-                            )
-                        ),
-                    ]
+                row = [
+                    mode,
+                    r.label,
+                    _rate(r.events_per_s) if r.ok else "**wrong output**",
+                    f"{r.us_per_event:.2f}" if r.ok else "—",
+                    f"{r.bytes / (1 << 20) / r.best_s:.0f}" if r.ok else "—",
+                    speed,
+                ]
+                if compiled:
+                    row.append(
+                        "—"
+                        if built is None or r is built
+                        else _ratio(built.events_per_s, r.events_per_s)
+                    )
+                notes = (
+                    ([r.error] if r.error else [])
+                    + r.notes
+                    + (
+                        [f"machine busy ({min(r.other_load):.0%} of a core)"]
+                        if r.other_load and min(r.other_load) > 0.25
+                        else []
+                    )
                 )
+                rows.append([*row, "; ".join(notes)])
+        headers = ["reads", "parser", "events/s", "µs/event", "MiB/s", "ours ÷ this"]
+        headers += ["compiled ÷ this"] if compiled else []
         out.append(
             f"#### Parse-only: `{corpus}` ({first.events} events in "
             f"{first.bytes / (1 << 20):.1f} MiB for 16 KiB reads, "
             f"{first.bytes / first.events:.0f} bytes/event)\n\n"
-            + _table(
-                ["reads", "parser", "events/s", "µs/event", "MiB/s", "ours ÷ this", "notes"],
-                rows,
-                "llrrrrl",
-            )
+            + _table([*headers, "notes"], rows, "llrrrr" + ("r" if compiled else "") + "l")
         )
     return "\n\n".join(out)
 

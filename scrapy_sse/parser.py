@@ -38,7 +38,11 @@ from typing import Any
 from .errors import SSEEventTooLarge
 from .events import SSEComment, SSEEvent
 
-__all__ = ["DEFAULT_MAX_EVENT_SIZE", "SSEParser"]
+__all__ = ["COMPILED", "DEFAULT_MAX_EVENT_SIZE", "SSEParser"]
+
+#: Whether this module is the mypyc-compiled build of this file (installed with
+#: ``SCRAPY_SSE_COMPILE=1``); the pure-Python module behaves the same, more slowly.
+COMPILED = not __file__.endswith(".py")
 
 #: Default ceiling for one event (data of all its lines) or one line, in characters.
 DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
