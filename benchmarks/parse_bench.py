@@ -9,6 +9,12 @@ Why it is measured this way:
   keeps all its events alive for verification, and collections triggered by that
   growing list would otherwise be charged to whoever allocates the most objects. The
   corpus itself is ``gc.freeze()``-d for the case so those collections stay short.
+* glibc's malloc is told to keep the memory it frees (no trimming, no ``mmap`` for big
+  blocks; :func:`keep_freed_memory`). Otherwise each run pages in again the memory the
+  previous run's events were freed from, and on a VM a page fault can cost several
+  µs: with 64 KiB events that was most of every parser's time (12 faults an event),
+  which measures the kernel, not the parser. A long-running consumer's heap stays
+  grown the same way.
 * Runs are interleaved (parser A, B, C, D, then again) and the best of ``repeats`` is
   kept, so a noisy moment hurts one run, not one parser.
 * Every run's output is checked against the corpus's expected events (after the
@@ -18,6 +24,7 @@ Why it is measured this way:
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 from dataclasses import asdict, dataclass, field
@@ -87,6 +94,23 @@ class ParseResult:
         return row
 
 
+#: glibc ``mallopt`` parameters.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; ``False`` if it cannot (not
+    glibc): the figures then include page faults for every run's events."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    )
+
+
 def _time_once(parse: Any, reads: list[bytes]) -> tuple[float, list[Any]]:
     gc.collect()
     gc.disable()
@@ -143,6 +167,8 @@ def run_parse(
     Extra rounds for a disturbed case are run only before ``retry_until``
     (``time.monotonic()``), which keeps a run on a busy machine within its time budget.
     """
+    if not keep_freed_memory():
+        log("  (malloc is not glibc's: runs include page faults for the freed memory)")
     results: list[ParseResult] = []
     for name in corpora or list(SIZES):
         for mode, read_size in READ_MODES.items():

@@ -387,6 +387,8 @@ class SSEParser:
                 self._blocks(text, out, complete=True)
         append = out.append
         max_size = self._max_size
+        # A value decodes to at most as many characters as it has bytes.
+        may_exceed = len(region) >= max_size
         id_buffer = self._id_buffer
         source = self.source
         for value in parts:
@@ -395,7 +397,7 @@ class SSEParser:
                     text = value.decode()
                 except UnicodeDecodeError:
                     text = value.decode("utf-8", "replace")
-                if len(text) >= max_size:
+                if may_exceed and len(text) >= max_size:
                     raise SSEEventTooLarge(len(text) + 1, max_size, out)
                 append(_tuple_new(SSEEvent, ("message", text, id_buffer, None, source, False)))
             else:
