@@ -39,9 +39,15 @@ setup(
 
 
 def _digest(source: bytes) -> str:
+    """The build's inputs: the parser, the modules whose types it compiles against,
+    mypy and the Python it was built for."""
     import mypy.version
 
-    return hashlib.sha256(source + mypy.version.__version__.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source)
+    for name in ("events.py", "errors.py"):
+        digest.update((ROOT / "scrapy_sse" / name).read_bytes())
+    digest.update(f"{mypy.version.__version__} {sys.version}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _build(source: bytes, out: Path) -> None:

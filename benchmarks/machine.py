@@ -156,4 +156,11 @@ def machine_info(root: Path) -> dict[str, Any]:
         "packages": versions,
         "scrapy_sse_revision": _git_revision(root),
         "scrapy_sse_digest": _tree_digest(root / "scrapy_sse"),
+        "scrapy_sse_parser": "compiled" if _parser_compiled() else "pure Python",
     }
+
+
+def _parser_compiled() -> bool:
+    from scrapy_sse.parser import COMPILED
+
+    return COMPILED

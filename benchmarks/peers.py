@@ -35,6 +35,7 @@ from ld_eventsource.actions import Event
 from ld_eventsource.reader import _BufferedLineReader, _SSEReader
 
 from scrapy_sse import SSEParser
+from scrapy_sse.parser import COMPILED
 
 from .corpora import Expected
 
@@ -100,6 +101,8 @@ def compiled_peer() -> ParserPeer:
     """Our parser's mypyc build (``SCRAPY_SSE_COMPILE=1``), built from this checkout."""
     from .compiled import load_compiled_parser
 
+    if COMPILED:
+        raise SystemExit("--compiled: scrapy_sse.parser is the compiled build already here")
     return ParserPeer(
         "ours_compiled", "scrapy-sse SSEParser, compiled", _driver(load_compiled_parser())
     )
@@ -113,7 +116,8 @@ class ParserPeer:
 
 
 PARSERS: tuple[ParserPeer, ...] = (
-    ParserPeer("ours", "scrapy-sse SSEParser", parse_ours),
+    # (Labelled if this environment installed the compiled build: SCRAPY_SSE_COMPILE=1.)
+    ParserPeer("ours", "scrapy-sse SSEParser" + (", compiled" if COMPILED else ""), parse_ours),
     ParserPeer("httpx_sse", "httpx-sse 0.4 (iter_sse decoders)", parse_httpx_sse),
     ParserPeer("sseclient", "sseclient-py 1.9", parse_sseclient),
     ParserPeer("launchdarkly", "launchdarkly-eventsource 1.7", parse_launchdarkly),

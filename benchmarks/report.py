@@ -44,7 +44,8 @@ def machine_table(info: dict[str, Any]) -> str:
         ),
         (
             "scrapy-sse",
-            f"{info['scrapy_sse_revision']}, source digest {info['scrapy_sse_digest']}",
+            f"{info['scrapy_sse_revision']}, source digest {info['scrapy_sse_digest']}, "
+            f"parser {info['scrapy_sse_parser']}",
         ),
         ("Date", info["date"]),
     ]

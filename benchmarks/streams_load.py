@@ -431,14 +431,17 @@ def many(args: argparse.Namespace) -> None:
     # rate; a batch may still wait up to its 1 s interval, hence the margin.
     settled = [(seconds, count) for seconds, count in result["hot_open"] if seconds >= 10]
     rates = sorted(count / seconds for seconds, count in settled)
-    starved = sum(rate < args.rate / 2 for rate in rates)
+    spread = (
+        f"min {rates[0]:.1f}, median {percentile(rates, 0.5):.1f}, max {rates[-1]:.1f}; "
+        f"starved (under half the rate): {sum(rate < args.rate / 2 for rate in rates)}"
+        if rates
+        else "n/a (none was open for 10 s)"
+    )
     print(
         f"\nHot streams opened: {len(result['hot_open'])} of {args.hot}; open for 10 s or "
         f"more: {len(settled)}. Events/s each of those got while open (server sends "
-        f"{args.rate:g}/s): min {rates[0] if rates else float('nan'):.1f}, median "
-        f"{percentile(rates, 0.5):.1f}, max {rates[-1] if rates else float('nan'):.1f}; "
-        f"starved (under half the rate): {starved}. The crawl ran "
-        f"{result['crawl_seconds']:.0f} s, and closing it {result['close_seconds']:.0f} s."
+        f"{args.rate:g}/s): {spread}. The crawl ran {result['crawl_seconds']:.0f} s, and "
+        f"closing it {result['close_seconds']:.0f} s (sampled once a second)."
     )
     print(
         "\nEvents parsed and waiting in stream queues (the spider behind), most in one "

@@ -32,3 +32,8 @@ def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) 
 
 def get_requires_for_build_editable(config_settings: dict[str, Any] | None = None) -> list[str]:
     return list(COMPILE_REQUIRES) if compile_requested() else []
+
+
+def get_requires_for_build_sdist(config_settings: dict[str, Any] | None = None) -> list[str]:
+    # (setup.py imports mypyc whenever the variable is set, even to make an sdist.)
+    return list(COMPILE_REQUIRES) if compile_requested() else []

@@ -132,7 +132,8 @@ class SSEDownloadHandler(BaseDownloadHandler):
             logger.info("SSE stream %s answered 204 No Content: not streaming", request.url)
             return self._response(request, opened, stream)
         if status != 200 or not is_event_stream(content_type):
-            body = await opened.read_prefix(ERROR_BODY_LIMIT)
+            # (Cancelled by the close, the read drops the connection itself.)
+            body = await self._registry.opening(opened.read_prefix(ERROR_BODY_LIMIT))
             stats.inc_value(f"sse/errors/http_{status}")
             raise SSEResponseError(
                 opened.url,
@@ -200,10 +201,10 @@ def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSE
     skip_ids = request.meta.get("sse_skip_ids") or ([last_event_id] if last_event_id else [])
     return SSEStream(
         request,
-        queue_size=settings.for_request(request, "queue_size"),
-        max_event_size=settings.for_request(request, "max_event_size"),
+        queue_size=int(settings.for_request(request, "queue_size")),
+        max_event_size=int(settings.for_request(request, "max_event_size")),
         done_data=_frozen(_strings(settings.for_request(request, "done_data"))),
-        comments=settings.for_request(request, "comments"),
+        comments=bool(settings.for_request(request, "comments")),
         stats=crawler.stats,
         last_event_id=last_event_id,
         read_timeout=float(settings.for_request(request, "read_timeout") or 0),

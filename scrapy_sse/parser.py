@@ -33,6 +33,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Sequence
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any
 
 from .errors import SSEEventTooLarge
@@ -42,7 +43,7 @@ __all__ = ["COMPILED", "DEFAULT_MAX_EVENT_SIZE", "SSEParser"]
 
 #: Whether this module is the mypyc-compiled build of this file (installed with
 #: ``SCRAPY_SSE_COMPILE=1``); the pure-Python module behaves the same, more slowly.
-COMPILED = not __file__.endswith(".py")
+COMPILED = __file__.endswith(tuple(EXTENSION_SUFFIXES))
 
 #: Default ceiling for one event (data of all its lines) or one line, in characters.
 DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024

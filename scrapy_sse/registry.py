@@ -46,6 +46,16 @@ T = TypeVar("T")
 CLOSING = "closing"
 
 
+def _task_cancelling() -> bool:
+    """Whether the running asyncio task is being cancelled (Python 3.11+)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: a plain Twisted reactor
+        return False
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling is not None and cancelling())
+
+
 class _Gate:
     """A counting gate: at most ``limit`` holders (0: no limit), FIFO waiters."""
 
@@ -61,10 +71,12 @@ class _Gate:
         return False
 
     def release(self) -> None:
-        if self.waiting:
-            self.waiting.popleft().callback(None)  # the slot passes on as is
-        else:
-            self.held -= 1
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.called:  # (a cancelled wait is skipped)
+                waiter.callback(None)  # the slot passes on as is
+                return
+        self.held -= 1
 
 
 class StreamRegistry:
@@ -100,30 +112,42 @@ class StreamRegistry:
     async def acquire(self, slot: str) -> None:
         """Wait for a free stream slot: crawl-wide (``SSE_MAX_STREAMS``), then per
         download slot (``SSE_MAX_STREAMS_PER_SLOT``)."""
-        for gate in (self._total, self._slots[slot]):
-            if self.closing:
-                raise SSEStreamError("The spider is closing; no new stream is opened", CLOSING)
-            if gate.try_take():
-                continue
-            waiter: Deferred[None] = Deferred()
-            gate.waiting.append(waiter)
-            try:
-                await maybe_deferred_to_future(waiter)
-            except BaseException:
-                if gate is self._slots[slot]:
-                    self._total.release()
-                raise
+        await self._take(self._total)
+        try:
+            await self._take(self._slots[slot])
+        except BaseException:
+            self._total.release()
+            raise
 
-    async def opening(self, connect: Coroutine[Any, Any, T]) -> T:
-        """Await a stream's connection and response head; cancelled (the connection
-        dropped) as soon as the spider starts closing."""
-        dfd: Deferred[T] = deferred_from_coro(connect)
+    async def _take(self, gate: _Gate) -> None:
+        if self.closing:
+            raise SSEStreamError("The spider is closing; no new stream is opened", CLOSING)
+        if gate.try_take():
+            return
+        waiter: Deferred[None] = Deferred()
+        gate.waiting.append(waiter)
+        await maybe_deferred_to_future(waiter)
+        if self.closing:
+            # Handed the slot in the turn the close began: give it back.
+            gate.release()
+            raise SSEStreamError("The spider is closing; no new stream is opened", CLOSING)
+
+    async def opening(self, step: Coroutine[Any, Any, T]) -> T:
+        """Await one step of opening a stream (connecting and reading the response
+        head, or an error body): cancelled, the connection dropped, as soon as the
+        spider starts closing."""
+        if self.closing:
+            step.close()
+            raise SSEStreamError("The spider is closing; no new stream is opened", CLOSING)
+        dfd: Deferred[T] = deferred_from_coro(step)
         self._opening.add(dfd)
         try:
             return await maybe_deferred_to_future(dfd)
-        except (Exception, asyncio.CancelledError):
-            if dfd in self._opening:
-                raise  # not cancelled by close_all
+        except (Exception, asyncio.CancelledError) as exc:
+            if dfd in self._opening or (
+                isinstance(exc, asyncio.CancelledError) and _task_cancelling()
+            ):
+                raise  # not (only) cancelled by close_all
             # (How the cancel shows depends on the reactor: asyncio's CancelledError,
             # or the transport's timeout error.)
             raise SSEStreamError(

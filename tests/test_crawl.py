@@ -201,22 +201,32 @@ def test_closing_spider_closes_live_streams_at_once(sse_server: SSEServer) -> No
     assert (closed - closing).total_seconds() <= 1
 
 
+@pytest.mark.parametrize("reactorless", [False, True], ids=["twisted", "aiohttp"])
 def test_closing_spider_drops_streams_still_waiting_for_their_server(
-    sse_server: SSEServer,
+    sse_server: SSEServer, reactorless: bool
 ) -> None:
-    # One live stream; another whose server sends no response head for 60 s, within
-    # DOWNLOAD_TIMEOUT: the close must not wait for it.
-    urls = f"{sse_server.url('/stream?n=5&hold=60')}|{sse_server.url('/stall?hold=60')}"
+    # One live stream; one whose server sends no response head for 60 s; one whose
+    # 500 error body never ends: all within DOWNLOAD_TIMEOUT, and the close must wait
+    # for none of them.
+    urls = "|".join(
+        sse_server.url(path)
+        for path in (
+            "/stream?n=5&hold=60",
+            "/stall?hold=60",
+            f"/status?code=500&body=boom&hold=60&key=closebody{reactorless}",
+        )
+    )
     result = run_crawl(
         "PerEvent",
         args={"url": urls},
         settings={"CLOSESPIDER_TIMEOUT": 2, "DOWNLOAD_TIMEOUT": 120},
+        reactorless=reactorless,
         timeout=40,
     )
     assert result.returncode == 0, result.log
     assert result.stat("finish_reason") == "closespider_timeout"
     assert result.stat("sse/ends/spider_closed") == 1
-    assert result.stat("sse/ends/closing") == 1
+    assert result.stat("sse/ends/closing") == 2
     assert len(result.items) == 5
     closing = _log_time(result.log, "Closing spider")
     closed = _log_time(result.log, "Spider closed")

@@ -2,8 +2,8 @@
 
 mypyc compiles the same source, but with its own semantics in places (native integers,
 type checks where a function is called, no instance ``__dict__``), so the build that
-users can opt into is built here with the project's ``setup.py`` and the whole parser
-test module runs against it in a child process.
+users can opt into is built here with the project's ``setup.py``, and the parser's and
+the stream's test modules run against it in a child process.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def test_compiled_parser_passes_the_parser_tests(tmp_path: Path) -> None:
             "-m",
             "pytest",
             str(ROOT / "tests" / "test_parser.py"),
+            str(ROOT / "tests" / "test_stream.py"),
             "-q",
             "-p",
             "no:cacheprovider",

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from scrapy import Request
 
+from scrapy_sse import SSEComment, SSEEvent
 from scrapy_sse.stream import SERVER_CLOSED, SSEStream
 
 
@@ -65,3 +66,25 @@ def test_a_request_can_name_its_own_end_of_stream_data(done: object) -> None:
     default.feed(b"data: END\n\ndata: [DONE]\n\n")
     assert default.end_reason == COMPLETED
     assert drain(default) == [("END", "")]
+
+
+def test_per_request_limits_may_be_given_as_any_number_or_flag() -> None:
+    # meta values come from user code and JSON job files: 1e6 or "1" must work as they
+    # do in settings (the compiled parser accepts exact types only; this module also
+    # runs against it in test_parser_compiled.py).
+    from scrapy.utils.test import get_crawler
+
+    from scrapy_sse.handler import new_stream
+    from scrapy_sse.settings import SSESettings
+
+    crawler = get_crawler()
+    settings = SSESettings.from_settings(crawler.settings)
+    meta = {"sse_max_event_size": 1e6, "sse_queue_size": "50", "sse_comments": 1}
+    stream = new_stream(crawler, settings, Request("http://127.0.0.1/s", meta=meta))
+    stream.feed(b": hi\n\ndata: ok\n\n")
+    stream.finish(SERVER_CLOSED)
+
+    async def collect() -> list[object]:
+        return [item async for item in stream]
+
+    assert asyncio.run(collect()) == [SSEComment("hi"), SSEEvent(data="ok")]

@@ -171,6 +171,10 @@ class _PrefixReader(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.give_up()
 
+    def stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
     def give_up(self) -> None:
         """Hand over what was read so far and let the connection go (idempotent)."""
         if not self._finished.called:
@@ -194,7 +198,8 @@ class _TwistedOpenedResponse:
         reactor = _reactor()
         if self._txresponse.length == 0:  # type: ignore[comparison-overlap]
             return b""
-        finished: Deferred[bytes] = Deferred()
+        # Cancelled (the spider closing): drop the connection.
+        finished: Deferred[bytes] = Deferred(lambda _: reader.stop())
         reader = _PrefixReader(limit, finished)
         self._txresponse.deliverBody(reader)
         # A server that sends a short error body and keeps the socket open: give up
