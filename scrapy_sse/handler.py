@@ -132,8 +132,11 @@ class SSEDownloadHandler(BaseDownloadHandler):
             logger.info("SSE stream %s answered 204 No Content: not streaming", request.url)
             return self._response(request, opened, stream)
         if status != 200 or not is_event_stream(content_type):
-            # (Cancelled by the close, the read drops the connection itself.)
-            body = await self._registry.opening(opened.read_prefix(ERROR_BODY_LIMIT))
+            try:
+                body = await self._registry.opening(opened.read_prefix(ERROR_BODY_LIMIT))
+            except BaseException:
+                opened.abort()  # (cancelled by the close, maybe before it began)
+                raise
             stats.inc_value(f"sse/errors/http_{status}")
             raise SSEResponseError(
                 opened.url,
@@ -144,13 +147,13 @@ class SSEDownloadHandler(BaseDownloadHandler):
             )
         try:
             decode = body_decoder(headers.get(b"Content-Encoding"))
+            stream = self._new_stream(request)
         except Exception:
             opened.abort()
             raise
         # The body handed to the spider is decoded: keep middlewares from decoding again.
         headers.pop(b"Content-Encoding", None)
         headers.pop(b"Content-Length", None)
-        stream = self._new_stream(request)
         self._registry.add(stream, slot)
         stats.inc_value("sse/streams_opened")
         logger.debug("Opened SSE stream %s", request.url)
@@ -182,6 +185,14 @@ class SSEDownloadHandler(BaseDownloadHandler):
             await handler.close()
 
 
+def _flag(value: Any) -> bool:
+    """A flag from ``meta`` read as Scrapy's ``getbool`` reads settings (``"0"``,
+    ``"false"`` are false)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
 @lru_cache(maxsize=16)
 def _frozen(values: tuple[str, ...]) -> frozenset[str]:
     """One frozenset per distinct ``SSE_DONE_DATA``, shared by all streams using it."""
@@ -204,7 +215,7 @@ def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSE
         queue_size=int(settings.for_request(request, "queue_size")),
         max_event_size=int(settings.for_request(request, "max_event_size")),
         done_data=_frozen(_strings(settings.for_request(request, "done_data"))),
-        comments=bool(settings.for_request(request, "comments")),
+        comments=_flag(settings.for_request(request, "comments")),
         stats=crawler.stats,
         last_event_id=last_event_id,
         read_timeout=float(settings.for_request(request, "read_timeout") or 0),

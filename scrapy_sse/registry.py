@@ -56,13 +56,23 @@ def _task_cancelling() -> bool:
     return bool(cancelling is not None and cancelling())
 
 
+class _Waiter:
+    """A wait for a gate slot, and whether a release handed it one."""
+
+    __slots__ = ("deferred", "handed")
+
+    def __init__(self) -> None:
+        self.deferred: Deferred[None] = Deferred()
+        self.handed = False
+
+
 class _Gate:
     """A counting gate: at most ``limit`` holders (0: no limit), FIFO waiters."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self.waiting: deque[Deferred[None]] = deque()
+        self.waiting: deque[_Waiter] = deque()
 
     def try_take(self) -> bool:
         if not self.limit or self.held < self.limit:
@@ -73,8 +83,9 @@ class _Gate:
     def release(self) -> None:
         while self.waiting:
             waiter = self.waiting.popleft()
-            if not waiter.called:  # (a cancelled wait is skipped)
-                waiter.callback(None)  # the slot passes on as is
+            if not waiter.deferred.called:  # (a wait given up is skipped)
+                waiter.handed = True
+                waiter.deferred.callback(None)  # the slot passes on as is
                 return
         self.held -= 1
 
@@ -124,9 +135,18 @@ class StreamRegistry:
             raise SSEStreamError("The spider is closing; no new stream is opened", CLOSING)
         if gate.try_take():
             return
-        waiter: Deferred[None] = Deferred()
+        waiter = _Waiter()
         gate.waiting.append(waiter)
-        await maybe_deferred_to_future(waiter)
+        try:
+            await maybe_deferred_to_future(waiter.deferred)
+        except BaseException:
+            # Given up (the download cancelled): pass on a slot handed meanwhile, or
+            # make sure no later release hands one to this wait.
+            if waiter.handed:
+                gate.release()
+            elif not waiter.deferred.called:
+                waiter.deferred.cancel()
+            raise
         if self.closing:
             # Handed the slot in the turn the close began: give it back.
             gate.release()
@@ -244,7 +264,10 @@ class StreamRegistry:
         for gate in (self._total, *self._slots.values()):
             waiting, gate.waiting = gate.waiting, deque()
             for waiter in waiting:
-                waiter.errback(SSEStreamError("The spider closed before the stream opened", reason))
+                if not waiter.deferred.called:
+                    waiter.deferred.errback(
+                        SSEStreamError("The spider closed before the stream opened", reason)
+                    )
         for sleep in list(self._sleeps):
             if not sleep.called:
                 sleep.callback(False)

@@ -88,3 +88,10 @@ def test_per_request_limits_may_be_given_as_any_number_or_flag() -> None:
         return [item async for item in stream]
 
     assert asyncio.run(collect()) == [SSEComment("hi"), SSEEvent(data="ok")]
+    # A flag from a job file reads as the setting would: "false" is false.
+    quiet = new_stream(
+        crawler, settings, Request("http://127.0.0.1/s", meta={"sse_comments": "false"})
+    )
+    quiet.feed(b": hi\n\ndata: ok\n\n")
+    quiet.finish(SERVER_CLOSED)
+    assert drain(quiet) == [("ok", "")]

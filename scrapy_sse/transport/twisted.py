@@ -193,6 +193,8 @@ class _TwistedOpenedResponse:
         self.ip_address: Any = None
         self.certificate: Any = None
         self.protocol: str | None = "HTTP/1.1"
+        # The reader of an error body, once one was given the body (see ``abort``).
+        self._reader: _PrefixReader | None = None
 
     async def read_prefix(self, limit: int) -> bytes:
         reactor = _reactor()
@@ -200,7 +202,7 @@ class _TwistedOpenedResponse:
             return b""
         # Cancelled (the spider closing): drop the connection.
         finished: Deferred[bytes] = Deferred(lambda _: reader.stop())
-        reader = _PrefixReader(limit, finished)
+        reader = self._reader = _PrefixReader(limit, finished)
         self._txresponse.deliverBody(reader)
         # A server that sends a short error body and keeps the socket open: give up
         # after the timeout with what arrived, and close the connection.
@@ -225,7 +227,12 @@ class _TwistedOpenedResponse:
         self._txresponse.deliverBody(_StreamProtocol(stream, decode))
 
     def abort(self) -> None:
-        self._txresponse.deliverBody(_PrefixReader(0, Deferred()))
+        # A body goes to one protocol only: if a reader has it, that reader lets go.
+        if self._reader is not None:
+            self._reader.stop()
+        else:
+            self._reader = _PrefixReader(0, Deferred())
+            self._txresponse.deliverBody(self._reader)
 
 
 class TwistedTransport:
