@@ -442,7 +442,12 @@ class SSEParser:
         parts = _split_simple_blocks(text)
         # parts: [gap, event, id, event, data, gap, event, ...]; a gap is text between
         # two matches, i.e. a block of another shape.
-        if any(parts[::5]) or "\0" in text or max(map(len, parts[4::5])) >= self._max_size:
+        if (
+            any(parts[::5])
+            or "\0" in text
+            # (No value is longer than the text: only a long text needs the check.)
+            or (len(text) >= self._max_size and max(map(len, parts[4::5])) >= self._max_size)
+        ):
             return False
         append = out.append
         id_buffer = self._id_buffer
