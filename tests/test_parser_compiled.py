@@ -33,37 +33,33 @@ def test_compiled_parser_passes_the_parser_tests(tmp_path: Path) -> None:
             ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so")
         )
     env = {**os.environ, "SCRAPY_SSE_COMPILE": "1", "PYTHONPATH": str(tmp_path)}
-    build = subprocess.run(
-        [sys.executable, "setup.py", "build_ext", "--inplace"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
+
+    def run(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=400,
+            check=False,
+        )
+
+    build = run("setup.py", "build_ext", "--inplace")
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
 
     # ``--import-mode=append`` keeps the checkout behind the compiled copy on sys.path;
     # tests/conftest.py refuses to run if the parser imported is not the compiled one.
-    tests = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(ROOT / "tests" / "test_parser.py"),
-            str(ROOT / "tests" / "test_stream.py"),
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--import-mode=append",
-        ],
-        cwd=tmp_path,
-        env={**env, "SCRAPY_SSE_EXPECT_COMPILED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
+    tests = run(
+        "-m",
+        "pytest",
+        str(ROOT / "tests" / "test_parser.py"),
+        str(ROOT / "tests" / "test_stream.py"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--import-mode=append",
+        SCRAPY_SSE_EXPECT_COMPILED="1",
     )
     assert tests.returncode == 0, tests.stdout[-5000:] + tests.stderr[-2000:]
     assert " passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout[-2000:]
