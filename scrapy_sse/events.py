@@ -1,9 +1,9 @@
 """Value types produced by the parser and handed to spiders.
 
-``SSEEvent`` is created once per event on the hot path, so it is a plain slotted class
-with no validation and no copies. It knows nothing about Scrapy: ``source`` is whatever
-the transport attached (an ``SSEResponse`` in a crawl), which gives the event its URL,
-status, headers and request without a per-event cost.
+``SSEEvent`` is created once per event on the hot path, so it is a named tuple built
+with one C-level call, with no validation and no copies. It knows nothing about Scrapy:
+``source`` is whatever the transport attached (an ``SSEResponse`` in a crawl), which
+gives the event its URL, status, headers and request without a per-event cost.
 """
 
 from __future__ import annotations
@@ -11,11 +11,20 @@ from __future__ import annotations
 import json as _json
 from collections.abc import Callable
 from dataclasses import dataclass
-from operator import itemgetter as _itemgetter
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 
-class SSEEvent(tuple[str, str, str, "int | None", Any, bool]):
+class _EventFields(NamedTuple):
+    event: str
+    data: str
+    id: str
+    retry: int | None
+    source: Any
+    own_id: bool
+
+
+class SSEEvent(_EventFields):
     """One dispatched event, as the WHATWG processing model defines it.
 
     ``event`` is the type (``"message"`` unless the server named one). ``id`` is the
@@ -26,9 +35,9 @@ class SSEEvent(tuple[str, str, str, "int | None", Any, bool]):
     carried the ``id:`` line (``id`` may be inherited from an earlier event): only such
     an event can be recognised as one the server resent after a reconnect.
 
-    An immutable tuple underneath: the parser builds one per event with a single C-level
-    call, which is measurably cheaper than running a Python ``__init__``. Equality
-    ignores ``source``.
+    A named tuple underneath: fields are read by name through C-level getters, and the
+    parser builds one per event with a single C-level call (:func:`new_event`), which is
+    measurably cheaper than running a Python ``__init__``. Equality ignores ``source``.
     """
 
     __slots__ = ()
@@ -42,40 +51,33 @@ class SSEEvent(tuple[str, str, str, "int | None", Any, bool]):
         source: Any = None,
         own_id: bool = False,
     ) -> SSEEvent:
-        return tuple.__new__(cls, (event, data, id, retry, source, own_id))
-
-    event: str = property(_itemgetter(0))  # type: ignore[assignment]
-    data: str = property(_itemgetter(1))  # type: ignore[assignment]
-    id: str = property(_itemgetter(2))  # type: ignore[assignment]
-    retry: int | None = property(_itemgetter(3))  # type: ignore[assignment]
-    source: Any = property(_itemgetter(4))
-    own_id: bool = property(_itemgetter(5))  # type: ignore[assignment]
+        return new_event((event, data, id, retry, source, own_id))
 
     def json(self, **kwargs: Any) -> Any:
         """Parse ``data`` as JSON (raises ``ValueError`` when it is not JSON)."""
-        return _json.loads(self[1], **kwargs)
+        return _json.loads(self.data, **kwargs)
 
     @property
     def response(self) -> Any:
         """The stream's ``SSEResponse`` (``None`` outside a crawl)."""
-        return self[4]
+        return self.source
 
     @property
     def url(self) -> str | None:
-        return getattr(self[4], "url", None)
+        return getattr(self.source, "url", None)
 
     @property
     def status(self) -> int | None:
-        return getattr(self[4], "status", None)
+        return getattr(self.source, "status", None)
 
     @property
     def headers(self) -> Any:
-        return getattr(self[4], "headers", None)
+        return getattr(self.source, "headers", None)
 
     @property
     def request(self) -> Any:
         """The stream's request (the ``SSERequest`` the spider yielded)."""
-        stream = getattr(self[4], "stream", None)
+        stream = getattr(self.source, "stream", None)
         return getattr(stream, "request", None)
 
     def __eq__(self, other: object) -> bool:
@@ -91,16 +93,23 @@ class SSEEvent(tuple[str, str, str, "int | None", Any, bool]):
         return hash(self[:4])
 
     def __repr__(self) -> str:
-        data = self[1] if len(self[1]) <= 80 else self[1][:77] + "..."
+        data = self.data if len(self.data) <= 80 else self.data[:77] + "..."
         return (
-            f"SSEEvent(event={self[0]!r}, id={self[2]!r}, data={data!r}"
-            + (f", retry={self[3]}" if self[3] is not None else "")
+            f"SSEEvent(event={self.event!r}, id={self.id!r}, data={data!r}"
+            + (f", retry={self.retry}" if self.retry is not None else "")
             + ")"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The source (a live response) is not picklable and not part of the value.
-        return (SSEEvent, (*self[:4], None, self[5]))
+        return (SSEEvent, (self.event, self.data, self.id, self.retry, None, self.own_id))
+
+
+#: The one way an event is built: ``new_event((event, data, id, retry, source, own_id))``,
+#: a single C-level call (the parser makes one per event; ``SSEEvent(...)`` uses it too).
+new_event: Callable[[tuple[str, str, str, int | None, Any, bool]], SSEEvent] = partial(
+    tuple.__new__, SSEEvent
+)
 
 
 class SSEComment:

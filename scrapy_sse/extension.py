@@ -17,9 +17,9 @@ from . import _scrapy_private
 from .checkpoint import Checkpoints
 from .deadletter import DeadLetters
 from .http import SSEResponse
+from .policy import SPIDER_CLOSED
 from .registry import StreamRegistry
 from .settings import SSESettings
-from .stream import SPIDER_CLOSED
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler

@@ -20,9 +20,10 @@ from scrapy.utils.misc import build_from_crawler, load_object
 from .dispatch import build_callback
 from .errors import SSEResponseError, SSEStreamError
 from .http import SSEResponse, is_sse_request
+from .policy import HTTP_ERROR, NETWORK_ERROR, NO_CONTENT
 from .registry import CLOSING, StreamRegistry
 from .settings import SSESettings
-from .stream import HTTP_ERROR, NETWORK_ERROR, NO_CONTENT, SSEStream
+from .stream import SSEStream
 from .transport import body_decoder
 
 if TYPE_CHECKING:

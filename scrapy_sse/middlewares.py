@@ -34,10 +34,9 @@ from .errors import SSEResponseError, SSEStreamError
 from .handler import failed_response
 from .http import SSERequest, SSEResponse, apply_stream_defaults, is_sse_request
 from .idle_chain import is_released
-from .policy import GIVE_UP, RECONNECT, History, Outcome, decide, parse_retry_after
+from .policy import CALLBACK_DONE, GIVE_UP, RECONNECT, History, Outcome, decide, parse_retry_after
 from .registry import StreamRegistry
 from .settings import SSESettings
-from .stream import CALLBACK_DONE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -37,7 +37,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any
 
 from .errors import SSEEventTooLarge
-from .events import SSEComment, SSEEvent
+from .events import SSEComment, new_event
 
 __all__ = ["COMPILED", "DEFAULT_MAX_EVENT_SIZE", "SSEParser"]
 
@@ -49,7 +49,6 @@ COMPILED = __file__.endswith(tuple(EXTENSION_SUFFIXES))
 DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
 
 _new_decoder = codecs.getincrementaldecoder("utf-8")
-_tuple_new = tuple.__new__
 
 #: An unfinished event is kept as text and re-split on the next read while it is
 #: shorter than this; past it, its complete lines are folded into the parser state so
@@ -70,7 +69,7 @@ _LINES = 2
 #: stream's shape again (a stream may change what it sends).
 _PROBE_EVERY = 64
 #: Blocks between two choices of the path.
-_TALLY_EVERY = 16
+_SHAPE_WINDOW = 16
 
 #: A whole block of the shape price feeds send: optional ``event:``/``id:`` lines
 #: (``event`` may come before or after ``id``) and one ``data:`` line. One C-level
@@ -319,10 +318,10 @@ class SSEParser:
                 self.last_event_id = id_buffer = self._id_buffer
                 self._seen += 1
                 self._seen_simple += 1
-                if self._seen >= _TALLY_EVERY:
-                    self._tally(0, 0, 0)
+                if self._seen >= _SHAPE_WINDOW:
+                    self._count_shapes(0, 0, 0)
                 events = [
-                    _tuple_new(SSEEvent, ("message", value, id_buffer, None, self.source, False))
+                    new_event(("message", value, id_buffer, None, self.source, False))
                 ]
                 if lf + 1 < len(data):
                     self._hold(data[lf + 1 :], events)
@@ -400,14 +399,14 @@ class SSEParser:
                     text = value.decode("utf-8", "replace")
                 if may_exceed and len(text) >= max_size:
                     raise SSEEventTooLarge(len(text) + 1, max_size, out)
-                append(_tuple_new(SSEEvent, ("message", text, id_buffer, None, source, False)))
+                append(new_event(("message", text, id_buffer, None, source, False)))
             else:
                 other += 1
                 self.last_event_id = id_buffer
                 self._blocks("data: " + value.decode("utf-8", "replace"), out, complete=True)
                 id_buffer = self._id_buffer
         self.last_event_id = id_buffer
-        self._tally(len(parts) - other, len(parts) - other, 0)
+        self._count_shapes(len(parts) - other, len(parts) - other, 0)
 
     def _one_block(self, text: str, out: list[Any]) -> bool:
         """Dispatch ``text`` if it is one block of event/id lines and one data line, as
@@ -431,8 +430,8 @@ class SSEParser:
             self.source,
             event_id is not None,
         )
-        out.append(_tuple_new(SSEEvent, event))
-        self._tally(1, 0, 1)
+        out.append(new_event(event))
+        self._count_shapes(1, 0, 1)
         return True
 
     def _simple_blocks(self, text: str, out: list[Any]) -> bool:
@@ -461,19 +460,19 @@ class SSEParser:
                 id_buffer = event_id
             event_type = (last_type if last_type is not None else first_type) or "message"
             event = (event_type, value, id_buffer, None, source, event_id is not None)
-            append(_tuple_new(SSEEvent, event))
+            append(new_event(event))
         self._id_buffer = self.last_event_id = id_buffer
-        self._tally(len(parts) // 5, 0, len(parts) // 5)
+        self._count_shapes(len(parts) // 5, 0, len(parts) // 5)
         return True
 
-    def _tally(self, blocks: int, simple: int, matched: int) -> None:
+    def _count_shapes(self, blocks: int, simple: int, matched: int) -> None:
         """Pick how to take blocks apart from the shape of the last blocks seen:
         single-line data events, event/id/data blocks, or anything else."""
         self._seen += blocks
         self._seen_simple += simple
         self._seen_matched += matched
         seen = self._seen
-        if seen >= _TALLY_EVERY:
+        if seen >= _SHAPE_WINDOW:
             simple = self._seen_simple
             fast = simple + self._seen_matched
             self._mode = (
@@ -514,14 +513,14 @@ class SSEParser:
             if "\n" not in value:
                 if len(value) >= max_size:
                     raise SSEEventTooLarge(len(value) + 1, max_size, out)
-                append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source, False)))
+                append(new_event(("message", value, id_buffer, None, source, False)))
             else:
                 other += 1
                 self.last_event_id = id_buffer
                 self._blocks("data: " + value, out, complete=True)
                 id_buffer = self._id_buffer
         self.last_event_id = id_buffer
-        self._tally(len(parts) - 1 - other, len(parts) - 1 - other, 0)
+        self._count_shapes(len(parts) - 1 - other, len(parts) - 1 - other, 0)
         self._blocks("data: " + last, out, complete=False)
 
     def _blocks(self, text: str, out: list[Any], *, complete: bool) -> None:
@@ -543,7 +542,7 @@ class SSEParser:
                 value = block[6:] if block.startswith(" ", 5) else block[5:]
                 if len(value) >= max_size:
                     raise SSEEventTooLarge(len(value) + 1, max_size, out)
-                append(_tuple_new(SSEEvent, ("message", value, id_buffer, None, source, False)))
+                append(new_event(("message", value, id_buffer, None, source, False)))
                 continue
             if clean and block.startswith(("event", "id")):
                 match = _simple_block(block)
@@ -564,7 +563,7 @@ class SSEParser:
                             source,
                             event_id is not None,
                         )
-                        append(_tuple_new(SSEEvent, event))
+                        append(new_event(event))
                         matched += 1
                         continue
             clean = True
@@ -576,8 +575,7 @@ class SSEParser:
             data = self._data
             if data:
                 append(
-                    _tuple_new(
-                        SSEEvent,
+                    new_event(
                         (
                             self._type or "message",
                             data[0] if len(data) == 1 else "\n".join(data),
@@ -585,7 +583,7 @@ class SSEParser:
                             self._event_retry,
                             source,
                             self._own_id,
-                        ),
+                        )
                     )
                 )
                 self._data = []
@@ -596,7 +594,7 @@ class SSEParser:
         if blocks:
             self.last_event_id = id_buffer
         self._id_buffer = id_buffer
-        self._tally(len(blocks), simple, matched)
+        self._count_shapes(len(blocks), simple, matched)
         self._keep_tail(tail, out)
 
     def _keep_tail(self, tail: str, out: list[Any]) -> None:
@@ -657,7 +655,7 @@ class SSEParser:
                             self.source,
                             own_id,
                         )
-                        out.append(_tuple_new(SSEEvent, event))
+                        out.append(new_event(event))
                     etype = ""
                     event_retry = None
                     own_id = False

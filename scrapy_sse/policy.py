@@ -12,14 +12,21 @@ from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from .stream import (
-    CALLBACK_DONE,
-    CLOSED,
-    COMPLETED,
-    NO_CONTENT,
-    RESTART,
-    SPIDER_CLOSED,
-)
+# End reasons: the suffix of the ``sse/ends/<reason>`` stat and what a reconnect
+# policy decides on. ``completed`` and ``closed`` are ends a user asked for.
+COMPLETED = "completed"  # an SSE_DONE_DATA event
+NO_CONTENT = "no_content"  # HTTP 204
+SERVER_CLOSED = "server_closed"  # clean end of body
+CONNECTION_LOST = "connection_lost"  # the connection broke mid-body
+EVENT_TOO_LARGE = "event_too_large"
+DECODE_ERROR = "decode_error"
+CLOSED = "closed"  # stream.close() from a callback
+SPIDER_CLOSED = "spider_closed"
+CALLBACK_DONE = "callback_done"  # a response callback returned without draining
+RESTART = "restart"  # stream.restart() from a callback: reconnect now
+READ_TIMEOUT = "read_timeout"  # nothing received for SSE_READ_TIMEOUT seconds
+HTTP_ERROR = "http_error"  # the server answered, but not with a usable stream
+NETWORK_ERROR = "network_error"  # no response at all (refused, DNS, TLS, timeout)
 
 RECONNECT = "reconnect"
 GIVE_UP = "give_up"
@@ -51,7 +58,6 @@ class History:
     failing_since: float | None = None  # clock reading of the first of them
     retry_ms: int | None = None  # the server's latest retry:
     auth_refreshed: bool = False  # the previous reconnect followed a 401/403 refresh
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {

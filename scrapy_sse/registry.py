@@ -27,8 +27,8 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from .errors import SSEStreamError
+from .policy import READ_TIMEOUT
 from .settings import SSESettings
-from .stream import READ_TIMEOUT
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from .errors import SSEEventTooLarge
 from .events import SSEComment, SSEEvent
 from .parser import SSEParser
+from .policy import CLOSED, COMPLETED, EVENT_TOO_LARGE, RESTART
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Collection
@@ -38,22 +39,6 @@ class Producer(Protocol):
     def resume(self) -> None: ...
     def abort(self) -> None: ...
 
-
-# End reasons: the suffix of the ``sse/ends/<reason>`` stat and what a reconnect
-# policy decides on. ``completed`` and ``closed`` are ends a user asked for.
-COMPLETED = "completed"  # an SSE_DONE_DATA event
-NO_CONTENT = "no_content"  # HTTP 204
-SERVER_CLOSED = "server_closed"  # clean end of body
-CONNECTION_LOST = "connection_lost"  # the connection broke mid-body
-EVENT_TOO_LARGE = "event_too_large"
-DECODE_ERROR = "decode_error"
-CLOSED = "closed"  # stream.close() from a callback
-SPIDER_CLOSED = "spider_closed"
-CALLBACK_DONE = "callback_done"  # a response callback returned without draining
-RESTART = "restart"  # stream.restart() from a callback: reconnect now
-READ_TIMEOUT = "read_timeout"  # nothing received for SSE_READ_TIMEOUT seconds
-HTTP_ERROR = "http_error"  # the server answered, but not with a usable stream
-NETWORK_ERROR = "network_error"  # no response at all (refused, DNS, TLS, timeout)
 
 #: How many recently delivered ids a reconnect remembers to skip resent events.
 DEDUP_WINDOW = 64
@@ -205,7 +190,7 @@ class SSEStream:
         done = self._done
         if done:
             for i, event in enumerate(events):
-                if type(event) is SSEEvent and event[1] in done:
+                if type(event) is SSEEvent and event.data in done:
                     self._queue.extend(events[:i])
                     self.events_received += i
                     self._wake()
@@ -280,14 +265,14 @@ class SSEStream:
         elif not waiter.done():  # a cancelled task cancels the future it awaited
             waiter.set_result(None)
 
-    def _accept(self, event: Any) -> bool:
+    def _count_delivered(self, event: Any) -> bool:
         """Count ``event`` as delivered (``False``: a resent duplicate, skip it)."""
         if type(event) is SSEEvent:
-            event_id = event[2]
+            event_id = event.id
             if self._skip_ids:
                 # Only an event that carries its own id can be a resent one: an event
                 # without an id line inherits the resume id and is new.
-                if event[5] and event_id in self._skip_ids:
+                if event.own_id and event_id in self._skip_ids:
                     self.duplicates_skipped += 1
                     if self._stats is not None:
                         self._stats.inc_value("sse/duplicates_skipped")
@@ -303,7 +288,7 @@ class SSEStream:
             self.events_delivered += 1
         return True
 
-    def _popped(self) -> None:
+    def _resume_if_drained(self) -> None:
         """Resume a paused transport once the spider has drained half the queue."""
         if self._paused and len(self._queue) <= self._low:
             self._paused = False
@@ -341,7 +326,7 @@ class SSEStream:
         It never raises for a failed stream: the end of a stream (reconnect, give up,
         errback) is handled once, by the spider middleware, whatever the callback style.
         """
-        accept = self._accept
+        accept = self._count_delivered
         while True:
             # Read again after every wait: the first event replaces the empty
             # placeholder queue with a real one.
@@ -351,7 +336,7 @@ class SSEStream:
                 while queue:
                     event = popleft()
                     if self._paused:
-                        self._popped()
+                        self._resume_if_drained()
                     if accept(event):
                         yield event
                 continue
@@ -363,7 +348,7 @@ class SSEStream:
         """Events in lists of up to ``size``; an event waits at most ``interval``
         seconds for others to join its list. For high-rate feeds, where one item per
         event would cost more than the event itself."""
-        accept = self._accept
+        accept = self._count_delivered
         while True:
             queue = self._queue  # see __aiter__: replaced by the first event
             if not queue:
@@ -381,7 +366,7 @@ class SSEStream:
                         event = popleft()
                         if accept(event):
                             batch.append(event)
-                    self._popped()
+                    self._resume_if_drained()
                     continue
                 remaining = deadline - _monotonic()
                 if self.end_reason is not None or remaining <= 0:

@@ -19,7 +19,8 @@ from scrapy.utils.test import get_crawler
 from scrapy_sse.handler import _frozen, stream_response
 from scrapy_sse.http import SSERequest, SSEResponse
 from scrapy_sse.registry import StreamRegistry
-from scrapy_sse.stream import SERVER_CLOSED, SSEStream
+from scrapy_sse.policy import SERVER_CLOSED
+from scrapy_sse.stream import SSEStream
 
 
 def idle_stream(request: Request | None = None, **kwargs: Any) -> SSEStream:

@@ -8,7 +8,8 @@ import pytest
 from scrapy import Request
 
 from scrapy_sse import SSEComment, SSEEvent
-from scrapy_sse.stream import SERVER_CLOSED, SSEStream
+from scrapy_sse.policy import SERVER_CLOSED
+from scrapy_sse.stream import SSEStream
 
 
 def drain(stream: SSEStream) -> list[tuple[str, str]]:
@@ -53,7 +54,7 @@ def test_a_request_can_name_its_own_end_of_stream_data(done: object) -> None:
 
     from scrapy_sse.handler import new_stream
     from scrapy_sse.settings import SSESettings
-    from scrapy_sse.stream import COMPLETED
+    from scrapy_sse.policy import COMPLETED
 
     crawler = get_crawler()
     settings = SSESettings.from_settings(crawler.settings)

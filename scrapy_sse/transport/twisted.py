@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from .. import _scrapy_private
 from ..errors import SSEStreamError
-from ..stream import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
+from ..policy import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
