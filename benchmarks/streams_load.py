@@ -143,7 +143,7 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
     from scrapy.utils.asyncio import create_looping_call
 
     from scrapy_sse import SSEEvent, SSERequest
-    from scrapy_sse.registry import StreamRegistry
+    from scrapy_sse.extension import sse_state
 
     nofile = raise_nofile(config["streams"] + 1000)
     received: dict[int, int] = {}
@@ -222,7 +222,7 @@ def _crawl(config: dict[str, Any]) -> dict[str, Any]:
     def sample() -> None:
         assert crawler.stats is not None
         opened = crawler.stats.get_value("sse/streams_opened", 0)
-        registry = StreamRegistry.for_crawler(crawler)
+        registry = sse_state(crawler).registry
         queued = sum(stream.queued for stream in registry.streams)
         if registry.closing and not closing_at:
             closing_at.append(time.monotonic())

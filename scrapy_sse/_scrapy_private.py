@@ -1,58 +1,166 @@
-"""Every use of a private Scrapy name, in one place.
+"""Every use of a private or internal Scrapy name, in one place, checked at start.
 
-Scrapy keeps proxy, CONNECT tunnelling, TLS policy and bind address handling in private
-http11 code. Reusing it means a stream honours exactly the settings and ``meta`` keys a
-user already relies on (``meta["proxy"]``, ``DOWNLOADER_CLIENTCONTEXTFACTORY``,
-``DOWNLOAD_BIND_ADDRESS``...). ``tests/test_scrapy_private.py`` fails loudly when a
-Scrapy release moves any of these.
+What scrapy-sse can do with Scrapy's public hooks (signals, middlewares, the download
+handler API, ``crawler.get_extension``), it does elsewhere. What has no public hook
+is here, grouped in :data:`FEATURES`: each feature names every Scrapy name it needs
+and what the crawl does without it. :func:`missing` checks them when the crawl
+starts; a feature whose names are not all there is not installed at all (never half
+of one), the crawl falls back to Scrapy's own behaviour for it, and one ERROR line
+says so with the Scrapy version. Everything else, resuming streams above all, works
+the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from scrapy.utils._download_handlers import wrap_twisted_exceptions
-from scrapy.utils.asyncgen import as_async_generator
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable
 
     from scrapy import Request
     from scrapy.core.engine import ExecutionEngine
     from scrapy.core.scraper import Scraper
     from scrapy.crawler import Crawler
+    from scrapy.http import Response
     from twisted.web.client import Agent, HTTPConnectionPool
     from twisted.web.iweb import IPolicyForHTTPS
 
-__all__ = [
-    "build_twisted_agent",
-    "install_close_hook",
-    "install_released_chains",
-    "install_stream_output",
-    "load_tls_policy",
-    "make_ssl_context",
-    "wrap_twisted_exceptions",
-]
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """What a user gets from a group of private names, and what without them."""
+
+    name: str
+    does: str
+    fallback: str
+    #: ``"module:Attribute.attribute"`` paths that must all resolve.
+    needs: tuple[str, ...]
+
+
+CLOSE_STREAMS = Feature(
+    "close_streams",
+    "open streams are closed as soon as the spider starts closing",
+    "closing waits for open streams to end, as for any request in progress",
+    ("scrapy.core.engine:ExecutionEngine.close_spider_async",),
+)
+ORDERED_OUTPUT = Feature(
+    "ordered_output",
+    "a stream's items enter the item pipelines in order, without a worker pool per stream",
+    "Scrapy's CONCURRENT_ITEMS workers (items of async pipelines may overlap)",
+    (
+        "scrapy.core.scraper:Scraper.handle_spider_output_async",
+        "scrapy.core.scraper:Scraper._process_spidermw_output_async",
+        "scrapy.core.scraper:Scraper.handle_spider_error",
+        "scrapy.utils.defer:aiter_errback",
+    ),
+)
+BURSTS = Feature(
+    "bursts",
+    "an idle stream releases its spider-middleware chain (SSE_RELEASE_IDLE_CHAIN)",
+    "one spider-middleware chain per stream for its whole life",
+    ("scrapy.core.scraper:Scraper.enqueue_scrape",),
+)
+SCRAPY_AGENT = Feature(
+    "scrapy_agent",
+    "streams honour meta['proxy'], CONNECT tunnels and DOWNLOAD_BIND_ADDRESS",
+    "a plain Twisted agent: no proxy (a stream with meta['proxy'] fails), no bind address",
+    (
+        "scrapy.core.downloader.handlers.http11:_ScrapyAgent._get_agent",
+        "scrapy.core.downloader.handlers.http11:_TunnelingAgent",
+    ),
+)
+TLS_SETTINGS = Feature(
+    "tls_settings",
+    "streams use Scrapy's TLS settings (DOWNLOAD_TLS_*, DOWNLOADER_CLIENTCONTEXTFACTORY)",
+    "the TLS defaults of Twisted (Twisted transport) or aiohttp (reactorless)",
+    (
+        "scrapy.core.downloader.contextfactory:_load_context_factory_from_settings",
+        "scrapy.utils.ssl:_make_ssl_context",
+    ),
+)
+SCRAPY_ERRORS = Feature(
+    "scrapy_errors",
+    "connection errors of streams carry Scrapy's exception types",
+    "Twisted's own exception types",
+    ("scrapy.utils._download_handlers:wrap_twisted_exceptions",),
+)
+QUIET_ITEM_LOG = Feature(
+    "quiet_item_log",
+    "no 'Scraped from' DEBUG record is built per item when nothing would show it",
+    "Scrapy's LogFormatter builds one per item",
+    ("scrapy.core.scraper:logger",),
+)
+
+FEATURES = (
+    CLOSE_STREAMS,
+    ORDERED_OUTPUT,
+    BURSTS,
+    SCRAPY_AGENT,
+    TLS_SETTINGS,
+    SCRAPY_ERRORS,
+    QUIET_ITEM_LOG,
+)
+
+
+def _resolve(path: str) -> Any:
+    module_name, _, attributes = path.partition(":")
+    value: Any = importlib.import_module(module_name)
+    for attribute in attributes.split("."):
+        value = getattr(value, attribute)
+    return value
+
+
+def lacks(feature: Feature) -> list[str]:
+    """The names of ``feature`` that the running Scrapy lacks."""
+    gaps = []
+    for path in feature.needs:
+        try:
+            _resolve(path)
+        except (ImportError, AttributeError):
+            gaps.append(path)
+    return gaps
+
+
+def missing() -> dict[Feature, list[str]]:
+    """The features whose names the running Scrapy lacks, with those names."""
+    return {feature: names for feature in FEATURES if (names := lacks(feature))}
+
+
+def describe_gaps(gaps: dict[Feature, list[str]], scrapy_version: str) -> str:
+    """The one ERROR line for features that fall back."""
+    parts = [
+        f"{feature.name} ({feature.does}) needs {', '.join(names)}: "
+        f"instead, {feature.fallback}"
+        for feature, names in gaps.items()
+    ]
+    return f"scrapy-sse on Scrapy {scrapy_version}, falling back: " + "; ".join(parts)
+
+
+# -- scrapy_agent, tls_settings, scrapy_errors -------------------------------------------
 
 
 def make_ssl_context(crawler: Crawler) -> ssl.SSLContext:
     """The ``ssl`` context Scrapy's aiohttp handler builds from the same settings."""
-    from scrapy.utils.ssl import _make_ssl_context
-
-    return _make_ssl_context(crawler.settings)
+    make: Callable[[Any], ssl.SSLContext] = _resolve("scrapy.utils.ssl:_make_ssl_context")
+    return make(crawler.settings)
 
 
 def load_tls_policy(crawler: Crawler) -> IPolicyForHTTPS:
     """The TLS policy the stock HTTP/1.1 handler would use (settings included)."""
-    from scrapy.core.downloader.contextfactory import _load_context_factory_from_settings
-
-    return _load_context_factory_from_settings(crawler)
+    load: Callable[[Crawler], IPolicyForHTTPS] = _resolve(
+        "scrapy.core.downloader.contextfactory:_load_context_factory_from_settings"
+    )
+    return load(crawler)
 
 
 def build_twisted_agent(
@@ -82,6 +190,44 @@ def build_twisted_agent(
     return agent, isinstance(agent, _TunnelingAgent)
 
 
+def scrapy_exceptions() -> AbstractContextManager[None]:
+    """Turns Twisted's connection errors into Scrapy's, as the stock handlers do."""
+    wrap: Callable[[], AbstractContextManager[None]] = _resolve(
+        "scrapy.utils._download_handlers:wrap_twisted_exceptions"
+    )
+    return wrap()
+
+
+def no_exception_wrapping() -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+def forget_sent_headers(txresponse: Any) -> None:
+    """Drop Twisted's copy of a stream's request headers (about 1 KiB per stream).
+
+    Twisted keeps its request, and so a copy of every request header, until the
+    response ends: for a stream, hours later. The headers were written long ago and
+    are not read again. (Not a Scrapy name, but the one liberty taken with Twisted's
+    objects: without the attribute, the copy is simply kept.)"""
+    sent = getattr(txresponse, "request", None)
+    if sent is not None and hasattr(sent, "headers"):
+        from twisted.web.http_headers import Headers
+
+        sent.headers = Headers()
+
+
+# -- quiet_item_log ----------------------------------------------------------------------
+
+
+def scraper_logger_name() -> str:
+    """The logger Scrapy's scraper logs "Scraped from" records with."""
+    name: str = _resolve("scrapy.core.scraper:logger").name
+    return name
+
+
+# -- close_streams -----------------------------------------------------------------------
+
+
 def install_close_hook(engine: ExecutionEngine, hook: Callable[[str], Awaitable[None]]) -> None:
     """Run ``hook(reason)`` when the engine starts closing the spider.
 
@@ -101,38 +247,18 @@ def install_close_hook(engine: ExecutionEngine, hook: Callable[[str], Awaitable[
     engine.close_spider_async = close_spider_async  # type: ignore[method-assign]
 
 
-def install_released_chains(
-    scraper: Scraper,
-    is_stream: Callable[[Any], bool],
-    idle: float,
-    ready: Callable[[Any], bool] = lambda response: False,
-) -> None:
-    """Build a stream's spider-middleware chain per burst of output, released while the
-    stream is idle (see :mod:`scrapy_sse.idle_chain`). Scrapy builds the chain in
-    ``SpiderMiddlewareManager._process_callback_output``, once per response: wrapping
-    it on the crawl's instance is the one place where each burst can get its own."""
-    from scrapy.utils.asyncio import is_asyncio_available
-
-    from .idle_chain import released_chains
-
-    if not is_asyncio_available():
-        return  # (the parked step is driven by the asyncio loop; Twisted's has none)
-    spidermw = scraper.spidermw
-    original = spidermw._process_callback_output
-
-    @functools.wraps(original)
-    async def _process_callback_output(response: Any, result: AsyncIterator[Any]) -> Any:
-        if not is_stream(response):
-            return await original(response, result)
-        return released_chains(original, response, result, idle, ready)
-
-    spidermw._process_callback_output = _process_callback_output  # type: ignore[method-assign]
+# -- bursts ------------------------------------------------------------------------------
 
 
-#: The per-stream gate of each task that carries one stream item (looked up by task, not
-#: inherited through the context: requests a stream callback yields are downloaded and
-#: their items processed outside the stream's order).
-_item_gates: dict[asyncio.Task[Any], asyncio.Lock] = {}
+def scrape_again(scraper: Scraper, response: Response) -> None:
+    """Hand ``response`` to the scraper again, as the engine does with a download:
+    its callback runs through a new spider-middleware chain (the next burst of an
+    idle stream). The scraper logs its own errors."""
+    assert response.request is not None
+    scraper.enqueue_scrape(response, response.request)
+
+
+# -- ordered_output ----------------------------------------------------------------------
 
 
 def install_stream_output(
@@ -140,72 +266,60 @@ def install_stream_output(
     is_stream: Callable[[Any], bool],
     window: int,
     *,
-    ordered: bool = True,
-    backlog: Callable[[Any], int] = lambda response: 0,
+    backlog: Callable[[Any], int],
 ) -> None:
     """Process the output of stream responses in order, ``window`` items at a time.
 
     Scrapy runs every response's output through ``CONCURRENT_ITEMS`` (default 100)
-    worker tasks that live as long as the callback does. For a page that is a moment;
-    for a stream it is hours, and 100 idle tasks per open stream cost about 150 KiB
-    each, so 10,000 streams would need gigabytes. Here an item is processed in the
-    callback's own task while the stream has nothing else queued (``backlog(response)``
-    is 0: a quiet stream, where latency matters and a task would only add cost); while
-    events queue up, items get a task each, at most ``window`` in flight, so the
-    per-item round trips of Scrapy's ``item_scraped`` signal overlap instead of costing
-    an event-loop turn each in a row. No task outlives its burst. With ``ordered``, a
-    per-stream FIFO lock around the item pipeline chain lets an item into the
-    pipelines only once the one before it has left them: items reach every pipeline,
-    async ones included, in the order they were produced. ``window == 1`` processes
-    items one by one with no task at all; ``ordered=False`` is Scrapy's own worker
-    pool (slow async pipelines overlap, order is not kept). Other responses keep
-    Scrapy's own processing. Only with the asyncio reactor and the stock async item
-    processor; otherwise items are processed one by one.
+    worker tasks that live as long as the callback does, and items of async pipelines
+    then overlap out of order. Here an item is processed in the callback's own task
+    while the stream has nothing else queued (``backlog(response)`` is 0: a quiet
+    stream, where latency matters and a task would only add cost); while events queue
+    up, items get a task each, at most ``window`` in flight, so the per-item round
+    trips of Scrapy's ``item_scraped`` signal overlap instead of costing an event-loop
+    turn each in a row. No task outlives its burst. A per-stream FIFO gate around the
+    item pipelines lets an item in only once the one before it has left them: items
+    reach every pipeline, async ones included, in the order they were produced.
+    ``window == 1`` processes items one by one with no task at all. Other responses
+    keep Scrapy's own processing. Only with the asyncio reactor (otherwise Scrapy's).
     """
-    from scrapy.utils.asyncio import _parallel_asyncio, is_asyncio_available
-    from scrapy.utils.defer import aiter_errback, iter_errback
+    from scrapy.utils.asyncio import is_asyncio_available
 
     if not is_asyncio_available():
         return
+    aiter_errback = _resolve("scrapy.utils.defer:aiter_errback")
     original = scraper.handle_spider_output_async
     process = scraper._process_spidermw_output_async
-    if ordered and window > 1 and not _gate_pipelines(scraper):
+    gate_for_task: dict[asyncio.Task[Any], asyncio.Lock] = {}
+    if window > 1 and not _gate_pipelines(scraper, gate_for_task):
         window = 1
-    bursts = _Bursts(_MAX_BURSTS)
+    bursts = _Bursts(_MAX_BURSTS, gate_for_task)
 
     @functools.wraps(original)
     async def handle_spider_output_async(
         result: Iterable[Any] | AsyncIterator[Any], request: Request, response: Any
     ) -> None:
-        if not is_stream(response):
+        if not is_stream(response) or not isinstance(result, AsyncIterator):
             await original(result, request, response)
             return
-        if ordered and window > 1 and isinstance(result, AsyncIterator):
+        if window > 1:
             # (Errors getting the next output are handled inside: no wrapping layer
             # held per stream, none to pass through per item.)
             def on_error() -> None:
                 scraper.handle_spider_error(Failure(), request, response)
 
             await _windowed(
-                result, window, process, response, backlog=backlog, bursts=bursts, on_error=on_error
+                result,
+                window,
+                process=process,
+                response=response,
+                backlog=backlog,
+                bursts=bursts,
+                on_error=on_error,
             )
             return
-        it: Iterable[Any] | AsyncIterator[Any]
-        if isinstance(result, AsyncIterator):
-            it = aiter_errback(result, scraper.handle_spider_error, request, response)
-        else:
-            it = iter_errback(result, scraper.handle_spider_error, request, response)
-        if window == 1:
-            if isinstance(it, AsyncIterator):
-                async for output in it:
-                    await process(output, response)
-            else:
-                for output in it:
-                    await process(output, response)
-        elif ordered:
-            await _windowed(it, window, process, response, backlog=backlog, bursts=bursts)
-        else:
-            await _parallel_asyncio(it, window, process, response)
+        async for output in aiter_errback(result, scraper.handle_spider_error, request, response):
+            await process(output, response)
 
     scraper.handle_spider_output_async = handle_spider_output_async  # type: ignore[method-assign]
 
@@ -218,24 +332,27 @@ class _Bursts:
     """Streams running item tasks, crawl-wide, and how many may at once. When many
     streams are behind the crawl is CPU-bound: overlapping their items only lengthens
     each reactor turn, and Scrapy takes one start request per turn, so opening the
-    next streams would stall."""
+    next streams would stall. ``gate_for_task`` maps each running item task to its
+    stream's pipeline gate (looked up by task, not inherited through the context:
+    requests a stream callback yields are processed outside the stream's order)."""
 
-    __slots__ = ("active", "limit")
+    __slots__ = ("active", "gate_for_task", "limit")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, gate_for_task: dict[asyncio.Task[Any], asyncio.Lock]) -> None:
         self.active = 0
         self.limit = limit
+        self.gate_for_task = gate_for_task
 
 
 async def _windowed(
-    it: Iterable[Any] | AsyncIterator[Any],
+    outputs: AsyncIterator[Any],
     window: int,
+    *,
     process: Callable[[Any, Any], Awaitable[None]],
     response: Any,
-    *,
     backlog: Callable[[Any], int],
     bursts: _Bursts,
-    on_error: Callable[[], None] | None = None,
+    on_error: Callable[[], None],
 ) -> None:
     """Items in the caller's task unless the stream has fallen ``window`` events
     behind; then, until it has caught up, up to ``window`` item tasks, started in
@@ -246,6 +363,7 @@ async def _windowed(
     saves. The burst's gate and task queue exist only during a burst: an idle stream
     holds neither (a deque alone is half a kilobyte)."""
     create_task = asyncio.get_running_loop().create_task
+    gate_for_task = bursts.gate_for_task
     gate: asyncio.Lock | None = None
     in_flight: deque[asyncio.Task[None]] | None = None
 
@@ -254,10 +372,8 @@ async def _windowed(
         try:
             await task
         finally:
-            del _item_gates[task]
+            del gate_for_task[task]
 
-    # (A stream callback's output is an async iterator already: no wrapping layer.)
-    outputs = it if isinstance(it, AsyncIterator) else as_async_generator(it)
     next_output = outputs.__anext__
     try:
         while True:
@@ -266,8 +382,6 @@ async def _windowed(
             except StopAsyncIteration:
                 break
             except Exception:
-                if on_error is None:
-                    raise
                 on_error()
                 continue
             if in_flight is None:
@@ -281,7 +395,7 @@ async def _windowed(
             # Tasks start in the order they are created, so each reaches the gate
             # before the next one exists.
             task: asyncio.Task[None] = create_task(process(output, response))  # type: ignore[arg-type]
-            _item_gates[task] = gate
+            gate_for_task[task] = gate
             in_flight.append(task)
             del task  # (the frame must not keep the last one alive while idle)
             if not backlog(response):
@@ -301,25 +415,28 @@ async def _windowed(
             bursts.active -= 1
 
 
-def _gate_pipelines(scraper: Scraper) -> bool:
-    """Wrap the item processor so that a stream's items pass it one at a time, in
-    order; ``False`` when the processor is not the async kind this can wrap."""
-    itemproc = scraper.itemproc
-    if not scraper._itemproc_has_async.get("process_item"):
-        return False
-    if getattr(itemproc, "_scrapy_sse_gated", False):
-        return True
-    original = itemproc.process_item_async
+def _gate_pipelines(scraper: Scraper, gate_for_task: dict[asyncio.Task[Any], asyncio.Lock]) -> bool:
+    """Make a stream's items pass the item processor one at a time, in order;
+    ``False`` when the processor has no async ``process_item_async`` to wrap.
 
-    @functools.wraps(original)
-    async def process_item_async(item: Any) -> Any:
-        task = asyncio.current_task()
-        gate = None if task is None else _item_gates.get(task)
-        if gate is None:
-            return await original(item)
+    The wrapper is a plain function: it returns the processor's own coroutine, so an
+    item error's traceback shows no scrapy-sse frame, unless the item waited at the
+    gate (only during a burst with item tasks)."""
+    itemproc = scraper.itemproc
+    original = getattr(itemproc, "process_item_async", None)
+    if original is None or not asyncio.iscoroutinefunction(original):
+        return False
+
+    async def gated(gate: asyncio.Lock, item: Any) -> Any:
         async with gate:
             return await original(item)
 
+    def process_item_async(item: Any) -> Coroutine[Any, Any, Any]:
+        task = asyncio.current_task()
+        gate = None if task is None else gate_for_task.get(task)
+        if gate is None:
+            return original(item)  # type: ignore[no-any-return]
+        return gated(gate, item)
+
     itemproc.process_item_async = process_item_async  # type: ignore[method-assign]
-    itemproc._scrapy_sse_gated = True  # type: ignore[attr-defined]
     return True

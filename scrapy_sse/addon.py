@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .downloadermw import SSEDownloaderMiddleware
 from .extension import SSEExtension
 from .handler import SSEDownloadHandler
 from .logformatter import SSELogFormatter
-from .middlewares import SSEDownloaderMiddleware, SSESpiderMiddleware
 from .settings import DEFAULTS
+from .spidermw import SSESpiderMiddleware
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings

@@ -28,8 +28,6 @@ import json
 import logging
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
-from weakref import WeakKeyDictionary
 
 from itemadapter import is_item
 from scrapy import signals
@@ -38,6 +36,7 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.misc import load_object
 
 from .events import SSEEvent
+from .http import redact_url
 from .pipelines.base import BatchingPipeline, item_fields, json_default
 
 if TYPE_CHECKING:
@@ -47,22 +46,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_instances: WeakKeyDictionary[Crawler, DeadLetters] = WeakKeyDictionary()
-
 #: Kinds recorded by this module; callers may use others (``callback_error``, ...).
 INVALID_ITEM = "invalid_item"
 ITEM_DROPPED = "item_dropped"
 ITEM_ERROR = "item_error"
-
-
-def redact_url(url: str) -> str:
-    """The URL as the logs show it: no user info, and ``?...`` for a query string."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    redacted = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    return redacted + "?..." if parts.query else redacted
 
 
 def item_as_data(item: Any) -> Any:
@@ -94,25 +81,22 @@ class DeadLetters:
 
     @classmethod
     def for_crawler(cls, crawler: Crawler) -> DeadLetters:
-        """The crawler's store, created on first use."""
-        store = _instances.get(crawler)
-        if store is None:
-            store = _instances[crawler] = cls(crawler)
-        return store
+        """The crawl's store (held by its scrapy-sse state), created on first use."""
+        from .extension import sse_state
 
-    @classmethod
-    def install(cls, crawler: Crawler) -> DeadLetters:
+        return sse_state(crawler).dead_letters
+
+    def record_item_failures(self) -> DeadLetters:
         """Also record items that a pipeline dropped (``DropItem``) or failed on.
 
         Idempotent. Items dropped with another ``DropItem`` than validation's are
         recorded as ``item_dropped`` unless ``SSE_DEAD_LETTER_ITEM_DROPPED`` is False.
         """
-        store = cls.for_crawler(crawler)
-        if not store._installed:
-            store._installed = True
-            crawler.signals.connect(store._item_dropped, signal=signals.item_dropped)
-            crawler.signals.connect(store._item_error, signal=signals.item_error)
-        return store
+        if not self._installed:
+            self._installed = True
+            self.crawler.signals.connect(self._item_dropped, signal=signals.item_dropped)
+            self.crawler.signals.connect(self._item_error, signal=signals.item_error)
+        return self
 
     def record(
         self,

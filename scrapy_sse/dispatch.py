@@ -12,6 +12,15 @@ through the scraper, spider middlewares and item pipelines exactly as usual:
 
 Being async generators, these are pulled by the scraper only as fast as the item
 pipelines accept output, which is what lets the stream queue apply backpressure.
+
+The first two end their output once the stream has been idle for ``idle`` seconds
+(``SSE_RELEASE_IDLE_CHAIN``), leaving the stream :attr:`~scrapy_sse.SSEStream.resting`:
+the spider middleware then hands the response to the scraper again when the next event
+comes, so a quiet stream holds no spider-middleware chain and no worker task. A
+spider's own ``parse(response)`` reads the stream in one call, so it keeps one chain.
+
+The spider middleware installs these callbacks (``process_spider_input``): the
+download handler knows nothing of them.
 """
 
 from __future__ import annotations
@@ -28,7 +37,6 @@ from scrapy import Request, Spider
 from scrapy.exceptions import CloseSpider
 from twisted.python.failure import Failure
 
-from .deadletter import DeadLetters
 from .events import SSEBatch, SSEEventItem, parse_json_or_none
 
 if TYPE_CHECKING:
@@ -36,13 +44,15 @@ if TYPE_CHECKING:
 
     from scrapy.crawler import Crawler
 
+    from .deadletter import DeadLetters
+    from .extension import SSEExtension
     from .http import SSEResponse
 
 logger = logging.getLogger(__name__)
 
 
-async def _outputs(result: Any) -> AsyncIterator[Any]:
-    """What a callback returned, as Scrapy would iterate it."""
+async def callback_output(result: Any) -> AsyncIterator[Any]:
+    """What a callback (or errback) returned, as Scrapy would iterate it."""
     if result is None:
         return
     if isinstance(result, (Request, dict)) or is_item(result):
@@ -53,7 +63,7 @@ async def _outputs(result: Any) -> AsyncIterator[Any]:
             yield value
         return
     if inspect.isawaitable(result):
-        async for value in _outputs(await result):
+        async for value in callback_output(await result):
             yield value
         return
     if isinstance(result, (str, bytes)) or not hasattr(result, "__iter__"):
@@ -67,24 +77,27 @@ def _has_own_parse(spider: Spider) -> bool:
     return type(spider).parse is not Spider.parse
 
 
-def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | None:
+def build_callback(
+    request: Request, crawler: Crawler, state: SSEExtension, idle: float
+) -> Callable[..., Any] | None:
     """The callback Scrapy must call for the response of ``request`` (``None``: keep
-    the request's own, i.e. the spider's ``parse(response)``)."""
+    the request's own, i.e. the spider's ``parse(response)``). Its output ends after
+    ``idle`` seconds without an event (0: only when the stream ends)."""
     spider = crawler.spider
     assert spider is not None
     event_callback = cast("Callable[..., Any] | None", request.callback)
-    dead_letters = (
-        DeadLetters.for_crawler(crawler) if crawler.settings.getbool("SSE_DEAD_LETTERS") else None
-    )
+    dead_letters = state.dead_letters if state.settings.dead_letters else None
 
     batch_size = getattr(request, "batch_size", None)
     if batch_size and not (event_callback is None and _has_own_parse(spider)):
         return _batch_callback(
             event_callback,
-            batch_size,
-            getattr(request, "batch_interval", 0.05),
-            request,
-            crawler,
+            size=batch_size,
+            interval=getattr(request, "batch_interval", 0.05),
+            idle=idle,
+            request=request,
+            crawler=crawler,
+            dead_letters=dead_letters,
         )
 
     if event_callback is None:
@@ -95,16 +108,17 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
             stream = response.stream
             assert stream is not None
             url = response.url
-            async for event in stream:
-                data = event[1]
-                yield SSEEventItem(url, event[0], event[2], data, parse_json_or_none(data), time())
+            async for event in stream.burst(idle):
+                data = event.data
+                json = parse_json_or_none(data)
+                yield SSEEventItem(url, event.event, event.id, data, json, time())
 
         return events_as_items
 
     async def per_event(response: SSEResponse, **kwargs: Any) -> AsyncIterator[Any]:
         stream = response.stream
         assert stream is not None
-        async for event in stream:
+        async for event in stream.burst(idle):
             try:
                 result = event_callback(event, **kwargs)
                 if result is None:
@@ -117,7 +131,7 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
                     for value in result:
                         yield value
                 else:
-                    async for value in _outputs(result):
+                    async for value in callback_output(result):
                         yield value
             except CloseSpider:
                 raise  # Scrapy closes the spider, as from any callback
@@ -138,20 +152,20 @@ def build_callback(request: Request, crawler: Crawler) -> Callable[..., Any] | N
 
 def _batch_callback(
     event_callback: Callable[..., Any] | None,
+    *,
     size: int,
     interval: float,
+    idle: float,
     request: Request,
     crawler: Crawler,
+    dead_letters: DeadLetters | None,
 ) -> Callable[..., Any]:
     """Batch delivery: one callback call (or one list item) per batch of events."""
-    dead_letters = (
-        DeadLetters.for_crawler(crawler) if crawler.settings.getbool("SSE_DEAD_LETTERS") else None
-    )
 
     async def per_batch(response: SSEResponse, **kwargs: Any) -> AsyncIterator[Any]:
         stream = response.stream
         assert stream is not None
-        async for events in stream.batches(size, interval):
+        async for events in stream.batches(size, interval, idle):
             batch = SSEBatch(events, response)
             if event_callback is None:
                 # The batch itself is the item: a batching sink turns each event into
@@ -160,7 +174,7 @@ def _batch_callback(
                 yield batch
                 continue
             try:
-                async for value in _outputs(event_callback(batch, **kwargs)):
+                async for value in callback_output(event_callback(batch, **kwargs)):
                     yield value
             except CloseSpider:
                 raise
@@ -214,7 +228,7 @@ async def _callback_failed(
     for name, value in failure_attributes.items():
         setattr(failure, name, value)
     try:
-        async for output in _outputs(request.errback(failure)):
+        async for output in callback_output(request.errback(failure)):
             yield output
     except Exception:
         logger.error("Errback failed for %s", what, exc_info=True, extra={"spider": crawler.spider})

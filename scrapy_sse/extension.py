@@ -1,7 +1,14 @@
-"""Extension: closes every open stream as soon as the spider starts closing.
+"""``SSEExtension``: the crawl's scrapy-sse state, and the crawl-wide life cycle.
 
-Without it a crawl told to stop (``CLOSESPIDER_*``, Ctrl-C, ``engine.close_spider``)
-would wait for open streams, which never end by themselves.
+One instance per crawler, built by Scrapy's extension manager before the downloader
+and the middlewares. It owns everything the other components share (the settings,
+read once; the stream registry; the ``JOBDIR`` checkpoints; the dead-letter store; the
+check of Scrapy's private names), and they get it from the crawler with
+:func:`sse_state`, Scrapy's public ``crawler.get_extension``: no module-level registry.
+
+Its signal handlers keep the crawl alive while streams are open but idle (a released
+stream is no request in progress), close every stream as soon as the spider starts
+closing, and write checkpoints.
 """
 
 from __future__ import annotations
@@ -9,56 +16,90 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import scrapy
 from scrapy import signals
+from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.job import job_dir
 
 from . import _scrapy_private
 from .checkpoint import Checkpoints
-from .deadletter import DeadLetters
 from .http import SSEResponse
 from .policy import SPIDER_CLOSED
 from .registry import StreamRegistry
 from .settings import SSESettings
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
     from scrapy.crawler import Crawler
     from typing_extensions import Self
 
+    from .deadletter import DeadLetters
+
 logger = logging.getLogger(__name__)
+
+
+def _is_stream_response(response: Any) -> bool:
+    return isinstance(response, SSEResponse)
+
+
+def _backlog(response: Any) -> int:
+    stream = response.stream
+    return stream.queued if stream is not None else 0
 
 
 class SSEExtension:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.settings = SSESettings.from_settings(crawler.settings)
-        self.registry = StreamRegistry.for_crawler(crawler)
+        self.registry = StreamRegistry(
+            self.settings.max_streams, self.settings.max_streams_per_slot
+        )
+        #: Features of :mod:`scrapy_sse._scrapy_private` the running Scrapy cannot give.
+        self.missing = _scrapy_private.missing()
+        if self.missing:
+            logger.error(_scrapy_private.describe_gaps(self.missing, scrapy.__version__))
+        self._dead_letters: DeadLetters | None = None
+        #: The errback for a stream connection that never opened (set by the spider
+        #: middleware, which owns reconnection; see the downloader middleware).
+        self.connection_failed: Callable[..., AsyncIterator[Any]] | None = None
         self._checkpoint_timer: Any = None
         if self.settings.dead_letters:
-            DeadLetters.install(crawler)
+            self.dead_letters.record_item_failures()
         crawler.signals.connect(self._engine_started, signal=signals.engine_started)
+        crawler.signals.connect(self._spider_idle, signal=signals.spider_idle)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(crawler)
 
+    def has(self, feature: _scrapy_private.Feature) -> bool:
+        """Whether a feature that needs Scrapy's private names is available."""
+        return feature not in self.missing
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """The crawl's dead-letter store, created on first use (the sinks' side: the
+        downloader never imports it)."""
+        if self._dead_letters is None:
+            from .deadletter import DeadLetters
+
+            self._dead_letters = DeadLetters(self.crawler)
+        return self._dead_letters
+
     def _engine_started(self) -> None:
-        assert self.crawler.engine is not None
-        _scrapy_private.install_close_hook(self.crawler.engine, self._closing)
-        _scrapy_private.install_stream_output(
-            self.crawler.engine.scraper,
-            lambda response: isinstance(response, SSEResponse),
-            self.settings.concurrent_items,
-            ordered=self.settings.ordered_items,
-            backlog=lambda response: response.stream.queued if response.stream else 0,
-        )
-        if self.settings.release_idle_chain > 0:
-            _scrapy_private.install_released_chains(
-                self.crawler.engine.scraper,
-                lambda response: isinstance(response, SSEResponse),
-                self.settings.release_idle_chain,
-                ready=lambda response: bool(response.stream and response.stream.queued),
+        engine = self.crawler.engine
+        assert engine is not None
+        if self.has(_scrapy_private.CLOSE_STREAMS):
+            _scrapy_private.install_close_hook(engine, self._closing)
+        if self.settings.ordered_items and self.has(_scrapy_private.ORDERED_OUTPUT):
+            _scrapy_private.install_stream_output(
+                engine.scraper,
+                _is_stream_response,
+                self.settings.concurrent_items,
+                backlog=_backlog,
             )
         jobdir = job_dir(self.crawler.settings)
         if jobdir:
@@ -71,6 +112,12 @@ class SSEExtension:
                 )
             self._checkpoint_timer = create_looping_call(self.registry.flush_checkpoints)
             self._checkpoint_timer.start(self.settings.checkpoint_interval, now=False)
+
+    def _spider_idle(self) -> None:
+        # A stream between bursts has no request in progress: Scrapy would see an
+        # idle spider and close it.
+        if self.registry.streams:
+            raise DontCloseSpider
 
     async def _closing(self, reason: str) -> None:
         closed = self.registry.close_all(SPIDER_CLOSED)
@@ -87,3 +134,13 @@ class SSEExtension:
             self._checkpoint_timer.stop()
         # Every stream has ended and every delivered item has been processed by now.
         self.registry.flush_checkpoints()
+
+
+def sse_state(crawler: Crawler) -> SSEExtension:
+    """The crawl's scrapy-sse state (its :class:`SSEExtension`)."""
+    state = crawler.get_extension(SSEExtension)
+    if state is None:
+        raise RuntimeError(
+            "scrapy-sse is not enabled in this crawl: add 'scrapy_sse.SSEAddon' to ADDONS"
+        )
+    return state

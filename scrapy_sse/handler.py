@@ -17,12 +17,10 @@ from scrapy.http import Headers, Response
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import build_from_crawler, load_object
 
-from .dispatch import build_callback
 from .errors import SSEResponseError, SSEStreamError
+from .extension import sse_state
 from .http import SSEResponse, is_sse_request
-from .policy import HTTP_ERROR, NETWORK_ERROR, NO_CONTENT
-from .registry import CLOSING, StreamRegistry
-from .settings import SSESettings
+from .policy import CLOSING, NO_CONTENT
 from .stream import SSEStream
 from .transport import body_decoder
 
@@ -32,6 +30,7 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
 
+    from .settings import SSESettings
     from .transport import OpenedResponse, Transport
 
 logger = logging.getLogger(__name__)
@@ -58,8 +57,9 @@ class SSEDownloadHandler(BaseDownloadHandler):
 
     def __init__(self, crawler: Crawler) -> None:
         super().__init__(crawler)
-        self._settings = SSESettings.from_settings(crawler.settings)
-        self._registry = StreamRegistry.for_crawler(crawler)
+        state = sse_state(crawler)
+        self._settings = state.settings
+        self._registry = state.registry
         self._fallbacks: dict[str, Any] = {}
         self._transport: Transport | None = None
 
@@ -138,7 +138,9 @@ class SSEDownloadHandler(BaseDownloadHandler):
             except BaseException:
                 opened.abort()  # (cancelled by the close, maybe before it began)
                 raise
-            stats.inc_value(f"sse/errors/http_{status}")
+            stats.inc_value(
+                f"sse/errors/http_{status}" if status != 200 else "sse/errors/bad_content_type"
+            )
             raise SSEResponseError(
                 opened.url,
                 status,
@@ -167,7 +169,6 @@ class SSEDownloadHandler(BaseDownloadHandler):
 
     def _response(self, request: Request, opened: OpenedResponse, stream: SSEStream) -> SSEResponse:
         return stream_response(
-            self.crawler,
             request,
             stream,
             url=opened.url,
@@ -186,7 +187,7 @@ class SSEDownloadHandler(BaseDownloadHandler):
             await handler.close()
 
 
-def _flag(value: Any) -> bool:
+def meta_flag(value: Any) -> bool:
     """A flag from ``meta`` read as Scrapy's ``getbool`` reads settings (``"0"``,
     ``"false"`` are false)."""
     if isinstance(value, str):
@@ -195,12 +196,12 @@ def _flag(value: Any) -> bool:
 
 
 @lru_cache(maxsize=16)
-def _frozen(values: tuple[str, ...]) -> frozenset[str]:
+def shared_frozenset(values: tuple[str, ...]) -> frozenset[str]:
     """One frozenset per distinct ``SSE_DONE_DATA``, shared by all streams using it."""
     return frozenset(values)
 
 
-def _strings(value: str | Iterable[str]) -> tuple[str, ...]:
+def as_strings(value: str | Iterable[str]) -> tuple[str, ...]:
     """``meta["sse_done_data"]`` may be one string or several."""
     return (value,) if isinstance(value, str) else tuple(value)
 
@@ -215,8 +216,8 @@ def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSE
         request,
         queue_size=int(settings.for_request(request, "queue_size")),
         max_event_size=int(settings.for_request(request, "max_event_size")),
-        done_data=_frozen(_strings(settings.for_request(request, "done_data"))),
-        comments=_flag(settings.for_request(request, "comments")),
+        done_data=shared_frozenset(as_strings(settings.for_request(request, "done_data"))),
+        comments=meta_flag(settings.for_request(request, "comments")),
         stats=crawler.stats,
         last_event_id=last_event_id,
         read_timeout=float(settings.for_request(request, "read_timeout") or 0),
@@ -225,7 +226,6 @@ def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSE
 
 
 def stream_response(
-    crawler: Crawler,
     request: Request,
     stream: SSEStream,
     *,
@@ -234,24 +234,17 @@ def stream_response(
     headers: Headers | None,
     **kwargs: Any,
 ) -> SSEResponse:
-    """The ``SSEResponse`` Scrapy passes on, with the callback that reads the stream.
+    """The ``SSEResponse`` Scrapy passes on.
 
-    Its request is a copy that carries that callback and ``handle_httpstatus_all``:
-    a failed connection also becomes an ``SSEResponse`` (with an error status), which
-    must reach the spider middleware instead of being filtered by HttpErrorMiddleware.
+    Its request is a copy, on which the spider middleware installs the callback that
+    reads the stream (the original keeps the user's callback, for reconnects).
 
     Both live as long as the stream (hours, thousands at once), so nothing is copied
     that need not be: the copy shares the ``Headers`` of the request it stands for
     (it is that request, as sent), and the response keeps ``headers`` as given
     instead of copying them once more.
     """
-    callback = build_callback(request, crawler)
-    meta = dict(request.meta)
-    meta["handle_httpstatus_all"] = True
-    changes: dict[str, Any] = {"meta": meta, "headers": None}
-    if callback is not None:
-        changes["callback"] = callback
-    response_request = request.replace(**changes)
+    response_request = request.replace(headers=None)
     response_request.headers = request.headers
     response = SSEResponse(
         url,
@@ -266,21 +259,3 @@ def stream_response(
     stream.response = response
     stream.parser.source = response
     return response
-
-
-def failed_response(crawler: Crawler, request: Request, exc: BaseException) -> SSEResponse:
-    """An ``SSEResponse`` whose stream ended before it began, carrying ``exc``."""
-    settings = SSESettings.from_settings(crawler.settings)
-    stream = new_stream(crawler, settings, request)
-    if isinstance(exc, SSEResponseError):
-        reason = HTTP_ERROR
-        status = exc.status
-        headers = Headers(exc.headers)
-    else:
-        reason = exc.reason if isinstance(exc, SSEStreamError) else NETWORK_ERROR
-        status = 0
-        headers = None
-    stream.finish(reason, exc)
-    return stream_response(
-        crawler, request, stream, url=request.url, status=status, headers=headers
-    )

@@ -9,6 +9,7 @@ Nothing live is ever put into ``meta``, for the same reason.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from scrapy import Request
 from scrapy.http import Response
@@ -92,7 +93,7 @@ def apply_stream_defaults(request: Request) -> None:
 
 def is_sse_request(request: Request) -> bool:
     """Whether the handler must open ``request`` as an event stream."""
-    return isinstance(request, SSERequest) or bool(request._meta and request._meta.get(META_KEY))
+    return isinstance(request, SSERequest) or bool(request.meta.get(META_KEY))
 
 
 class SSEResponse(Response):
@@ -116,3 +117,13 @@ class SSEResponse(Response):
         if self.stream is None:
             raise AttributeError("This SSEResponse has no live stream")
         return aiter(self.stream)
+
+
+def redact_url(url: str) -> str:
+    """The URL as the logs show it: no user info, and ``?...`` for a query string."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    redacted = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return redacted + "?..." if parts.query else redacted

@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy.logformatter import LogFormatter, LogFormatterResult
 
+from . import _scrapy_private
+
 if TYPE_CHECKING:
     from scrapy import Spider
+    from scrapy.crawler import Crawler
     from scrapy.http import Response
     from twisted.python.failure import Failure
+    from typing_extensions import Self
 
-_SCRAPER_LOGGER = logging.getLogger("scrapy.core.scraper")
 #: How long a "does anyone log DEBUG?" answer is reused (handlers rarely change).
 _RECHECK_SECONDS = 1.0
 
@@ -41,17 +44,26 @@ def debug_is_emitted(logger: logging.Logger) -> bool:
 
 
 class SSELogFormatter(LogFormatter):
-    def __init__(self) -> None:
+    def __init__(self, scraper_logger: logging.Logger | None = None) -> None:
         super().__init__()
+        #: The logger Scrapy's scraper logs items with; ``None``: unknown, always log.
+        self._scraper_logger = scraper_logger
         self._checked_at = -_RECHECK_SECONDS
         self._debug = True
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        # (Built before the extensions: the check is made here, the ERROR line there.)
+        if _scrapy_private.lacks(_scrapy_private.QUIET_ITEM_LOG):
+            return cls()
+        return cls(logging.getLogger(_scrapy_private.scraper_logger_name()))
 
     def scraped(  # type: ignore[override]
         self, item: Any, response: Response | Failure | None, spider: Spider
     ) -> LogFormatterResult | None:
         now = monotonic()
-        if now - self._checked_at >= _RECHECK_SECONDS:
-            self._debug = debug_is_emitted(_SCRAPER_LOGGER)
+        if self._scraper_logger is not None and now - self._checked_at >= _RECHECK_SECONDS:
+            self._debug = debug_is_emitted(self._scraper_logger)
             self._checked_at = now
         if not self._debug:
             return None

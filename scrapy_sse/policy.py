@@ -27,6 +27,7 @@ RESTART = "restart"  # stream.restart() from a callback: reconnect now
 READ_TIMEOUT = "read_timeout"  # nothing received for SSE_READ_TIMEOUT seconds
 HTTP_ERROR = "http_error"  # the server answered, but not with a usable stream
 NETWORK_ERROR = "network_error"  # no response at all (refused, DNS, TLS, timeout)
+CLOSING = "closing"  # refused or dropped before it opened: the spider is closing
 
 RECONNECT = "reconnect"
 GIVE_UP = "give_up"

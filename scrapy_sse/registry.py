@@ -1,8 +1,12 @@
 """The open streams of a crawl, how many may be open, and their timers.
 
-One registry per crawler, shared by the download handlers (one instance per scheme),
-the middlewares and the extension (which closes everything when the spider closes).
-It lives in a weak mapping keyed by the crawler so no component has to find another.
+One registry per crawler, held by its :class:`~scrapy_sse.extension.SSEExtension` and
+shared by the download handlers (one instance per scheme), the middlewares and the
+extension (which closes everything when the spider closes).
+
+"Download slot" means Scrapy's (``meta["download_slot"]``, by default the host):
+``SSE_MAX_STREAMS_PER_SLOT`` counts open streams per download slot. The counting
+gates hand out *places*: one crawl-wide, one in the stream's download slot.
 
 It also owns the only timers: one watchdog for read timeouts of all streams (not a
 timer per read, which would cost a reschedule per chunk), and the cancellable waits
@@ -20,30 +24,22 @@ from collections import defaultdict, deque
 from collections.abc import Coroutine
 from time import monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
-from weakref import WeakKeyDictionary
 
 from scrapy.utils.asyncio import call_later, create_looping_call
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from .errors import SSEStreamError
-from .policy import READ_TIMEOUT
-from .settings import SSESettings
+from .policy import CLOSING, READ_TIMEOUT
 
 if TYPE_CHECKING:
-    from scrapy.crawler import Crawler
-
     from .checkpoint import Checkpoints
     from .stream import SSEStream
 
 logger = logging.getLogger(__name__)
 
-_registries: WeakKeyDictionary[Crawler, StreamRegistry] = WeakKeyDictionary()
-
 T = TypeVar("T")
 
-#: The end reason of a stream refused because the spider is closing.
-CLOSING = "closing"
 
 
 def _task_cancelling() -> bool:
@@ -57,7 +53,7 @@ def _task_cancelling() -> bool:
 
 
 class _Waiter:
-    """A wait for a gate slot, and whether a release handed it one."""
+    """A wait for a place at a gate, and whether a release handed it one."""
 
     __slots__ = ("deferred", "handed")
 
@@ -85,7 +81,7 @@ class _Gate:
             waiter = self.waiting.popleft()
             if not waiter.deferred.called:  # (a wait given up is skipped)
                 waiter.handed = True
-                waiter.deferred.callback(None)  # the slot passes on as is
+                waiter.deferred.callback(None)  # the place passes on as is
                 return
         self.held -= 1
 
@@ -94,8 +90,8 @@ class StreamRegistry:
     def __init__(self, max_streams: int = 0, max_per_slot: int = 0) -> None:
         self._total = _Gate(max_streams)
         self._max_per_slot = max_per_slot
-        self._slots: defaultdict[str, _Gate] = defaultdict(lambda: _Gate(max_per_slot))
-        #: Open streams, each with the download slot it holds.
+        self._per_download_slot: defaultdict[str, _Gate] = defaultdict(lambda: _Gate(max_per_slot))
+        #: Open streams, each with its download slot.
         self.streams: dict[SSEStream, str] = {}
         # One bound method for every stream's end callback (a closure per stream
         # would cost a function, a cell and a tuple each).
@@ -108,24 +104,14 @@ class StreamRegistry:
         #: Delivered-id checkpoints (set by the extension when JOBDIR is set).
         self.checkpoints: Checkpoints | None = None
 
-    @classmethod
-    def for_crawler(cls, crawler: Crawler) -> StreamRegistry:
-        registry = _registries.get(crawler)
-        if registry is None:
-            settings = SSESettings.from_settings(crawler.settings)
-            registry = _registries[crawler] = cls(
-                settings.max_streams, settings.max_streams_per_slot
-            )
-        return registry
-
     # -- caps ----------------------------------------------------------------------
 
-    async def acquire(self, slot: str) -> None:
-        """Wait for a free stream slot: crawl-wide (``SSE_MAX_STREAMS``), then per
-        download slot (``SSE_MAX_STREAMS_PER_SLOT``)."""
+    async def acquire(self, download_slot: str) -> None:
+        """Wait for a place among open streams: crawl-wide (``SSE_MAX_STREAMS``), then
+        in the download slot (``SSE_MAX_STREAMS_PER_SLOT``)."""
         await self._take(self._total)
         try:
-            await self._take(self._slots[slot])
+            await self._take(self._per_download_slot[download_slot])
         except BaseException:
             self._total.release()
             raise
@@ -140,7 +126,7 @@ class StreamRegistry:
         try:
             await maybe_deferred_to_future(waiter.deferred)
         except BaseException:
-            # Given up (the download cancelled): pass on a slot handed meanwhile, or
+            # Given up (the download cancelled): pass on a place handed meanwhile, or
             # make sure no later release hands one to this wait.
             if waiter.handed:
                 gate.release()
@@ -148,7 +134,7 @@ class StreamRegistry:
                 waiter.deferred.cancel()
             raise
         if self.closing:
-            # Handed the slot in the turn the close began: give it back.
+            # Handed a place in the turn the close began: give it back.
             gate.release()
             raise SSEStreamError("The spider is closing; no new stream is opened", CLOSING)
 
@@ -176,26 +162,26 @@ class StreamRegistry:
         finally:
             self._opening.discard(dfd)
 
-    def release(self, slot: str) -> None:
-        gate = self._slots[slot]
+    def release(self, download_slot: str) -> None:
+        gate = self._per_download_slot[download_slot]
         gate.release()
         if not gate.held and not gate.waiting:
-            del self._slots[slot]
+            del self._per_download_slot[download_slot]
         self._total.release()
 
     # -- open streams ----------------------------------------------------------------
 
-    def add(self, stream: SSEStream, slot: str) -> None:
-        self.streams[stream] = slot
+    def add(self, stream: SSEStream, download_slot: str) -> None:
+        self.streams[stream] = download_slot
         stream.on_end(self._ended_callback)
         if stream.read_timeout:
             stream.last_activity = monotonic()
             self._watch(stream.read_timeout)
 
     def _ended(self, stream: SSEStream) -> None:
-        slot = self.streams.pop(stream, None)
-        if slot is not None:
-            self.release(slot)
+        download_slot = self.streams.pop(stream, None)
+        if download_slot is not None:
+            self.release(download_slot)
         self.record(stream)
 
     def record(self, stream: SSEStream) -> None:
@@ -261,7 +247,7 @@ class StreamRegistry:
     def close_all(self, reason: str) -> int:
         """Close every open stream, end reconnect waits and refuse waiting streams."""
         self.closing = True
-        for gate in (self._total, *self._slots.values()):
+        for gate in (self._total, *self._per_download_slot.values()):
             waiting, gate.waiting = gate.waiting, deque()
             for waiter in waiting:
                 if not waiter.deferred.called:

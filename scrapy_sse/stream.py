@@ -86,6 +86,7 @@ class SSEStream:
         "read_timeout",
         "request",
         "response",
+        "resting",
         "url",
     )
 
@@ -118,12 +119,17 @@ class SSEStream:
         self._stats = stats
         self._producer: Producer | None = None
         self._paused = False
-        self._waiter: Future[None] | Deferred[None] | None = None
+        # What the consumer waits on: a future (or Deferred) while it awaits, or, while
+        # it rests between bursts, the function that starts its next burst.
+        self._waiter: Future[None] | Deferred[None] | Callable[[], object] | None = None
         self._on_end: tuple[Callable[[SSEStream], None], ...] = ()
         #: Why the stream ended (see the module constants), ``None`` while open.
         self.end_reason: str | None = None
         #: The error that ended the stream, if it failed.
         self.error: BaseException | None = None
+        #: Whether the consumer's last iteration ended because the stream was idle
+        #: (see :meth:`burst`), not because the stream ended.
+        self.resting = False
         #: Id of the last event handed to the spider: where a resume must start.
         self.last_delivered_id: str = last_event_id
         self.events_received = 0
@@ -262,8 +268,20 @@ class SSEStream:
         if isinstance(waiter, Deferred):
             if not waiter.called:
                 waiter.callback(None)
-        elif not waiter.done():  # a cancelled task cancels the future it awaited
-            waiter.set_result(None)
+        elif isinstance(waiter, Future):
+            if not waiter.done():  # a cancelled task cancels the future it awaited
+                waiter.set_result(None)
+        else:
+            waiter()
+
+    def when_ready(self, start_burst: Callable[[], object]) -> None:
+        """Call ``start_burst()`` once an event is queued or the stream ends (at once
+        if either is already so). For a consumer resting between bursts: it holds no
+        task, no generator and no timer meanwhile."""
+        if self._queue or self.end_reason is not None:
+            start_burst()
+        else:
+            self._waiter = start_burst
 
     def _count_delivered(self, event: Any) -> bool:
         """Count ``event`` as delivered (``False``: a resent duplicate, skip it)."""
@@ -319,14 +337,22 @@ class SSEStream:
         finally:
             timer.cancel()
 
-    async def __aiter__(self) -> AsyncIterator[SSEEvent]:
+    def __aiter__(self) -> AsyncIterator[SSEEvent]:
         """Events in order; ends when the stream ends (see ``end_reason``, ``error``).
 
         Each event handed out counts as delivered: a resume starts after the last one.
         It never raises for a failed stream: the end of a stream (reconnect, give up,
         errback) is handled once, by the spider middleware, whatever the callback style.
         """
+        return self.burst(0)
+
+    async def burst(self, idle: float) -> AsyncIterator[SSEEvent]:
+        """Events in order, like ``async for event in stream``, but ending early, with
+        :attr:`resting` set, once no event has come for ``idle`` seconds (never when
+        ``idle`` is 0). The consumer then calls :meth:`when_ready` to be told when
+        its next burst can start."""
         accept = self._count_delivered
+        self.resting = False
         while True:
             # Read again after every wait: the first event replaces the empty
             # placeholder queue with a real one.
@@ -342,19 +368,37 @@ class SSEStream:
                 continue
             if self.end_reason is not None:
                 return
-            await self._new_waiter()
+            if idle <= 0:
+                await self._new_waiter()
+            elif await self._rested(idle):
+                return
 
-    async def batches(self, size: int, interval: float) -> AsyncIterator[list[Any]]:
+    async def _rested(self, idle: float) -> bool:
+        """Wait up to ``idle`` seconds for an event; ``True`` (and :attr:`resting`)
+        when none came and the stream is still open."""
+        await self._wait(idle)
+        if not self._queue and self.end_reason is None:
+            self.resting = True
+        return self.resting
+
+    async def batches(
+        self, size: int, interval: float, idle: float = 0
+    ) -> AsyncIterator[list[Any]]:
         """Events in lists of up to ``size``; an event waits at most ``interval``
         seconds for others to join its list. For high-rate feeds, where one item per
-        event would cost more than the event itself."""
+        event would cost more than the event itself. Ends early, with :attr:`resting`
+        set, after ``idle`` seconds without an event (as :meth:`burst` does)."""
         accept = self._count_delivered
+        self.resting = False
         while True:
             queue = self._queue  # see __aiter__: replaced by the first event
             if not queue:
                 if self.end_reason is not None:
                     return
-                await self._new_waiter()
+                if idle <= 0:
+                    await self._new_waiter()
+                elif await self._rested(idle):
+                    return
                 continue
             popleft = queue.popleft
             deadline = _monotonic() + interval

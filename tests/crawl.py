@@ -30,6 +30,15 @@ class CrawlResult:
     def stat(self, name: str, default: Any = 0) -> Any:
         return self.stats.get(name, default)
 
+    def close_times(self) -> tuple[float, float, float]:
+        """``time.monotonic()`` in the crawl process when the engine began closing the
+        spider ("Closing spider"), when ``spider_closed`` was sent, and when the close
+        was over ("Spider closed")."""
+        times = self.extra.get("monotonic", {})
+        missing = {"close_started", "spider_closed_signal", "close_finished"} - set(times)
+        assert not missing, f"no monotonic reading for {sorted(missing)}:\n{self.log}"
+        return times["close_started"], times["spider_closed_signal"], times["close_finished"]
+
 
 def run_crawl(
     spider: str,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import logging
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from scrapy import signals
@@ -89,27 +92,91 @@ class ChainProbeMiddleware:
         return cls(crawler)
 
     async def process_spider_output(self, response: Any, result: Any) -> Any:
-        if getattr(response, "stream", None) is not None:
+        stream = getattr(response, "stream", None)
+        if stream is not None:
             self._stats.inc_value("test/stream_chains_built")
         async for value in result:
             yield value
+        if stream is not None:  # (code after the loop: once per burst)
+            self._stats.inc_value("test/stream_chains_finished")
 
 
 class FailAfterReleaseMiddleware:
     """A spider middleware whose code after its output loop raises once a stream's
-    chain is released (a middleware bug scrapy-sse must survive)."""
+    burst ends with the stream resting (a middleware bug scrapy-sse must survive)."""
 
     async def process_spider_output(self, response: Any, result: Any) -> Any:
-        from scrapy_sse.idle_chain import is_released
-
         async for value in result:
             yield value
-        if is_released(response):
+        if response.stream.resting:
             raise RuntimeError("post-loop failure")
+
+
+class CloseClock(logging.Handler):
+    """Reads ``time.monotonic()`` when the engine logs "Closing spider" (the start of
+    ``ExecutionEngine.close_spider_async``, which has no signal) and "Spider closed" (its
+    end, after every ``spider_closed`` handler), and when ``spider_closed`` is sent."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.times: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        now = time.monotonic()
+        message = str(record.msg)
+        if message.startswith("Closing spider ("):
+            self.times.setdefault("close_started", now)
+        elif message.startswith("Spider closed ("):
+            self.times.setdefault("close_finished", now)
+
+    def spider_closed(self) -> None:
+        self.times.setdefault("spider_closed_signal", time.monotonic())
+
+
+def hide(path: str) -> None:
+    """Make ``"module:Owner.name"`` look gone to scrapy-sse's start-up check, as in a
+    Scrapy release that moved it, while Scrapy's own code keeps finding it (its
+    instances through ``__getattr__``, its module through builtins)."""
+    import builtins
+
+    module_name, _, attributes = path.partition(":")
+    *owner_path, name = attributes.split(".")
+    owner: Any = importlib.import_module(module_name)
+    for attribute in owner_path:
+        owner = getattr(owner, attribute)
+    if isinstance(owner, type):
+        value = owner.__dict__[name]
+        delattr(owner, name)
+        fallback = owner.__dict__.get("__getattr__")
+
+        def __getattr__(self: Any, attribute: str) -> Any:
+            if attribute == name:
+                return value.__get__(self, type(self))
+            if fallback is not None:
+                return fallback(self, attribute)
+            raise AttributeError(attribute)
+
+        owner.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    else:
+        value = getattr(owner, name)
+        delattr(owner, name)
+        setattr(builtins, name, value)
 
 
 def main() -> None:
     config = json.loads(sys.stdin.read())
+    hidden = config["settings"].pop("TEST_HIDE", [])
+    if hidden:
+        from scrapy_sse._scrapy_private import FEATURES
+
+        # Import first what imports them by name: hiding a name simulates one Scrapy
+        # release, not an import error in another module of the same release.
+        for feature in FEATURES:
+            for path in feature.needs:
+                importlib.import_module(path.partition(":")[0])
+        import scrapy.core.downloader.handlers.http11  # noqa: F401
+    for path in hidden:
+        hide(path)
     spidercls = load_object(f"tests.spiders.{config['spider']}")
     settings = {
         "ADDONS": {"scrapy_sse.SSEAddon": 500},
@@ -143,8 +210,15 @@ def main() -> None:
             json.dump(stats, f, default=str)
 
     crawler.signals.connect(dump_stats, signal=signals.engine_stopped)
+    clock = CloseClock()
+    logging.getLogger("scrapy.core.engine").addHandler(clock)
+    crawler.signals.connect(clock.spider_closed, signal=signals.spider_closed)
     process.crawl(crawler, **config["args"])
     process.start()
+    extra_path = Path(config["extra"])
+    extra = json.loads(extra_path.read_text(encoding="utf-8")) if extra_path.exists() else {}
+    extra["monotonic"] = clock.times
+    extra_path.write_text(json.dumps(extra), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def test_batches_without_callback_reach_pipelines_as_one_list(sse_server: SSESer
     assert result.stat("item_scraped_count") < 300  # one pipeline call per batch
 
 
-def test_scraped_log_record_only_when_someone_logs_debug(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_scraped_log_record_only_when_someone_logs_debug() -> None:
     # An isolated logger tree (pytest's own capture handler sits on the root logger).
     parent = logging.getLogger("sse_logtest")
     parent.propagate = False
@@ -53,14 +53,13 @@ def test_scraped_log_record_only_when_someone_logs_debug(monkeypatch) -> None:  
     handler.setLevel(logging.INFO)
     parent.addHandler(handler)
     scraper_logger = logging.getLogger("sse_logtest.scraper")
-    monkeypatch.setattr("scrapy_sse.logformatter._SCRAPER_LOGGER", scraper_logger)
     spider = get_crawler().spidercls("s")
     try:
         assert not debug_is_emitted(scraper_logger)
-        assert SSELogFormatter().scraped({"a": 1}, None, spider) is None
+        assert SSELogFormatter(scraper_logger).scraped({"a": 1}, None, spider) is None
         handler.setLevel(logging.DEBUG)
         assert debug_is_emitted(scraper_logger)
-        logged = SSELogFormatter().scraped({"a": 1}, None, spider)
+        logged = SSELogFormatter(scraper_logger).scraped({"a": 1}, None, spider)
         assert logged is not None
         assert logged["level"] == logging.DEBUG
     finally:

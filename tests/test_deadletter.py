@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 import sqlite3
 import sys
 from contextlib import closing
@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from scrapy_sse import SSEEvent, SSEResponse
 from scrapy_sse.deadletter import DeadLetters
+from scrapy_sse.pipelines.base import load_rows
 from scrapy_sse.pipelines.validation import InvalidItem, ValidationPipeline
 
 from .servers.sse_server import SSEServer
@@ -38,6 +39,7 @@ def make_crawler(tmp_path: Path, spidercls: type[Spider] | None = None, **settin
     crawler = get_crawler(
         spidercls,
         settings_dict={
+            "ADDONS": {"scrapy_sse.SSEAddon": 0},
             "SSE_DEAD_LETTER_PATH": str(tmp_path / "dead" / "letters.jsonl"),
             "SSE_SPILL_DIR": str(tmp_path / "spill"),
             **settings,
@@ -136,8 +138,8 @@ def test_dead_letters_can_go_through_a_batching_sink(tmp_path: Path) -> None:
 def test_items_that_pipelines_reject_are_recorded(tmp_path: Path) -> None:
     async def main() -> None:
         crawler = make_crawler(tmp_path)
-        DeadLetters.install(crawler)
-        DeadLetters.install(crawler)  # idempotent: still one record per drop
+        DeadLetters.for_crawler(crawler).record_item_failures()
+        DeadLetters.for_crawler(crawler).record_item_failures()  # idempotent: one record per drop
         response = SSEResponse(STREAM)
         spider = await open_spider(crawler)
 
@@ -176,7 +178,7 @@ def test_items_that_pipelines_reject_are_recorded(tmp_path: Path) -> None:
 def test_plain_drops_can_be_left_out(tmp_path: Path) -> None:
     async def main() -> None:
         crawler = make_crawler(tmp_path, SSE_DEAD_LETTER_ITEM_DROPPED=False)
-        DeadLetters.install(crawler)
+        DeadLetters.for_crawler(crawler).record_item_failures()
         spider = await open_spider(crawler)
         for exception in (DropItem("duplicate"), InvalidItem(ValueError("bad"))):
             await crawler.signals.send_catch_log_async(
@@ -336,13 +338,40 @@ def test_bad_items_go_to_dead_letters_while_good_ones_flow(
     assert stats["sse/sink/sqlite/rows_written"] == 90
 
 
-def test_asyncio_is_what_the_in_process_tests_run_on() -> None:
-    # The pipelines pick asyncio or Twisted primitives at run time; these tests use
-    # a plain running asyncio loop, as Scrapy does with its default reactor.
+def test_dead_letters_fall_back_to_the_file_when_their_sink_cannot_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The SQLite file's folder cannot be created (a regular file is in the way): no
+    # dead letter may be lost. What the sink had buffered before it failed goes to its
+    # spill folder; what comes after the failure, and after the close, to the file.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+
     async def main() -> None:
-        from scrapy.utils.asyncio import is_asyncio_available
+        crawler = make_crawler(
+            tmp_path,
+            SSE_DEAD_LETTER_PIPELINE="scrapy_sse.pipelines.SQLitePipeline",
+            SSE_SQLITE_PATH=str(blocker / "store.sqlite3"),
+        )
+        store = DeadLetters.for_crawler(crawler)
+        store.record("callback_error", event=SSEEvent(data="early", id="1"), error="boom")
+        await open_spider(crawler)
+        store.record("callback_error", event=SSEEvent(data="after-failure", id="2"), error="boom")
+        await close(crawler)
+        store.record("callback_error", event=SSEEvent(data="after-close", id="3"), error="boom")
+        assert count(crawler, "callback_error") == 3
 
-        assert is_asyncio_available()
-        await asyncio.sleep(0)
-
-    run(main)
+    with caplog.at_level(logging.ERROR, logger="scrapy_sse.deadletter"):
+        run(main)
+    assert [d["event"]["data"] for d in letters(tmp_path)] == ["after-failure", "after-close"]
+    spilled = [
+        row
+        for path in sorted((tmp_path / "spill" / "sqlite_dead_letters").glob("*.jsonl"))
+        for row in load_rows(path.read_text(encoding="utf-8"))
+    ]
+    assert [row["event"]["data"] for row in spilled] == ["early"]
+    assert [r.getMessage() for r in caplog.records if r.name == "scrapy_sse.deadletter"] == [
+        "The dead-letter sink sqlite_dead_letters could not be opened; dead letters go to "
+        f"{tmp_path / 'dead' / 'letters.jsonl'}, and those it had buffered to its spill folder"
+    ]
+    assert not (blocker / "store.sqlite3").exists()

@@ -14,12 +14,11 @@ from typing import Any
 
 from scrapy import Request
 from scrapy.http import Headers
-from scrapy.utils.test import get_crawler
 
-from scrapy_sse.handler import _frozen, stream_response
+from scrapy_sse.handler import shared_frozenset, stream_response
 from scrapy_sse.http import SSERequest, SSEResponse
-from scrapy_sse.registry import StreamRegistry
 from scrapy_sse.policy import SERVER_CLOSED
+from scrapy_sse.registry import StreamRegistry
 from scrapy_sse.stream import SSEStream
 
 
@@ -27,7 +26,7 @@ def idle_stream(request: Request | None = None, **kwargs: Any) -> SSEStream:
     return SSEStream(
         request or Request("https://example.com/s"),
         max_event_size=1000,
-        done_data=_frozen(("[DONE]",)),
+        done_data=shared_frozenset(("[DONE]",)),
         **kwargs,
     )
 
@@ -43,7 +42,7 @@ def test_an_idle_stream_costs_under_one_kilobyte() -> None:
     # Stream and parser together; before the queue, the id window and the sets were
     # made on demand this was about 2.8 KB.
     request = Request("https://example.com/s")
-    _frozen(("[DONE]",))  # the shared set exists before the measurement
+    shared_frozenset(("[DONE]",))  # the shared set exists before the measurement
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
@@ -129,17 +128,12 @@ def test_registry_uses_no_closure_per_stream() -> None:
 
 
 def test_response_request_shares_the_request_headers() -> None:
-    crawler = get_crawler()
-    crawler.spider = crawler._create_spider("s")
     request = SSERequest("https://example.com/s", headers={"X-Token": "t"})
     stream = idle_stream(request)
     headers = Headers({"Content-Type": "text/event-stream"})
-    response = stream_response(
-        crawler, request, stream, url=request.url, status=200, headers=headers
-    )
+    response = stream_response(request, stream, url=request.url, status=200, headers=headers)
     assert response.headers is headers
+    # A copy (the spider middleware sets its callback; the original keeps the user's).
     assert response.request is not request
     assert response.request.headers is request.headers
     assert response.request.headers[b"X-Token"] == b"t"
-    assert response.meta["handle_httpstatus_all"] is True
-    assert "handle_httpstatus_all" not in request.meta

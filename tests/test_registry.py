@@ -9,7 +9,8 @@ import asyncio
 import pytest
 
 from scrapy_sse.errors import SSEStreamError
-from scrapy_sse.registry import CLOSING, StreamRegistry
+from scrapy_sse.policy import CLOSING
+from scrapy_sse.registry import StreamRegistry
 
 
 async def _opens(registry: StreamRegistry, slot: str) -> bool:
@@ -53,7 +54,7 @@ def test_slots_handed_over_as_the_spider_closes_are_given_back() -> None:
             with pytest.raises(SSEStreamError):
                 await task
         assert registry._total.held == 0
-        assert all(gate.held == 0 for gate in registry._slots.values())
+        assert all(gate.held == 0 for gate in registry._per_download_slot.values())
 
     asyncio.run(scenario())
 

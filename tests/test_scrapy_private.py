@@ -1,24 +1,100 @@
-"""Fails loudly when a Scrapy release moves a private name scrapy-sse relies on.
+"""Scrapy's private names: each is checked at start, and a crawl on a Scrapy without one
+falls back for that feature alone, says so in one ERROR line, and still resumes.
 
-Each check names the private piece and what breaks for users without it.
+The crawls hide one name at a time (``tests.crawl_main.hide``), as a Scrapy release
+that moved it would; the signature checks fail loudly when a release changes how a
+name is called, which the start-up check cannot see.
 """
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
-from scrapy.utils.test import get_crawler
+import scrapy
 
 from scrapy_sse import _scrapy_private
 
+from .crawl import run_crawl
+from .servers.sse_server import SSEServer
 
-def test_http11_agent_factory_still_exists() -> None:
-    # Proxies, CONNECT tunnels and bind addresses for streams come from here.
+NAMES = [(feature, path) for feature in _scrapy_private.FEATURES for path in feature.needs]
+
+
+def test_the_running_scrapy_has_every_name() -> None:
+    assert _scrapy_private.missing() == {}
+
+
+@pytest.mark.parametrize(("feature", "path"), NAMES, ids=[path for _, path in NAMES])
+def test_a_missing_name_disables_its_feature_alone_and_streams_still_resume(
+    sse_server: SSEServer, tmp_path: Path, feature: _scrapy_private.Feature, path: str
+) -> None:
+    url = sse_server.url(f"/stream?n=12&hold=60&delay=0.005&key=hide-{path}")
+    settings = {
+        "JOBDIR": str(tmp_path / "job"),
+        "SSE_RETRY_DELAY": 0.05,
+        "TEST_HIDE": [path],
+    }
+    first = run_crawl(
+        "PerEvent",
+        args={"url": url, "reconnect": "1"},
+        settings={**settings, "CLOSESPIDER_ITEMCOUNT": 5},
+        timeout=60,
+    )
+    assert first.returncode == 0, first.log
+    errors = [line for line in first.log.splitlines() if " ERROR: " in line]
+    assert len(errors) == 1, first.log
+    assert f"scrapy-sse on Scrapy {scrapy.__version__}, falling back: " in errors[0]
+    assert f"{feature.name} ({feature.does}) needs {path}: instead, {feature.fallback}" in (
+        errors[0]
+    )
+    assert errors[0].count(" needs ") == 1  # that feature alone
+    seen = [int(item["id"]) for item in first.items]
+    second = run_crawl(
+        "PerEvent",
+        args={"url": url, "reconnect": "1"},
+        settings={**settings, "CLOSESPIDER_TIMEOUT": 2},
+        timeout=60,
+    )
+    assert second.returncode == 0, second.log
+    assert "Resuming SSE stream" in second.log
+    assert seen + [int(item["id"]) for item in second.items] == list(range(1, 13))
+
+
+def test_without_bursts_a_stream_keeps_one_chain(sse_server: SSEServer) -> None:
+    result = run_crawl(
+        "PerEvent",
+        args={"url": sse_server.url("/stream?n=3&delay=0.3&ascii=1")},
+        settings={
+            "SPIDER_MIDDLEWARES": {"tests.crawl_main.ChainProbeMiddleware": 500},
+            "SSE_RELEASE_IDLE_CHAIN": 0.05,
+            "TEST_HIDE": ["scrapy.core.scraper:Scraper.enqueue_scrape"],
+        },
+    )
+    assert result.returncode == 0, result.log
+    assert [item["id"] for item in result.items] == ["1", "2", "3"]
+    assert result.stat("test/stream_chains_built") == 1
+
+
+def test_without_the_scrapy_agent_a_proxied_stream_fails_clearly(sse_server: SSEServer) -> None:
+    result = run_crawl(
+        "PerEvent",
+        args={"url": sse_server.url("/stream?n=3"), "proxy": "http://127.0.0.1:9"},
+        settings={"TEST_HIDE": ["scrapy.core.downloader.handlers.http11:_TunnelingAgent"]},
+    )
+    assert result.returncode == 0, result.log
+    # (The spider's errback records what it got.)
+    assert [item["error"] for item in result.items] == ["NotSupported"]
+    assert "through a proxy: this Scrapy lacks the private agent" in result.items[0]["message"]
+
+
+# -- how the names are called (a rename is caught above; a changed call here) ----------
+
+
+def test_http11_agent_factory_is_called_as_before() -> None:
     from scrapy.core.downloader.handlers import http11
 
-    assert hasattr(http11, "_ScrapyAgent"), "http11._ScrapyAgent is gone"
-    assert hasattr(http11, "_TunnelingAgent"), "http11._TunnelingAgent is gone"
     params = inspect.signature(http11._ScrapyAgent.__init__).parameters
     for name in ("contextFactory", "connectTimeout", "bindAddress", "pool", "crawler"):
         assert name in params, f"_ScrapyAgent no longer takes {name!r}"
@@ -29,39 +105,12 @@ def test_http11_agent_factory_still_exists() -> None:
     ]
 
 
-def test_tls_helpers_still_exist() -> None:
-    from scrapy.core.downloader import contextfactory
-    from scrapy.utils import ssl
-
-    assert callable(contextfactory._load_context_factory_from_settings)
-    assert callable(ssl._make_ssl_context)
-    crawler = get_crawler()
-    assert _scrapy_private.load_tls_policy(crawler) is not None
-    assert _scrapy_private.make_ssl_context(crawler) is not None
-
-
-def test_engine_close_spider_async_is_wrappable() -> None:
-    # Shutdown closes streams before the engine waits for in-progress requests.
+def test_engine_close_and_scraper_hooks_are_called_as_before() -> None:
     from scrapy.core.engine import ExecutionEngine
-
-    params = inspect.signature(ExecutionEngine.close_spider_async).parameters
-    assert "reason" in params
-    assert params["reason"].kind is inspect.Parameter.KEYWORD_ONLY
-
-
-@pytest.mark.parametrize("name", ["wrap_twisted_exceptions"])
-def test_download_handler_utils_still_exist(name: str) -> None:
-    from scrapy.utils import _download_handlers
-
-    assert callable(getattr(_download_handlers, name))
-
-
-def test_scraper_output_hooks_still_exist() -> None:
-    # Stream output is processed without Scrapy's per-response worker pool.
     from scrapy.core.scraper import Scraper
-    from scrapy.utils import asyncio as scrapy_asyncio
-    from scrapy.utils import defer
 
+    close = inspect.signature(ExecutionEngine.close_spider_async).parameters
+    assert close["reason"].kind is inspect.Parameter.KEYWORD_ONLY
     assert list(inspect.signature(Scraper.handle_spider_output_async).parameters) == [
         "self",
         "result",
@@ -73,44 +122,8 @@ def test_scraper_output_hooks_still_exist() -> None:
         "output",
         "response",
     ]
-    assert callable(scrapy_asyncio._parallel_asyncio)
-    assert callable(defer.aiter_errback)
-    assert callable(defer.iter_errback)
-
-
-def test_item_processor_is_gateable() -> None:
-    # A stream's items enter the pipelines in order while several are in flight: the
-    # gate wraps the async item processor, which the scraper must still call per item.
-    from scrapy.core.engine import ExecutionEngine
-    from scrapy.pipelines import ItemPipelineManager
-
-    crawler = get_crawler()
-    crawler.spider = crawler._create_spider("gate")
-    crawler.engine = ExecutionEngine(crawler, lambda _: None)
-    scraper = crawler.engine.scraper
-    assert scraper._itemproc_has_async == {
-        "open_spider": True,
-        "close_spider": True,
-        "process_item": True,
-    }
-    assert isinstance(scraper.itemproc, ItemPipelineManager)
-    assert list(inspect.signature(scraper.itemproc.process_item_async).parameters) == ["item"]
-    assert "self.itemproc.process_item_async(item)" in inspect.getsource(
-        type(scraper).start_itemproc_async
-    )
-    assert _scrapy_private._gate_pipelines(scraper)
-    assert scraper.itemproc._scrapy_sse_gated  # type: ignore[attr-defined]
-
-
-def test_callback_output_chain_is_built_in_one_wrappable_method() -> None:
-    # A stream's spider-middleware chain is built per burst (idle streams hold none):
-    # the manager must still build the whole chain for a callback's output in
-    # _process_callback_output(response, result), awaited by scrape_response_async.
-    from scrapy.core.spidermw import SpiderMiddlewareManager
-
-    method = SpiderMiddlewareManager._process_callback_output
-    assert inspect.iscoroutinefunction(method)
-    assert list(inspect.signature(method).parameters) == ["self", "response", "result"]
-    assert "self._process_callback_output(response, ait)" in inspect.getsource(
-        SpiderMiddlewareManager.scrape_response_async
-    )
+    assert list(inspect.signature(Scraper.enqueue_scrape).parameters) == [
+        "self",
+        "result",
+        "request",
+    ]

@@ -53,8 +53,8 @@ def test_a_request_can_name_its_own_end_of_stream_data(done: object) -> None:
     from scrapy.utils.test import get_crawler
 
     from scrapy_sse.handler import new_stream
-    from scrapy_sse.settings import SSESettings
     from scrapy_sse.policy import COMPLETED
+    from scrapy_sse.settings import SSESettings
 
     crawler = get_crawler()
     settings = SSESettings.from_settings(crawler.settings)

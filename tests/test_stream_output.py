@@ -21,9 +21,19 @@ def test_a_burst_is_processed_in_order_and_a_quiet_stream_keeps_no_task() -> Non
         queued = [0]
         jitter = random.Random(3)
 
+        gate_for_task: dict[asyncio.Task[Any], asyncio.Lock] = {}
+
         async def process(output: int, response: Any) -> None:
-            await asyncio.sleep(jitter.random() * 0.001)
-            processed.append(output)
+            # As Scrapy's item processing with the gated processor does: an item task
+            # reaches its stream's gate in its first step; then pipelines take a while.
+            gate = gate_for_task.get(asyncio.current_task())  # type: ignore[arg-type]
+            if gate is None:
+                await asyncio.sleep(jitter.random() * 0.001)
+                processed.append(output)
+                return
+            async with gate:
+                await asyncio.sleep(jitter.random() * 0.001)
+                processed.append(output)
 
         quiet = asyncio.Event()
 
@@ -34,15 +44,22 @@ def test_a_burst_is_processed_in_order_and_a_quiet_stream_keeps_no_task() -> Non
             quiet.set()
             await asyncio.Event().wait()  # the stream goes quiet for good
 
-        bursts = _Bursts(4)
+        bursts = _Bursts(4, gate_for_task)
         runner = asyncio.create_task(
-            _windowed(outputs(), 16, process, None, backlog=lambda _: queued[0], bursts=bursts)
+            _windowed(
+                outputs(),
+                16,
+                process=process,
+                response=None,
+                backlog=lambda _: queued[0],
+                bursts=bursts,
+                on_error=lambda: None,
+            )
         )
         await asyncio.wait_for(quiet.wait(), 5)
         await asyncio.sleep(0.01)
-        # (No gate here: plain tasks finish in any order; the crawl tests check the
-        # pipelines' order through the gate.)
-        assert sorted(processed) == list(range(40))
+        assert processed == list(range(40))
+        assert gate_for_task == {}
         gc.collect()
         alive = {obj for obj in gc.get_objects() if isinstance(obj, asyncio.Task)}
         assert alive == {asyncio.current_task(), runner}  # finished item tasks let go
@@ -71,9 +88,15 @@ def test_a_failing_output_is_reported_once_and_what_came_before_is_processed(
         def on_error() -> None:
             errors.append(str(sys.exc_info()[1]))
 
-        bursts = _Bursts(2)
+        bursts = _Bursts(2, {})
         await _windowed(
-            outputs(), 4, process, None, backlog=lambda _: queued, bursts=bursts, on_error=on_error
+            outputs(),
+            4,
+            process=process,
+            response=None,
+            backlog=lambda _: queued,
+            bursts=bursts,
+            on_error=on_error,
         )
         assert sorted(processed) == [1, 2]
         assert errors == ["callback failed"]

@@ -157,7 +157,7 @@ class ValidationPipeline:
         # Imported here: the dead-letter module imports this package's base module.
         from ..deadletter import DeadLetters
 
-        self.dead_letters: DeadLetters = DeadLetters.install(crawler)
+        self.dead_letters: DeadLetters = DeadLetters.for_crawler(crawler).record_item_failures()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:

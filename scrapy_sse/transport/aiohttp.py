@@ -24,9 +24,11 @@ from scrapy.http import Headers
 
 from .. import _scrapy_private
 from ..errors import SSEStreamError
+from ..extension import sse_state
 from ..policy import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable
 
     from scrapy import Request
@@ -128,7 +130,12 @@ class AiohttpTransport:
     def __init__(self, crawler: Crawler) -> None:
         self._crawler = crawler
         self._timeout = crawler.settings.getfloat("DOWNLOAD_TIMEOUT")
-        self._ssl = _scrapy_private.make_ssl_context(crawler)
+        # (True: aiohttp's own default context, when Scrapy's cannot be built.)
+        self._ssl: ssl.SSLContext | bool = (
+            _scrapy_private.make_ssl_context(crawler)
+            if sse_state(crawler).has(_scrapy_private.TLS_SETTINGS)
+            else True
+        )
         bind = crawler.settings.get("DOWNLOAD_BIND_ADDRESS")
         self._local_addr = (bind, 0) if isinstance(bind, str) else bind
         self._session: aiohttp.ClientSession | None = None

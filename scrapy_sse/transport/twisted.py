@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from contextlib import suppress
+from contextlib import nullcontext
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from scrapy.exceptions import DownloadTimeoutError
+from scrapy.exceptions import DownloadTimeoutError, NotSupported
 from scrapy.http import Headers
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.python import to_bytes
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.web.client import HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseDone,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers as TxHeaders
 from twisted.web.iweb import IBodyProducer
@@ -28,6 +33,7 @@ from zope.interface import implementer
 
 from .. import _scrapy_private
 from ..errors import SSEStreamError
+from ..extension import sse_state
 from ..policy import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
 
 if TYPE_CHECKING:
@@ -217,13 +223,7 @@ class _TwistedOpenedResponse:
         if self._txresponse.length == 0:  # type: ignore[comparison-overlap]
             stream.finish(SERVER_CLOSED)
             return
-        # Twisted keeps its request (and so a copy of every request header) until the
-        # response ends, which for a stream is hours later; the headers were written
-        # long ago and are not read again. Let that copy go (about 1 KiB per stream).
-        sent = self._txresponse.request
-        if sent is not None:
-            with suppress(AttributeError):
-                sent.headers = TxHeaders()
+        _scrapy_private.forget_sent_headers(self._txresponse)
         self._txresponse.deliverBody(_StreamProtocol(stream, decode))
 
     def abort(self) -> None:
@@ -238,24 +238,47 @@ class _TwistedOpenedResponse:
 class TwistedTransport:
     def __init__(self, crawler: Crawler) -> None:
         self._crawler = crawler
+        state = sse_state(crawler)
         # Streams never return a connection to a pool: not persistent.
         self._pool = HTTPConnectionPool(_reactor(), persistent=False)
-        self._tls_policy = _scrapy_private.load_tls_policy(crawler)
+        self._tls_policy: Any = (
+            _scrapy_private.load_tls_policy(crawler)
+            if state.has(_scrapy_private.TLS_SETTINGS)
+            else BrowserLikePolicyForHTTPS()
+        )
+        self._scrapy_agent = state.has(_scrapy_private.SCRAPY_AGENT)
+        self._errors = (
+            _scrapy_private.scrapy_exceptions
+            if state.has(_scrapy_private.SCRAPY_ERRORS)
+            else nullcontext
+        )
         self._bind_address = crawler.settings.get("DOWNLOAD_BIND_ADDRESS")
         self._timeout = crawler.settings.getfloat("DOWNLOAD_TIMEOUT")
+
+    def _agent(self, request: Request, timeout: float) -> tuple[Any, bool]:
+        """The agent for ``request`` and whether it tunnels (see ``_scrapy_private``)."""
+        if self._scrapy_agent:
+            return _scrapy_private.build_twisted_agent(
+                request,
+                crawler=self._crawler,
+                tls_policy=self._tls_policy,
+                pool=self._pool,
+                bind_address=self._bind_address,
+                timeout=timeout,
+            )
+        if request.meta.get("proxy"):
+            raise NotSupported(
+                f"Cannot open stream {request.url} through a proxy: this Scrapy lacks "
+                "the private agent scrapy-sse builds proxied streams with (see the "
+                "ERROR line at start)"
+            )
+        return Agent(_reactor(), self._tls_policy, timeout, None, self._pool), False
 
     async def open(self, request: Request) -> _TwistedOpenedResponse:
         """Connect and wait for headers; ``download_timeout`` bounds only this part."""
         reactor = _reactor()
         timeout = request.meta.get("download_timeout") or self._timeout
-        agent, tunnel = _scrapy_private.build_twisted_agent(
-            request,
-            crawler=self._crawler,
-            tls_policy=self._tls_policy,
-            pool=self._pool,
-            bind_address=self._bind_address,
-            timeout=timeout,
-        )
+        agent, tunnel = self._agent(request, timeout)
         headers = TxHeaders(request.headers)
         if tunnel:
             headers.removeHeader(b"Proxy-Authorization")
@@ -264,18 +287,13 @@ class TwistedTransport:
             url = url.split("#", 1)[0]
         body = _BodyProducer(request.body) if request.body else None
         started = monotonic()
-        d = agent.request(to_bytes(request.method), to_bytes(url, "ascii"), headers, body)  # type: ignore[arg-type]
+        d = agent.request(to_bytes(request.method), to_bytes(url, "ascii"), headers, body)
         timer = reactor.callLater(timeout, d.cancel)
         try:
-            with _scrapy_private.wrap_twisted_exceptions():
+            with self._errors():
                 txresponse = await maybe_deferred_to_future(d)
-        except CancelledError as exc:
-            raise DownloadTimeoutError(
-                f"Opening stream {url} took longer than {timeout} seconds "
-                "(DOWNLOAD_TIMEOUT bounds connect and headers only)"
-            ) from exc
         except Exception as exc:
-            if not timer.active():
+            if not timer.active():  # (the timer cancelled it: however the cancel shows)
                 raise DownloadTimeoutError(
                     f"Opening stream {url} took longer than {timeout} seconds "
                     "(DOWNLOAD_TIMEOUT bounds connect and headers only)"

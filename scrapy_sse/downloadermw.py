@@ -1,0 +1,97 @@
+"""``SSEDownloaderMiddleware``: a stream request on its way to the download handler.
+
+Nearest the downloader. It
+
+* gives requests marked ``meta["sse"]`` (a ``FormRequest``, say) the headers and
+  ``meta`` an :class:`~scrapy_sse.SSERequest` sets itself;
+* gives each stream a key (the fingerprint of the request that first opened it) and
+  resumes it from its ``JOBDIR`` checkpoint on a restarted crawl;
+* routes a connection that never opened (refused, timed out, an error status, a wrong
+  content type) to the stream's reconnect policy: the failure stays a download error,
+  as Scrapy counts it, and goes to the errback that
+  :class:`~scrapy_sse.spidermw.SSESpiderMiddleware` provides, which reconnects or, at
+  give-up, calls the request's own errback.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING
+
+from scrapy.exceptions import IgnoreRequest
+
+from .errors import SSEResponseError, SSEStreamError
+from .extension import sse_state
+from .handler import new_stream
+from .http import SSERequest, apply_stream_defaults, is_sse_request, redact_url
+from .policy import HTTP_ERROR, NETWORK_ERROR
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
+
+STREAM_KEY = "sse_stream_key"
+
+
+class SSEDownloaderMiddleware:
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+        self.state = sse_state(crawler)
+        accept = crawler.settings.getdict("DEFAULT_REQUEST_HEADERS").get("Accept")
+        self._default_accept = accept.encode("latin-1") if isinstance(accept, str) else None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    def process_request(self, request: Request) -> None:
+        if not is_sse_request(request):
+            return
+        if not isinstance(request, SSERequest):
+            # A FormRequest(meta={"sse": True}), say: the defaults an SSERequest sets
+            # itself (dont_filter must be set by the spider: the scheduler came first).
+            # DefaultHeadersMiddleware ran before this one: its Accept is replaced.
+            if request.headers.get(b"Accept") == self._default_accept:
+                del request.headers[b"Accept"]
+            apply_stream_defaults(request)
+        meta = request.meta
+        if STREAM_KEY not in meta:
+            assert self.crawler.request_fingerprinter is not None
+            # Fingerprint a throwaway copy: Scrapy caches a fingerprint for as long as
+            # its request lives, and a stream's request lives as long as the stream
+            # (about 500 bytes per open stream for a value needed once, here).
+            fingerprint = self.crawler.request_fingerprinter.fingerprint(request.replace())
+            meta[STREAM_KEY] = fingerprint.hex()
+            checkpoints = self.state.registry.checkpoints
+            resume = checkpoints.get(meta[STREAM_KEY]) if checkpoints is not None else None
+            if resume and not request.headers.get(b"Last-Event-ID"):
+                logger.info(
+                    "Resuming SSE stream %s from checkpoint id %r", redact_url(request.url), resume
+                )
+                request.headers[b"Last-Event-ID"] = resume.encode("utf-8")
+                if isinstance(request, SSERequest):
+                    request.last_event_id = resume
+
+    def process_exception(self, request: Request, exception: Exception) -> None:
+        connection_failed = self.state.connection_failed
+        if (
+            not is_sse_request(request)
+            or isinstance(exception, IgnoreRequest)
+            or connection_failed is None
+        ):
+            return
+        stream = new_stream(self.crawler, self.state.settings, request)
+        if isinstance(exception, SSEResponseError):
+            reason = HTTP_ERROR
+        elif isinstance(exception, SSEStreamError):
+            reason = exception.reason
+        else:
+            reason = NETWORK_ERROR
+        stream.finish(reason, exception)
+        # The same request object reaches the scraper with this failure: its errback
+        # is where Scrapy hands a download error to the spider.
+        request.errback = partial(connection_failed, stream, request.errback)

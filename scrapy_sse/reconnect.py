@@ -1,0 +1,194 @@
+"""What follows the end of one connection of a stream: reconnect, give up, or stop.
+
+Every end reaches :meth:`StreamEnds.after`, whether the stream ended after it opened
+(the spider middleware calls it once the callback is done with the stream) or the
+connection never opened (refused, timed out, an error status, a wrong content type:
+the downloader middleware routes that failure to :meth:`StreamEnds.connection_failed`
+as the request's errback). The pure :func:`~scrapy_sse.policy.decide` says what to do;
+this module does it: waits the delay, builds the next request (``Last-Event-ID`` of
+the last delivered event, fresh credentials from the spider's ``sse_refresh_auth``),
+or hands the error to the user's errback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+from time import time
+from typing import TYPE_CHECKING, Any
+
+from twisted.python.failure import Failure
+
+from .dispatch import callback_output
+from .errors import SSEResponseError, SSEStreamError
+from .http import SSERequest, redact_url
+from .policy import GIVE_UP, RECONNECT, Decision, History, Outcome, decide, parse_retry_after
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+
+    from .extension import SSEExtension
+    from .stream import SSEStream
+
+logger = logging.getLogger(__name__)
+
+HISTORY_KEY = "sse_history"
+SKIP_IDS_KEY = "sse_skip_ids"
+
+
+class StreamEnds:
+    def __init__(self, crawler: Crawler, state: SSEExtension, rng: random.Random | None = None):
+        self.crawler = crawler
+        self.state = state
+        self._rng = rng or random.Random()
+
+    async def connection_failed(
+        self, stream: SSEStream, errback: Callable[[Failure], Any] | None, failure: Failure
+    ) -> AsyncIterator[Any]:
+        """The errback of a stream request whose connection never opened: ``stream``
+        is the ended stream that stands for it (its error is ``failure``'s),
+        ``errback`` the user's own, which the request gets back."""
+        stream.request.errback = errback
+        async for value in self.after(stream, errback):
+            yield value
+
+    def _outcome(self, stream: SSEStream) -> Outcome:
+        error = stream.error
+        status = None
+        retry_after = None
+        reason = stream.end_reason or ""
+        if isinstance(error, SSEResponseError):
+            status = error.status
+            if status == 200:
+                reason = "bad_content_type"
+            retry_after = parse_retry_after(error.headers.get("Retry-After"), time())
+        return Outcome(
+            reason=reason,
+            status=status,
+            delivered=stream.events_delivered,
+            retry_ms=stream.parser.retry,
+            retry_after=retry_after,
+            has_auth_hook=hasattr(self.crawler.spider, "sse_refresh_auth"),
+        )
+
+    async def after(
+        self, stream: SSEStream, errback: Callable[[Failure], Any] | None
+    ) -> AsyncIterator[Any]:
+        """Reconnect, give up (``errback`` gets the error) or stop, as the policy says."""
+        if self.state.registry.closing:
+            return  # the crawl is stopping: no reconnect, no errback
+        stats = self.crawler.stats
+        assert stats is not None
+        request = stream.request
+        outcome = self._outcome(stream)
+        history = History.from_dict(request.meta.get(HISTORY_KEY))
+        decision = decide(
+            outcome,
+            history,
+            self.state.settings.policy(request),
+            reconnect_enabled=getattr(request, "reconnect", True)
+            and request.meta.get("sse_reconnect", True),
+            now=time(),
+            rng=self._rng,
+        )
+        if decision.action == RECONNECT:
+            async for value in self._reconnect(stream, errback, decision, outcome):
+                yield value
+        elif decision.action == GIVE_UP:
+            stats.inc_value(f"sse/give_up/{decision.reason}")
+            error = stream.error or SSEStreamError(
+                f"SSE stream {redact_url(stream.url)} ended ({outcome.reason})", outcome.reason
+            )
+            logger.error(
+                "Giving up on SSE stream %s after %d reconnect(s): %s (%s)",
+                redact_url(stream.url),
+                history.reconnects,
+                decision.reason,
+                error,
+                extra={"spider": self.crawler.spider},
+            )
+            if errback is not None:
+                failure = Failure(error)
+                failure.request = request  # type: ignore[attr-defined]
+                async for value in callback_output(errback(failure)):
+                    yield value
+
+    async def _reconnect(
+        self,
+        stream: SSEStream,
+        errback: Callable[[Failure], Any] | None,
+        decision: Decision,
+        outcome: Outcome,
+    ) -> AsyncIterator[Any]:
+        stats = self.crawler.stats
+        assert stats is not None
+        request = stream.request
+        resume_id = stream.last_delivered_id
+        stats.inc_value(f"sse/reconnects/{outcome.reason}")
+        logger.info(
+            "Reconnecting SSE stream %s in %.2f s (%s; %d event(s) delivered on that "
+            "connection; resuming after id %r; reconnect #%d)",
+            redact_url(stream.url),
+            decision.delay,
+            outcome.reason if outcome.status is None else f"HTTP {outcome.status}",
+            outcome.delivered,
+            resume_id,
+            decision.history.reconnects,
+            extra={"spider": self.crawler.spider},
+        )
+        if not await self.state.registry.sleep(decision.delay):
+            return  # the spider is closing
+        meta = dict(request.meta)
+        meta[HISTORY_KEY] = decision.history.to_dict()
+        meta[SKIP_IDS_KEY] = list(stream.recent_ids)
+        meta.pop("download_latency", None)
+        # (The errback: the user's own, also when a failed connection replaced it.)
+        kwargs: dict[str, Any] = {"dont_filter": True, "meta": meta, "errback": errback}
+        update = await self._refresh_auth(request, stream, decision.refresh_auth)
+        if update is not None:
+            headers = request.headers.copy()
+            for name, value in (update.get("headers") or {}).items():
+                headers[name] = value
+            kwargs["headers"] = headers
+            if update.get("cookies") is not None:
+                kwargs["cookies"] = update["cookies"]
+        if isinstance(request, SSERequest):
+            kwargs["last_event_id"] = resume_id or request.last_event_id
+        new_request = request.replace(**kwargs)
+        if resume_id and not isinstance(new_request, SSERequest):
+            new_request.headers[b"Last-Event-ID"] = resume_id.encode("utf-8")
+        yield new_request
+
+    async def _refresh_auth(
+        self, request: Request, stream: SSEStream, required: bool
+    ) -> dict[str, Any] | None:
+        """Credentials for the next connection from ``spider.sse_refresh_auth``.
+
+        Called before every reconnect, not only after a 401/403: an expiring token is
+        renewed before the server has to refuse it.
+        """
+        hook = getattr(self.crawler.spider, "sse_refresh_auth", None)
+        if hook is None:
+            return None
+        response_or_failure: Any = stream.response
+        if stream.error is not None:
+            response_or_failure = Failure(stream.error)
+        try:
+            result = hook(request, response_or_failure)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception:
+            logger.error(
+                "sse_refresh_auth failed for %s; reconnecting with the old credentials",
+                redact_url(request.url),
+                exc_info=True,
+                extra={"spider": self.crawler.spider},
+            )
+            return None
+        if required and self.crawler.stats is not None:
+            self.crawler.stats.inc_value("sse/auth_refreshed")
+        return dict(result) if result else None

@@ -1,0 +1,103 @@
+"""``SSESpiderMiddleware``: a stream's life cycle on the spider side.
+
+Nearest the engine, so that the reconnect requests it adds are not made deeper by
+``DepthMiddleware`` nor filtered as off-site. For each stream response it:
+
+* installs the callback that reads the stream (``process_spider_input``: per event, per
+  batch, or one item per event; see :mod:`scrapy_sse.dispatch`);
+* when that output ends because the stream went idle (the stream is *resting*), asks
+  the stream to hand the response to the scraper again when its next event comes: a
+  new burst, through a new chain;
+* when it ends otherwise, closes the stream and hands its end to
+  :class:`~scrapy_sse.reconnect.StreamEnds` (reconnect, give up or stop).
+
+A connection that never opened does not come here: it is a download error, which the
+downloader middleware routes to :meth:`StreamEnds.connection_failed`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from . import _scrapy_private
+from .dispatch import build_callback
+from .extension import sse_state
+from .http import SSEResponse
+from .policy import CALLBACK_DONE
+from .reconnect import StreamEnds
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from typing_extensions import Self
+
+    from .stream import SSEStream
+
+
+class SSESpiderMiddleware:
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+        self.state = sse_state(crawler)
+        self.ends = StreamEnds(crawler, self.state)
+        # The downloader middleware routes failed connections here (it may not import
+        # the spider side).
+        self.state.connection_failed = self.ends.connection_failed
+        self._idle = (
+            self.state.settings.release_idle_chain if self.state.has(_scrapy_private.BURSTS) else 0
+        )
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    def process_spider_input(self, response: Response) -> None:
+        if not isinstance(response, SSEResponse) or response.stream is None:
+            return
+        stream = response.stream
+        request = response.request
+        assert request is not None
+        if request.callback is stream.request.callback:  # (the first burst)
+            callback = build_callback(stream.request, self.crawler, self.state, self._idle)
+            if callback is not None:
+                request.callback = callback
+
+    async def process_spider_output(
+        self, response: Response, result: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        if not isinstance(response, SSEResponse) or response.stream is None:
+            async for value in result:
+                yield value
+            return
+        stream = response.stream
+        try:
+            async for value in result:
+                yield value
+        except BaseException:
+            self._output_ended(stream)
+            raise
+        if stream.resting and stream.is_open:
+            stream.when_ready(partial(self._next_burst, response))
+            return
+        self._output_ended(stream)
+        async for value in self.ends.after(stream, stream.request.errback):
+            yield value
+
+    def _next_burst(self, response: SSEResponse) -> None:
+        stream = response.stream
+        assert stream is not None
+        if self.state.registry.closing:
+            self._output_ended(stream)
+            return
+        engine = self.crawler.engine
+        assert engine is not None
+        _scrapy_private.scrape_again(engine.scraper, response)
+
+    def _output_ended(self, stream: SSEStream) -> None:
+        if stream.is_open:
+            stream.close(CALLBACK_DONE)
+        # Now every queued event has been delivered (or dropped): checkpoint the final
+        # id, which the end of the connection alone would not have seen.
+        self.state.registry.record(stream)
