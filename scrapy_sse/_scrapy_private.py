@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Awaitable, Callable, Coroutine, Iterable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from scrapy import Request
     from scrapy.core.engine import ExecutionEngine
@@ -55,7 +55,7 @@ CLOSE_STREAMS = Feature(
 )
 ORDERED_OUTPUT = Feature(
     "ordered_output",
-    "a stream's items enter the item pipelines in order, without a worker pool per stream",
+    "a stream's items enter the item pipelines in order, with no worker pool per stream",
     "Scrapy's CONCURRENT_ITEMS workers (items of async pipelines may overlap)",
     (
         "scrapy.core.scraper:Scraper.handle_spider_output_async",
@@ -267,7 +267,7 @@ def install_stream_output(
     window: int,
     *,
     backlog: Callable[[Any], int],
-) -> None:
+) -> Callable[[], None]:
     """Process the output of stream responses in order, ``window`` items at a time.
 
     Scrapy runs every response's output through ``CONCURRENT_ITEMS`` (default 100)
@@ -275,25 +275,28 @@ def install_stream_output(
     then overlap out of order. Here an item is processed in the callback's own task
     while the stream has nothing else queued (``backlog(response)`` is 0: a quiet
     stream, where latency matters and a task would only add cost); while events queue
-    up, items get a task each, at most ``window`` in flight, so the per-item round
-    trips of Scrapy's ``item_scraped`` signal overlap instead of costing an event-loop
-    turn each in a row. No task outlives its burst. A per-stream FIFO gate around the
-    item pipelines lets an item in only once the one before it has left them: items
+    up, items get a task each, at most ``window`` in flight, so that Scrapy's per-item
+    round trips (the ``item_scraped`` signal) overlap instead of costing an event-loop
+    turn each in a row. No task outlives its burst. A per-burst FIFO gate lets an
+    item into the item pipelines only once the one before it has left them: items
     reach every pipeline, async ones included, in the order they were produced.
-    ``window == 1`` processes items one by one with no task at all. Other responses
-    keep Scrapy's own processing. Only with the asyncio reactor (otherwise Scrapy's).
+
+    Returns the function to call, in an item's task, the moment its pipelines are
+    done (scrapy-sse's LogFormatter does, as Scrapy reports the item's outcome): the
+    next item may then enter them. Without that call an item holds the gate until all
+    its processing is done: still in order, with less overlap. Nothing wraps the item
+    pipelines, so an item error's traceback shows only Scrapy's and the pipeline's
+    frames. ``window == 1`` processes items one by one with no task at all. Other
+    responses keep Scrapy's own processing. Only with the asyncio reactor.
     """
     from scrapy.utils.asyncio import is_asyncio_available
 
+    bursts = _Bursts(_MAX_BURSTS)
     if not is_asyncio_available():
-        return
+        return bursts.item_done
     aiter_errback = _resolve("scrapy.utils.defer:aiter_errback")
     original = scraper.handle_spider_output_async
     process = scraper._process_spidermw_output_async
-    gate_for_task: dict[asyncio.Task[Any], asyncio.Lock] = {}
-    if window > 1 and not _gate_pipelines(scraper, gate_for_task):
-        window = 1
-    bursts = _Bursts(_MAX_BURSTS, gate_for_task)
 
     @functools.wraps(original)
     async def handle_spider_output_async(
@@ -322,6 +325,7 @@ def install_stream_output(
             await process(output, response)
 
     scraper.handle_spider_output_async = handle_spider_output_async  # type: ignore[method-assign]
+    return bursts.item_done
 
 
 #: Streams that may run item tasks at once (see :class:`_Bursts`).
@@ -332,16 +336,36 @@ class _Bursts:
     """Streams running item tasks, crawl-wide, and how many may at once. When many
     streams are behind the crawl is CPU-bound: overlapping their items only lengthens
     each reactor turn, and Scrapy takes one start request per turn, so opening the
-    next streams would stall. ``gate_for_task`` maps each running item task to its
-    stream's pipeline gate (looked up by task, not inherited through the context:
-    requests a stream callback yields are processed outside the stream's order)."""
+    next streams would stall. ``held`` maps each item task that holds its burst's gate
+    to that gate."""
 
-    __slots__ = ("active", "gate_for_task", "limit")
+    __slots__ = ("active", "held", "limit")
 
-    def __init__(self, limit: int, gate_for_task: dict[asyncio.Task[Any], asyncio.Lock]) -> None:
+    def __init__(self, limit: int) -> None:
         self.active = 0
         self.limit = limit
-        self.gate_for_task = gate_for_task
+        self.held: dict[asyncio.Task[Any], asyncio.Lock] = {}
+
+    def item_done(self) -> None:
+        """The current task's item has left the pipelines: let the next one in."""
+        if self.held:
+            gate = self.held.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            if gate is not None:
+                gate.release()
+
+
+async def _in_turn(gate: asyncio.Lock, processing: Awaitable[None], bursts: _Bursts) -> None:
+    """One item of a burst: its processing starts once the item before it has left
+    the pipelines (tasks reach the gate in the order they were created)."""
+    await gate.acquire()
+    task = asyncio.current_task()
+    assert task is not None
+    bursts.held[task] = gate
+    try:
+        await processing
+    finally:
+        if bursts.held.pop(task, None) is not None:
+            gate.release()
 
 
 async def _windowed(
@@ -363,17 +387,8 @@ async def _windowed(
     saves. The burst's gate and task queue exist only during a burst: an idle stream
     holds neither (a deque alone is half a kilobyte)."""
     create_task = asyncio.get_running_loop().create_task
-    gate_for_task = bursts.gate_for_task
     gate: asyncio.Lock | None = None
     in_flight: deque[asyncio.Task[None]] | None = None
-
-    async def finish_oldest(in_flight: deque[asyncio.Task[None]]) -> None:
-        task = in_flight.popleft()
-        try:
-            await task
-        finally:
-            del gate_for_task[task]
-
     next_output = outputs.__anext__
     try:
         while True:
@@ -392,51 +407,19 @@ async def _windowed(
                 gate = asyncio.Lock()
                 in_flight = deque()
             assert gate is not None
-            # Tasks start in the order they are created, so each reaches the gate
-            # before the next one exists.
-            task: asyncio.Task[None] = create_task(process(output, response))  # type: ignore[arg-type]
-            gate_for_task[task] = gate
-            in_flight.append(task)
-            del task  # (the frame must not keep the last one alive while idle)
+            in_flight.append(create_task(_in_turn(gate, process(output, response), bursts)))
             if not backlog(response):
                 # Caught up: let the burst's tasks finish before waiting for more.
                 while in_flight:
-                    await finish_oldest(in_flight)
+                    await in_flight.popleft()
                 in_flight = gate = None
                 bursts.active -= 1
             elif len(in_flight) >= window:
-                await finish_oldest(in_flight)
+                await in_flight.popleft()
     finally:
         # Also when the output fails or the callback is cancelled: no item is left
         # running unobserved.
         if in_flight is not None:
             while in_flight:
-                await finish_oldest(in_flight)
+                await in_flight.popleft()
             bursts.active -= 1
-
-
-def _gate_pipelines(scraper: Scraper, gate_for_task: dict[asyncio.Task[Any], asyncio.Lock]) -> bool:
-    """Make a stream's items pass the item processor one at a time, in order;
-    ``False`` when the processor has no async ``process_item_async`` to wrap.
-
-    The wrapper is a plain function: it returns the processor's own coroutine, so an
-    item error's traceback shows no scrapy-sse frame, unless the item waited at the
-    gate (only during a burst with item tasks)."""
-    itemproc = scraper.itemproc
-    original = getattr(itemproc, "process_item_async", None)
-    if original is None or not asyncio.iscoroutinefunction(original):
-        return False
-
-    async def gated(gate: asyncio.Lock, item: Any) -> Any:
-        async with gate:
-            return await original(item)
-
-    def process_item_async(item: Any) -> Coroutine[Any, Any, Any]:
-        task = asyncio.current_task()
-        gate = None if task is None else gate_for_task.get(task)
-        if gate is None:
-            return original(item)  # type: ignore[no-any-return]
-        return gated(gate, item)
-
-    itemproc.process_item_async = process_item_async  # type: ignore[method-assign]
-    return True

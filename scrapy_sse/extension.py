@@ -25,6 +25,7 @@ from scrapy.utils.job import job_dir
 from . import _scrapy_private
 from .checkpoint import Checkpoints
 from .http import SSEResponse
+from .logformatter import SSELogFormatter
 from .policy import SPIDER_CLOSED
 from .registry import StreamRegistry
 from .settings import SSESettings
@@ -95,12 +96,14 @@ class SSEExtension:
         if self.has(_scrapy_private.CLOSE_STREAMS):
             _scrapy_private.install_close_hook(engine, self._closing)
         if self.settings.ordered_items and self.has(_scrapy_private.ORDERED_OUTPUT):
-            _scrapy_private.install_stream_output(
+            item_done = _scrapy_private.install_stream_output(
                 engine.scraper,
                 _is_stream_response,
                 self.settings.concurrent_items,
                 backlog=_backlog,
             )
+            if isinstance(self.crawler.logformatter, SSELogFormatter):
+                self.crawler.logformatter.item_done = item_done
         jobdir = job_dir(self.crawler.settings)
         if jobdir:
             self.registry.checkpoints = Checkpoints(jobdir)

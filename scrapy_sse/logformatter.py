@@ -1,4 +1,5 @@
-"""A LogFormatter that does not build a "Scraped from" record nobody will see.
+"""A LogFormatter that does not build a "Scraped from" record nobody will see, and
+that tells a stream's ordering gate when an item has left the pipelines.
 
 Scrapy logs every scraped item at DEBUG. Its root logger passes everything and the
 handler filters by ``LOG_LEVEL``, so with ``LOG_LEVEL = "INFO"`` a ``LogRecord`` is
@@ -19,6 +20,8 @@ from scrapy.logformatter import LogFormatter, LogFormatterResult
 from . import _scrapy_private
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from scrapy import Spider
     from scrapy.crawler import Crawler
     from scrapy.http import Response
@@ -43,9 +46,19 @@ def debug_is_emitted(logger: logging.Logger) -> bool:
     return False  # logging.lastResort only shows WARNING and above
 
 
+def _nothing() -> None:
+    pass
+
+
 class SSELogFormatter(LogFormatter):
+    """Scrapy calls its ``scraped``/``dropped``/``item_error`` in an item's task the
+    moment the item pipelines are done with it: the point where the next item of the
+    same stream may enter them (:attr:`item_done`, set by the extension; see
+    :func:`scrapy_sse._scrapy_private.install_stream_output`)."""
+
     def __init__(self, scraper_logger: logging.Logger | None = None) -> None:
         super().__init__()
+        self.item_done: Callable[[], None] = _nothing
         #: The logger Scrapy's scraper logs items with; ``None``: unknown, always log.
         self._scraper_logger = scraper_logger
         self._checked_at = -_RECHECK_SECONDS
@@ -61,6 +74,7 @@ class SSELogFormatter(LogFormatter):
     def scraped(  # type: ignore[override]
         self, item: Any, response: Response | Failure | None, spider: Spider
     ) -> LogFormatterResult | None:
+        self.item_done()
         now = monotonic()
         if self._scraper_logger is not None and now - self._checked_at >= _RECHECK_SECONDS:
             self._debug = debug_is_emitted(self._scraper_logger)
@@ -68,3 +82,23 @@ class SSELogFormatter(LogFormatter):
         if not self._debug:
             return None
         return super().scraped(item, response, spider)
+
+    def dropped(
+        self,
+        item: Any,
+        exception: BaseException,
+        response: Response | Failure | None,
+        spider: Spider,
+    ) -> LogFormatterResult:
+        self.item_done()
+        return super().dropped(item, exception, response, spider)
+
+    def item_error(
+        self,
+        item: Any,
+        exception: BaseException,
+        response: Response | Failure | None,
+        spider: Spider,
+    ) -> LogFormatterResult:
+        self.item_done()
+        return super().item_error(item, exception, response, spider)

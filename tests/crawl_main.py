@@ -19,6 +19,15 @@ from scrapy.utils.misc import load_object
 from scrapy_sse.pipelines.base import item_fields
 
 
+class FailOnEvenPipeline:
+    """Raises for items with an even ``id`` (an ordinary pipeline bug)."""
+
+    def process_item(self, item: Any) -> Any:
+        if int(item["id"]) % 2 == 0:
+            raise ValueError(f"pipeline cannot take {item['id']}")
+        return item
+
+
 class RecordPipeline:
     """Writes every item it receives, with the time it arrived, as one JSON line."""
 

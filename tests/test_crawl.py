@@ -132,6 +132,48 @@ def test_wrong_status_or_content_type_reaches_errback_with_body(
         body,
     )
     assert f"HTTP {status}" in item["message"]
+    # Scrapy's meaning of its stats: the failed connection is a download error, and
+    # a wrong content type is counted as such, not as an HTTP 200 error.
+    assert result.stat("downloader/exception_type_count/scrapy_sse.errors.SSEResponseError") == 1
+    assert result.stat("response_received_count") == 0
+    assert result.stat("sse/streams_opened") == 0
+    error_stat = "sse/errors/bad_content_type" if status == 200 else f"sse/errors/http_{status}"
+    assert {k: v for k, v in result.stats.items() if k.startswith("sse/errors/")} == {
+        error_stat: 1
+    }
+
+
+def test_a_refused_connection_is_no_response(sse_server: SSEServer) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_crawl("PerEvent", args={"url": f"http://127.0.0.1:{port}/prices"})
+    assert result.returncode == 0, result.log
+    assert [item["error"] for item in result.items] == ["DownloadConnectionRefusedError"]
+    assert result.stat("response_received_count") == 0
+    assert not any(k.startswith("downloader/response_") for k in result.stats)
+    assert result.stat("downloader/exception_count") == 1
+    assert result.stat("sse/ends/network_error") == 1
+    assert "Crawled (0)" not in result.log
+
+
+def test_an_item_error_traceback_shows_the_pipeline_not_scrapy_sse(
+    sse_server: SSEServer,
+) -> None:
+    pipelines = {"tests.crawl_main.FailOnEvenPipeline": 50, "tests.crawl_main.RecordPipeline": 100}
+    for flow in ("/stream?n=4&delay=0.05", "/stream?n=2000&chunk=0"):  # quiet, then a burst
+        result = run_crawl(
+            "PerEvent", args={"url": sse_server.url(flow)}, settings={"ITEM_PIPELINES": pipelines}
+        )
+        assert result.returncode == 0, result.log
+        n = 4 if "n=4" in flow else 2000
+        assert [item["id"] for item in result.items] == [str(i) for i in range(1, n + 1, 2)]
+        assert result.stat("log_count/ERROR") == n // 2
+        assert 'File "' in result.log  # (tracebacks are logged)
+        assert "crawl_main.py" in result.log
+        assert "scrapy_sse" not in "".join(
+            line for line in result.log.splitlines() if line.lstrip().startswith('File "')
+        )
 
 
 def test_no_content_ends_quietly(sse_server: SSEServer) -> None:
