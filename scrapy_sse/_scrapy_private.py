@@ -17,7 +17,7 @@ import functools
 import importlib
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -196,10 +196,6 @@ def scrapy_exceptions() -> AbstractContextManager[None]:
         "scrapy.utils._download_handlers:wrap_twisted_exceptions"
     )
     return wrap()
-
-
-def no_exception_wrapping() -> AbstractContextManager[None]:
-    return nullcontext()
 
 
 def forget_sent_headers(txresponse: Any) -> None:

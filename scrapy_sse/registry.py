@@ -89,7 +89,6 @@ class _Gate:
 class StreamRegistry:
     def __init__(self, max_streams: int = 0, max_per_slot: int = 0) -> None:
         self._total = _Gate(max_streams)
-        self._max_per_slot = max_per_slot
         self._per_download_slot: defaultdict[str, _Gate] = defaultdict(lambda: _Gate(max_per_slot))
         #: Open streams, each with its download slot.
         self.streams: dict[SSEStream, str] = {}
