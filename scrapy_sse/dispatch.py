@@ -108,7 +108,7 @@ def build_callback(
             stream = response.stream
             assert stream is not None
             url = response.url
-            async for event in stream.burst(idle):
+            async for event in stream.burst(idle, comments=False):
                 data = event.data
                 json = parse_json_or_none(data)
                 yield SSEEventItem(url, event.event, event.id, data, json, time())
@@ -118,7 +118,7 @@ def build_callback(
     async def per_event(response: SSEResponse, **kwargs: Any) -> AsyncIterator[Any]:
         stream = response.stream
         assert stream is not None
-        async for event in stream.burst(idle):
+        async for event in stream.burst(idle, comments=False):
             try:
                 result = event_callback(event, **kwargs)
                 if result is None:

@@ -21,7 +21,7 @@ from .errors import SSEResponseError, SSEStreamError
 from .extension import sse_state
 from .http import SSEResponse, is_sse_request
 from .policy import CLOSING, NO_CONTENT
-from .stream import SSEStream
+from .stream import FINGERPRINT_SALT, SSEStream
 from .transport import body_decoder
 
 if TYPE_CHECKING:
@@ -211,7 +211,6 @@ def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSE
     last_event_id = getattr(request, "last_event_id", None) or (
         request.headers.get(b"Last-Event-ID") or b""
     ).decode("utf-8", "replace")
-    skip_ids = request.meta.get("sse_skip_ids") or ([last_event_id] if last_event_id else [])
     return SSEStream(
         request,
         queue_size=int(settings.for_request(request, "queue_size")),
@@ -221,8 +220,23 @@ def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSE
         stats=crawler.stats,
         last_event_id=last_event_id,
         read_timeout=float(settings.for_request(request, "read_timeout") or 0),
-        skip_ids=skip_ids,
+        skip=resent_to_skip(request.meta.get(SKIP_KEY), last_event_id),
     )
+
+
+#: ``meta`` key of a reconnect request: the events its previous connection delivered
+#: last, as ``{"salt": FINGERPRINT_SALT, "events": [[id, fingerprint], ...]}``.
+SKIP_KEY = "sse_skip"
+
+
+def resent_to_skip(value: Any, last_event_id: str) -> list[tuple[str, int | None]]:
+    """The events a new connection skips if the server sends them again: those in
+    ``meta[SKIP_KEY]`` (fingerprints dropped when made by another process), else the
+    resume id alone (its content unknown)."""
+    if isinstance(value, dict) and value.get("events"):
+        same_process = value.get("salt") == FINGERPRINT_SALT
+        return [(str(i), fp if same_process else None) for i, fp in value["events"]]
+    return [(last_event_id, None)] if last_event_id else []
 
 
 def stream_response(

@@ -696,6 +696,11 @@ class SSEParser:
             self._own_id = own_id
 
     @property
+    def keeps_comments(self) -> bool:
+        """Whether comments are returned among the events (``comments=True``)."""
+        return self._keep_comments
+
+    @property
     def pending(self) -> bool:
         """Whether an incomplete event or line is buffered (it would be lost at EOF)."""
         return bool(self._data or self._tail or self._type or self._pending_size or self._own_id)

@@ -92,6 +92,9 @@ class Outcome:
     retry_ms: int | None = None  # latest retry: seen on this connection
     retry_after: float | None = None  # seconds, from a Retry-After header
     has_auth_hook: bool = False
+    opened: bool = False  # the stream began (a 200 event stream), not a failed connect
+    resumable: bool = False  # an event id is in effect: Last-Event-ID can resume it
+    resend_allowed: bool = True  # a GET (or HEAD) request, or the user opted in
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,13 @@ def decide(
         return Decision(STOP, reason=reason, history=history)
     if not reconnect_enabled:
         return Decision(GIVE_UP if _is_failure(outcome) else STOP, reason=reason, history=history)
+    if outcome.opened and not outcome.resumable and not outcome.resend_allowed:
+        # A POST stream that ran, without ids: sending it again would not resume it but
+        # start a new one (for an LLM API, a second billed completion). A clean end is
+        # its end; a drop is a failure for the errback.
+        if reason == SERVER_CLOSED:
+            return Decision(STOP, reason=reason, history=history)
+        return Decision(GIVE_UP, reason="not_resendable", history=history)
 
     status = outcome.status
     if status in (401, 403):
@@ -158,7 +168,8 @@ def decide(
         if history.auth_refreshed:
             # Refreshed credentials were refused again straight away.
             return Decision(GIVE_UP, reason=f"http_{status}_after_refresh", history=history)
-    elif status is not None and 400 <= status < 500 and status != 429:
+    elif status is not None and 300 <= status < 500 and status != 429:
+        # (A 3xx reaches here only when it could not be followed: no Location.)
         return Decision(GIVE_UP, reason=f"http_{status}", history=history)
     elif reason in ("bad_content_type", "event_too_large", "unsupported_encoding"):
         return Decision(GIVE_UP, reason=reason, history=history)

@@ -22,8 +22,10 @@ from twisted.python.failure import Failure
 
 from .dispatch import callback_output
 from .errors import SSEResponseError, SSEStreamError
+from .handler import SKIP_KEY, meta_flag
 from .http import SSERequest, redact_url
 from .policy import GIVE_UP, RECONNECT, Decision, History, Outcome, decide, parse_retry_after
+from .stream import FINGERPRINT_SALT
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HISTORY_KEY = "sse_history"
-SKIP_IDS_KEY = "sse_skip_ids"
 
 
 class StreamEnds:
@@ -66,6 +67,7 @@ class StreamEnds:
             if status == 200:
                 reason = "bad_content_type"
             retry_after = parse_retry_after(error.headers.get("Retry-After"), time())
+        request = stream.request
         return Outcome(
             reason=reason,
             status=status,
@@ -73,6 +75,10 @@ class StreamEnds:
             retry_ms=stream.parser.retry,
             retry_after=retry_after,
             has_auth_hook=hasattr(self.crawler.spider, "sse_refresh_auth"),
+            opened=stream.response is not None,
+            resumable=bool(stream.last_delivered_id),
+            resend_allowed=request.method in ("GET", "HEAD")
+            or meta_flag(self.state.settings.for_request(request, "resend_post")),
         )
 
     async def after(
@@ -144,7 +150,7 @@ class StreamEnds:
             return  # the spider is closing
         meta = dict(request.meta)
         meta[HISTORY_KEY] = decision.history.to_dict()
-        meta[SKIP_IDS_KEY] = list(stream.recent_ids)
+        meta[SKIP_KEY] = {"salt": FINGERPRINT_SALT, "events": stream.recent}
         meta.pop("download_latency", None)
         # (The errback: the user's own, also when a failed connection replaced it.)
         kwargs: dict[str, Any] = {"dont_filter": True, "meta": meta, "errback": errback}

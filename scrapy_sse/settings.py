@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     # spider-middleware chain (~13 KiB of suspended generators) is released; a new one
     # is built for its next burst. 0: one chain for the stream's life, as for a page.
     "SSE_RELEASE_IDLE_CHAIN": 1.0,
+    # Re-send a POST (any method but GET/HEAD) stream that ended without event ids to
+    # resume from: by default it is not (it would start anew: a second LLM completion).
+    "SSE_RESEND_POST": False,
     # Record events whose callback raised, and items pipelines dropped, as dead letters.
     "SSE_DEAD_LETTERS": False,
 }
@@ -81,6 +84,7 @@ class SSESettings:
     ordered_items: bool
     release_idle_chain: float
     dead_letters: bool
+    resend_post: bool
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> SSESettings:
@@ -106,6 +110,7 @@ class SSESettings:
             ordered_items=settings.getbool("SSE_ORDERED_ITEMS", DEFAULTS["SSE_ORDERED_ITEMS"]),
             release_idle_chain=float(get("SSE_RELEASE_IDLE_CHAIN")),
             dead_letters=settings.getbool("SSE_DEAD_LETTERS", DEFAULTS["SSE_DEAD_LETTERS"]),
+            resend_post=settings.getbool("SSE_RESEND_POST", DEFAULTS["SSE_RESEND_POST"]),
         )
 
     def policy(self, request: Request) -> PolicySettings:

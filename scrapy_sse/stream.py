@@ -20,11 +20,12 @@ from twisted.internet.defer import Deferred
 
 from .errors import SSEEventTooLarge
 from .events import SSEComment, SSEEvent
+from .http import redact_url
 from .parser import SSEParser
 from .policy import CLOSED, COMPLETED, EVENT_TOO_LARGE, RESTART
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Collection
+    from collections.abc import AsyncIterator, Callable, Collection, Iterable
 
     from scrapy import Request
     from scrapy.statscollectors import StatsCollector
@@ -40,12 +41,21 @@ class Producer(Protocol):
     def abort(self) -> None: ...
 
 
-#: How many recently delivered ids a reconnect remembers to skip resent events.
+#: How many recently delivered events a reconnect remembers to skip if resent.
 DEDUP_WINDOW = 64
 
+#: Marks fingerprints made in this process: ``hash()`` of text is salted per process,
+#: so a fingerprint read back by another (a ``JOBDIR`` restart) is not compared.
+FINGERPRINT_SALT = hash("scrapy-sse event fingerprint")
 
-#: Shared by every stream that resumes from nothing (most of them): no set per stream.
-_NO_IDS: frozenset[str] = frozenset()
+#: Shared by every stream that resumes from nothing (most of them): no dict per stream.
+#: Never modified: a stream replaces it.
+_NO_SKIP: dict[str, int | None] = {}
+
+
+def fingerprint(event: SSEEvent) -> int:
+    """What tells a resent event from another event that reuses its id."""
+    return hash((event.event, event.data))
 
 #: Stands for the queue of a stream nothing was ever queued on. Most open streams of
 #: a large crawl only carry heartbeats, and a deque costs ~760 bytes even when empty,
@@ -69,8 +79,8 @@ class SSEStream:
         "_paused",
         "_producer",
         "_queue",
-        "_recent_ids",
-        "_skip_ids",
+        "_recent",
+        "_skip",
         "_stats",
         "_waiter",
         "bytes_received",
@@ -101,7 +111,7 @@ class SSEStream:
         stats: StatsCollector | None = None,
         last_event_id: str = "",
         read_timeout: float = 0.0,
-        skip_ids: Collection[str] = (),
+        skip: Iterable[tuple[str, int | None]] = (),
     ) -> None:
         self.request = request
         self.url = request.url
@@ -140,20 +150,20 @@ class SSEStream:
         self.read_timeout = read_timeout
         #: ``time.monotonic()`` of the last read (set by the watchdog's clock).
         self.last_activity = 0.0
-        self._recent_ids: deque[str] | None = (
-            deque(skip_ids, maxlen=DEDUP_WINDOW) if skip_ids else None
+        # Events delivered before a reconnect, by id, with their fingerprint (None:
+        # unknown, as for a checkpoint's id): a server that resends one is skipped.
+        skipped = dict(skip)
+        self._skip = skipped or _NO_SKIP
+        self._recent: deque[tuple[str, int | None]] | None = (
+            deque(skipped.items(), maxlen=DEDUP_WINDOW) if skipped else None
         )
-        # Ids delivered before a reconnect: a server that resends them is skipped.
-        self._skip_ids = frozenset(skip_ids) if skip_ids else _NO_IDS
         self.duplicates_skipped = 0
 
     @property
-    def recent_ids(self) -> deque[str]:
-        """The last ``DEDUP_WINDOW`` distinct delivered ids (a reconnect skips them
-        if the server sends them again)."""
-        if self._recent_ids is None:
-            self._recent_ids = deque(maxlen=DEDUP_WINDOW)
-        return self._recent_ids
+    def recent(self) -> list[tuple[str, int | None]]:
+        """The last ``DEDUP_WINDOW`` delivered ids with their fingerprints: what the
+        next connection skips if the server sends the same events again."""
+        return list(self._recent or ())
 
     # -- producer side -------------------------------------------------------------
 
@@ -218,7 +228,10 @@ class SSEStream:
             self._producer.abort()
         if self._stats is not None:
             self._stats.inc_value(f"sse/ends/{reason}")
-            self._stats.inc_value("sse/events", self.events_received)
+            # (Comments handed to response.events readers are counted apart.)
+            comments = self.parser.comments
+            events = self.events_received - (comments if self.parser.keeps_comments else 0)
+            self._stats.inc_value("sse/events", events)
             self._stats.inc_value("sse/bytes", self.bytes_received)
             self._stats.inc_value("sse/comments", self.parser.comments)
             if self.pauses:
@@ -287,24 +300,48 @@ class SSEStream:
         """Count ``event`` as delivered (``False``: a resent duplicate, skip it)."""
         if type(event) is SSEEvent:
             event_id = event.id
-            if self._skip_ids:
-                # Only an event that carries its own id can be a resent one: an event
-                # without an id line inherits the resume id and is new.
-                if event.own_id and event_id in self._skip_ids:
-                    self.duplicates_skipped += 1
-                    if self._stats is not None:
-                        self._stats.inc_value("sse/duplicates_skipped")
-                    return False
-                # The first new event: the resent part is over.
-                self._skip_ids = frozenset()
+            if self._skip and self._is_resent(event):
+                return False
             if event_id != self.last_delivered_id:
                 self.last_delivered_id = event_id
-                recent = self._recent_ids
+                recent = self._recent
                 if recent is None:
-                    recent = self._recent_ids = deque(maxlen=DEDUP_WINDOW)
-                recent.append(event_id)
+                    recent = self._recent = deque(maxlen=DEDUP_WINDOW)
+                recent.append((event_id, fingerprint(event)))
             self.events_delivered += 1
         return True
+
+    def _is_resent(self, event: SSEEvent) -> bool:
+        """After a reconnect: whether ``event`` is one delivered before (same id and
+        content). Only an event that carries its own id can be: one without an id
+        line inherits the resume id and is new. The first new event ends the check."""
+        if event.own_id and event.id in self._skip:
+            known = self._skip[event.id]
+            if known is None or known == fingerprint(event):
+                self.duplicates_skipped += 1
+                self._server_quirk(
+                    "duplicates_skipped",
+                    "resends events already delivered (it ignores Last-Event-ID or "
+                    "replays): they are skipped",
+                )
+                return True
+            self._server_quirk(
+                "ids_reused",
+                "reuses event ids for new events (ids per connection, or restarted "
+                "after a reload): they are delivered; Last-Event-ID cannot resume it",
+            )
+        self._skip = _NO_SKIP
+        return False
+
+    def _server_quirk(self, kind: str, what: str) -> None:
+        """Count a server's quirk (``sse/<kind>``); log it once per stream (across its
+        reconnects)."""
+        if self._stats is not None:
+            self._stats.inc_value(f"sse/{kind}")
+        warned = self.request.meta.setdefault("sse_warned", [])
+        if kind not in warned:
+            warned.append(kind)
+            logger.warning("SSE server of %s %s", redact_url(self.url), what)
 
     def _resume_if_drained(self) -> None:
         """Resume a paused transport once the spider has drained half the queue."""
@@ -346,11 +383,12 @@ class SSEStream:
         """
         return self.burst(0)
 
-    async def burst(self, idle: float) -> AsyncIterator[SSEEvent]:
+    async def burst(self, idle: float, *, comments: bool = True) -> AsyncIterator[SSEEvent]:
         """Events in order, like ``async for event in stream``, but ending early, with
         :attr:`resting` set, once no event has come for ``idle`` seconds (never when
         ``idle`` is 0). The consumer then calls :meth:`when_ready` to be told when
-        its next burst can start."""
+        its next burst can start. ``comments=False``: events only, even when the
+        stream keeps comments (``SSE_COMMENTS``: for ``response.events`` readers)."""
         accept = self._count_delivered
         self.resting = False
         while True:
@@ -363,7 +401,7 @@ class SSEStream:
                     event = popleft()
                     if self._paused:
                         self._resume_if_drained()
-                    if accept(event):
+                    if accept(event) and (comments or type(event) is SSEEvent):
                         yield event
                 continue
             if self.end_reason is not None:
@@ -408,7 +446,7 @@ class SSEStream:
                     take = min(size - len(batch), len(queue))
                     for _ in range(take):
                         event = popleft()
-                        if accept(event):
+                        if accept(event) and type(event) is SSEEvent:  # (no comments)
                             batch.append(event)
                     self._resume_if_drained()
                     continue

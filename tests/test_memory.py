@@ -58,9 +58,9 @@ def test_an_idle_stream_costs_under_one_kilobyte() -> None:
 def test_idle_streams_share_their_empty_parts() -> None:
     a, b = idle_stream(), idle_stream()
     assert a._queue is b._queue  # the empty placeholder, until an event arrives
-    assert a._skip_ids is b._skip_ids
+    assert a._skip is b._skip
     assert a._done is b._done
-    assert a._recent_ids is None
+    assert a._recent is None
 
 
 def test_first_event_makes_the_queue_and_events_still_arrive_in_order() -> None:
@@ -80,7 +80,7 @@ def test_first_event_makes_the_queue_and_events_still_arrive_in_order() -> None:
         return events
 
     assert asyncio.run(consume()) == ["a", "b"]
-    assert list(stream.recent_ids) == ["1", "2"]
+    assert [event_id for event_id, _ in stream.recent] == ["1", "2"]
 
 
 def test_a_waiting_stream_awaits_a_bare_future_in_asyncio() -> None:

@@ -25,7 +25,7 @@ def resumed_stream() -> SSEStream:
         Request("https://example.com/s"),
         max_event_size=1000,
         last_event_id="5",
-        skip_ids=["4", "5"],
+        skip=[("4", None), ("5", None)],  # (as from a checkpoint: content unknown)
     )
 
 
@@ -36,6 +36,21 @@ def test_resent_events_are_skipped_but_new_ones_without_id_are_not() -> None:
     assert drain(stream) == [("new1", "5"), ("new2", "5")]
     assert stream.duplicates_skipped == 2
     assert stream.last_delivered_id == "5"
+
+
+def test_a_reused_id_with_other_content_is_a_new_event() -> None:
+    first = SSEStream(Request("https://example.com/s"), max_event_size=1000)
+    first.feed(b"id: 1\ndata: a\n\nid: 2\ndata: b\n\n")
+    first.finish(SERVER_CLOSED)
+    assert drain(first) == [("a", "1"), ("b", "2")]
+    # The next connection skips what it already has, by id and content.
+    second = SSEStream(
+        Request("https://example.com/s"), max_event_size=1000, last_event_id="2", skip=first.recent
+    )
+    second.feed(b"id: 1\ndata: a\n\nid: 2\ndata: B\n\nid: 3\ndata: c\n\n")
+    second.finish(SERVER_CLOSED)
+    assert drain(second) == [("B", "2"), ("c", "3")]
+    assert second.duplicates_skipped == 1
 
 
 def test_new_events_without_any_id_after_resume_are_all_delivered() -> None:

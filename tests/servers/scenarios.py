@@ -402,6 +402,54 @@ async def serve_chat(ctx: Context) -> None:
     await ctx.responder.end()
 
 
+async def serve_reused(ctx: Context) -> None:
+    """``/reused``: ``n`` events per connection with ids ``1..n`` whatever Last-Event-ID
+    says, then a clean close; after ``conns`` connections, 204. ``mode=per_connection``:
+    each connection's events are new (their data names the connection), as a server
+    that numbers ids per connection; ``mode=replay``: the same events every time, as a
+    server that ignores Last-Event-ID and replays from the start; ``mode=restart``: ids
+    ``<second>:<n>`` where the second of every connection is the same (nchan after a
+    reload, whose new messages restart their counter)."""
+    state = ctx.state()
+    conns = int_param(ctx.query, "conns", 3, 1, 100)
+    if state.connections >= conns:
+        await ctx.responder.simple(204)
+        return
+    state.connections += 1
+    n = int_param(ctx.query, "n", 10, 0, 10_000)
+    mode = ctx.query.get("mode", "per_connection")
+    await ctx.responder.start(200, SSE_HEADERS)
+    for i in range(1, n + 1):
+        event_id = f"1700000000:{i}" if mode == "restart" else str(i)
+        data = {"seq": i} if mode == "replay" else {"conn": state.connections, "seq": i}
+        await ctx.responder.write(f"id: {event_id}\ndata: {json.dumps(data)}\n\n".encode())
+    await ctx.responder.end()
+
+
+async def serve_messages(ctx: Context) -> None:
+    """``POST /v1/messages``: an Anthropic-style stream of ``n`` text deltas, no ids,
+    ending with ``message_stop`` and a clean close (no ``[DONE]``); ``drop=1``: the
+    connection is cut after the deltas instead."""
+    state = ctx.state()
+    state.connections += 1
+    n = int_param(ctx.query, "n", 3, 0, 1000)
+    await ctx.responder.start(200, SSE_HEADERS)
+    events = [("message_start", {"type": "message_start"})]
+    events += [
+        ("content_block_delta", {"type": "content_block_delta", "delta": {"text": f"t{i}"}})
+        for i in range(n)
+    ]
+    drop = flag_param(ctx.query, "drop")
+    if not drop:
+        events.append(("message_stop", {"type": "message_stop"}))
+    for name, data in events:
+        await ctx.responder.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+    if drop:
+        await ctx.responder.abort(reset=False)
+        return
+    await ctx.responder.end()
+
+
 ROUTES: dict[str, Handler] = {
     "/stream": serve_stream,
     "/status": serve_status,
@@ -416,4 +464,6 @@ ROUTES: dict[str, Handler] = {
     "/huge": serve_huge,
     "/gzip": serve_gzip,
     "/v1/chat/completions": serve_chat,
+    "/v1/messages": serve_messages,
+    "/reused": serve_reused,
 }

@@ -1,0 +1,125 @@
+"""What a reconnect may and may not do: skip only events already delivered (same id
+and content), never re-send a POST that cannot resume, give up on what cannot work."""
+
+from __future__ import annotations
+
+import json
+
+from .crawl import run_crawl
+from .servers.sse_server import SSEServer
+
+FAST = {"SSE_RETRY_DELAY": 0.01, "SSE_BACKOFF_MAX": 0.05}
+
+
+def warnings_about(log: str, text: str) -> int:
+    return sum(1 for line in log.splitlines() if " WARNING: " in line and text in line)
+
+
+def test_ids_numbered_per_connection_deliver_every_event(sse_server: SSEServer) -> None:
+    url = sse_server.url("/reused?n=10&conns=3&mode=per_connection&key=perconn")
+    result = run_crawl("PerEvent", args={"url": url, "reconnect": "1"}, settings=FAST)
+    assert result.returncode == 0, result.log
+    got = [(json.loads(i["data"])["conn"], json.loads(i["data"])["seq"]) for i in result.items]
+    assert got == [(c, s) for c in (1, 2, 3) for s in range(1, 11)]
+    assert result.stat("sse/duplicates_skipped") == 0
+    assert result.stat("sse/ids_reused") == 2  # the first event of connections 2, 3
+    assert warnings_about(result.log, "reuses event ids for new events") == 1
+
+
+def test_nchan_style_id_restart_delivers_every_event(sse_server: SSEServer) -> None:
+    url = sse_server.url("/reused?n=5&conns=2&mode=restart&key=nchan")
+    result = run_crawl("PerEvent", args={"url": url, "reconnect": "1"}, settings=FAST)
+    assert result.returncode == 0, result.log
+    assert [i["id"] for i in result.items] == [f"1700000000:{s}" for s in range(1, 6)] * 2
+    assert len({i["data"] for i in result.items}) == 10
+
+
+def test_a_server_replaying_from_the_start_delivers_each_event_once(
+    sse_server: SSEServer,
+) -> None:
+    url = sse_server.url("/reused?n=10&conns=3&mode=replay&key=replay")
+    result = run_crawl("PerEvent", args={"url": url, "reconnect": "1"}, settings=FAST)
+    assert result.returncode == 0, result.log
+    assert [i["id"] for i in result.items] == [str(s) for s in range(1, 11)]
+    assert result.stat("sse/duplicates_skipped") == 20
+    assert warnings_about(result.log, "resends events already delivered") == 1
+
+
+def test_a_post_stream_without_ids_that_ends_cleanly_is_not_sent_again(
+    sse_server: SSEServer,
+) -> None:
+    url = sse_server.url("/v1/messages?n=3&key=anthropic")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url, "reconnect": "1", "method": "POST", "body": "{}"},
+        settings=FAST,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.log
+    assert [i["event"] for i in result.items] == [
+        "message_start",
+        *["content_block_delta"] * 3,
+        "message_stop",
+    ]
+    state = sse_server.state("anthropic")
+    assert state is not None and state.connections == 1
+    assert not any(k.startswith("sse/reconnects/") for k in result.stats)
+
+
+def test_a_post_stream_without_ids_that_drops_gives_up_instead_of_starting_again(
+    sse_server: SSEServer,
+) -> None:
+    url = sse_server.url("/v1/messages?n=3&drop=1&key=postdrop")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url, "reconnect": "1", "method": "POST", "body": "{}"},
+        settings=FAST,
+    )
+    assert result.returncode == 0, result.log
+    state = sse_server.state("postdrop")
+    assert state is not None and state.connections == 1
+    assert result.stat("sse/give_up/not_resendable") == 1
+    assert result.items[-1]["error"] == "SSEStreamError"
+
+
+def test_a_post_stream_is_sent_again_when_the_user_opts_in(sse_server: SSEServer) -> None:
+    url = sse_server.url("/v1/messages?n=1&key=optin")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url, "reconnect": "1", "method": "POST", "body": "{}"},
+        settings={**FAST, "SSE_RESEND_POST": True, "CLOSESPIDER_ITEMCOUNT": 9},
+    )
+    assert result.returncode == 0, result.log
+    state = sse_server.state("optin")
+    assert state is not None and state.connections >= 3
+
+
+def test_a_post_stream_with_ids_resumes(sse_server: SSEServer) -> None:
+    url = sse_server.url("/stream?n=6&delay=0.01&drop_at=60&key=postids")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": url, "reconnect": "1", "method": "POST", "body": "{}"},
+        settings={**FAST, "CLOSESPIDER_ITEMCOUNT": 6},
+    )
+    assert result.returncode == 0, result.log
+    assert [i["id"] for i in result.items] == ["1", "2", "3", "4", "5", "6"]
+    assert sum(v for k, v in result.stats.items() if k.startswith("sse/reconnects/")) == 1
+
+
+def test_a_redirect_without_location_gives_up_at_once(sse_server: SSEServer) -> None:
+    url = sse_server.url("/status?code=302&body=moved&key=noloc")
+    result = run_crawl("PerEvent", args={"url": url, "reconnect": "1"}, settings=FAST)
+    assert result.returncode == 0, result.log
+    assert [(i["error"], i["status"]) for i in result.items] == [("SSEResponseError", 302)]
+    assert result.stat("sse/give_up/http_302") == 1
+    assert len([r for r in sse_server.requests if r.query.get("key") == "noloc"]) == 1
+
+
+def test_comments_never_reach_per_event_callbacks(sse_server: SSEServer) -> None:
+    url = sse_server.url("/heartbeat?every=0.02&count=3")
+    result = run_crawl("PerEvent", args={"url": url}, settings={"SSE_COMMENTS": True})
+    assert result.returncode == 0, result.log
+    assert result.items == []
+    assert result.stat("sse/comments") == 3
+    assert result.stat("sse/events") == 0
+    assert result.stat("sse/callback_errors") == 0
