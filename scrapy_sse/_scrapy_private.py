@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from twisted.web.iweb import IPolicyForHTTPS
 
 
+logger = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True, slots=True)
 class Feature:
     """What a user gets from a group of private names, and what without them."""
@@ -50,13 +54,15 @@ class Feature:
 CLOSE_STREAMS = Feature(
     "close_streams",
     "open streams are closed as soon as the spider starts closing",
-    "closing waits for open streams to end, as for any request in progress",
+    "closing waits for open streams to end, as for any request in progress (and a "
+    "stream keeps one spider-middleware chain)",
     ("scrapy.core.engine:ExecutionEngine.close_spider_async",),
 )
 ORDERED_OUTPUT = Feature(
     "ordered_output",
     "a stream's items enter the item pipelines in order, with no worker pool per stream",
-    "Scrapy's CONCURRENT_ITEMS workers (items of async pipelines may overlap)",
+    "Scrapy's CONCURRENT_ITEMS workers (items of async pipelines may overlap; a stream "
+    "keeps one spider-middleware chain)",
     (
         "scrapy.core.scraper:Scraper.handle_spider_output_async",
         "scrapy.core.scraper:Scraper._process_spidermw_output_async",
@@ -68,12 +74,12 @@ BURSTS = Feature(
     "bursts",
     "an idle stream releases its spider-middleware chain (SSE_RELEASE_IDLE_CHAIN)",
     "one spider-middleware chain per stream for its whole life",
-    ("scrapy.core.scraper:Scraper.enqueue_scrape",),
+    ("scrapy.core.scraper:Scraper.enqueue_scrape", "scrapy.core.engine:_Slot"),
 )
 SCRAPY_AGENT = Feature(
     "scrapy_agent",
     "streams honour meta['proxy'], CONNECT tunnels and DOWNLOAD_BIND_ADDRESS",
-    "a plain Twisted agent: no proxy (a stream with meta['proxy'] fails), no bind address",
+    "a plain Twisted agent: no proxy (a stream with meta['proxy'] fails)",
     (
         "scrapy.core.downloader.handlers.http11:_ScrapyAgent._get_agent",
         "scrapy.core.downloader.handlers.http11:_TunnelingAgent",
@@ -139,8 +145,7 @@ def missing() -> dict[Feature, list[str]]:
 def describe_gaps(gaps: dict[Feature, list[str]], scrapy_version: str) -> str:
     """The one ERROR line for features that fall back."""
     parts = [
-        f"{feature.name} ({feature.does}) needs {', '.join(names)}: "
-        f"instead, {feature.fallback}"
+        f"{feature.name} ({feature.does}) needs {', '.join(names)}: instead, {feature.fallback}"
         for feature, names in gaps.items()
     ]
     return f"scrapy-sse on Scrapy {scrapy_version}, falling back: " + "; ".join(parts)
@@ -246,12 +251,29 @@ def install_close_hook(engine: ExecutionEngine, hook: Callable[[str], Awaitable[
 # -- bursts ------------------------------------------------------------------------------
 
 
-def scrape_again(scraper: Scraper, response: Response) -> None:
+def scrape_again(engine: ExecutionEngine, response: Response) -> None:
     """Hand ``response`` to the scraper again, as the engine does with a download:
     its callback runs through a new spider-middleware chain (the next burst of an
-    idle stream). The scraper logs its own errors."""
+    idle stream). Once done, the engine looks for its next request at once, as after
+    a download (else a crawl whose last stream ended here would notice it is idle
+    only at its next 5 s heartbeat)."""
     assert response.request is not None
-    scraper.enqueue_scrape(response, response.request)
+    done = engine.scraper.enqueue_scrape(response, response.request)
+
+    def next_request(result: Any) -> Any:
+        slot = getattr(engine, "_slot", None)
+        if slot is not None:
+            slot.nextcall.schedule()
+        return result
+
+    def log_error(failure: Failure) -> None:
+        logger.error(
+            "Could not hand a stream's next burst to the scraper",
+            exc_info=failure.value,
+        )
+
+    done.addBoth(next_request)
+    done.addErrback(log_error)
 
 
 # -- ordered_output ----------------------------------------------------------------------
@@ -263,6 +285,7 @@ def install_stream_output(
     window: int,
     *,
     backlog: Callable[[Any], int],
+    output_done: Callable[[Any], None],
 ) -> Callable[[], None]:
     """Process the output of stream responses in order, ``window`` items at a time.
 
@@ -316,9 +339,11 @@ def install_stream_output(
                 bursts=bursts,
                 on_error=on_error,
             )
-            return
-        async for output in aiter_errback(result, scraper.handle_spider_error, request, response):
-            await process(output, response)
+        else:
+            outputs = aiter_errback(result, scraper.handle_spider_error, request, response)
+            async for output in outputs:
+                await process(output, response)
+        output_done(response)
 
     scraper.handle_spider_output_async = handle_spider_output_async  # type: ignore[method-assign]
     return bursts.item_done
@@ -350,7 +375,13 @@ class _Bursts:
                 gate.release()
 
 
-async def _in_turn(gate: asyncio.Lock, processing: Awaitable[None], bursts: _Bursts) -> None:
+async def _in_turn(
+    gate: asyncio.Lock,
+    process: Callable[[Any, Any], Awaitable[None]],
+    output: Any,
+    response: Any,
+    bursts: _Bursts,
+) -> None:
     """One item of a burst: its processing starts once the item before it has left
     the pipelines (tasks reach the gate in the order they were created)."""
     await gate.acquire()
@@ -358,7 +389,7 @@ async def _in_turn(gate: asyncio.Lock, processing: Awaitable[None], bursts: _Bur
     assert task is not None
     bursts.held[task] = gate
     try:
-        await processing
+        await process(output, response)
     finally:
         if bursts.held.pop(task, None) is not None:
             gate.release()
@@ -403,7 +434,7 @@ async def _windowed(
                 gate = asyncio.Lock()
                 in_flight = deque()
             assert gate is not None
-            in_flight.append(create_task(_in_turn(gate, process(output, response), bursts)))
+            in_flight.append(create_task(_in_turn(gate, process, output, response, bursts)))
             if not backlog(response):
                 # Caught up: let the burst's tasks finish before waiting for more.
                 while in_flight:
@@ -416,6 +447,8 @@ async def _windowed(
         # Also when the output fails or the callback is cancelled: no item is left
         # running unobserved.
         if in_flight is not None:
-            while in_flight:
-                await in_flight.popleft()
-            bursts.active -= 1
+            try:
+                while in_flight:
+                    await in_flight.popleft()
+            finally:
+                bursts.active -= 1

@@ -1,9 +1,10 @@
 """How a stream's events reach the spider: the callback Scrapy actually calls.
 
-Scrapy calls ``response.request.callback(response)`` once per response. The handler
-sets that request's callback to one of the functions built here, which iterate the
-stream and turn each event into the spider's output, so that items and requests go
-through the scraper, spider middlewares and item pipelines exactly as usual:
+Scrapy calls ``response.request.callback(response)`` for a response (for a stream, once
+per burst). The spider middleware sets that request's callback to one of the
+functions built here, which iterate the stream and turn each event into the spider's
+output, so that items and requests go through the scraper, spider middlewares and
+item pipelines exactly as usual:
 
 * ``SSERequest(callback=cb)``: ``cb(event, **cb_kwargs)`` once per event.
 * no callback, spider defines ``parse``: ``parse(response)`` as Scrapy always does;
@@ -18,9 +19,6 @@ The first two end their output once the stream has been idle for ``idle`` second
 the spider middleware then hands the response to the scraper again when the next event
 comes, so a quiet stream holds no spider-middleware chain and no worker task. A
 spider's own ``parse(response)`` reads the stream in one call, so it keeps one chain.
-
-The spider middleware installs these callbacks (``process_spider_input``): the
-download handler knows nothing of them.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scrapy.exceptions import IgnoreRequest
 
@@ -28,13 +28,28 @@ from .http import SSERequest, apply_stream_defaults, is_sse_request, redact_url
 from .policy import HTTP_ERROR, NETWORK_ERROR
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from scrapy import Request
     from scrapy.crawler import Crawler
+    from twisted.python.failure import Failure
     from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
 STREAM_KEY = "sse_stream_key"
+
+
+class RoutedFailure(partial[Any]):
+    """The errback a failed stream connection is given: the reconnect policy's, with
+    the ended stream and the request's own errback (``args``)."""
+
+
+def user_errback(errback: Any) -> Callable[[Failure], Any] | None:
+    """A request's own errback, whether or not a failed connection replaced it."""
+    if isinstance(errback, RoutedFailure):
+        return errback.args[1]  # type: ignore[no-any-return]
+    return errback  # type: ignore[no-any-return]
 
 
 class SSEDownloaderMiddleware:
@@ -51,6 +66,10 @@ class SSEDownloaderMiddleware:
     def process_request(self, request: Request) -> None:
         if not is_sse_request(request):
             return
+        if isinstance(request.errback, RoutedFailure):
+            # A copy of a failed request that another middleware sent again (a retry,
+            # a proxy rotation): it gets its own errback back.
+            request.errback = user_errback(request.errback)
         if not isinstance(request, SSERequest):
             # A FormRequest(meta={"sse": True}), say: the defaults an SSERequest sets
             # itself (dont_filter must be set by the spider: the scheduler came first).
@@ -94,4 +113,4 @@ class SSEDownloaderMiddleware:
         stream.finish(reason, exception)
         # The same request object reaches the scraper with this failure: its errback
         # is where Scrapy hands a download error to the spider.
-        request.errback = partial(connection_failed, stream, request.errback)
+        request.errback = RoutedFailure(connection_failed, stream, user_errback(request.errback))

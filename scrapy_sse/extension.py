@@ -13,13 +13,15 @@ closing, and write checkpoints.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 import scrapy
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider
-from scrapy.utils.asyncio import create_looping_call
+from scrapy.utils.asyncio import create_looping_call, is_asyncio_available
 from scrapy.utils.job import job_dir
 
 from . import _scrapy_private
@@ -80,6 +82,24 @@ class SSEExtension:
         """Whether a feature that needs Scrapy's private names is available."""
         return feature not in self.missing
 
+    @cached_property
+    def burst_idle(self) -> float:
+        """Seconds without an event after which a stream's burst ends (0: never).
+
+        Bursts need the ordered output (which says when all of a burst's output has
+        been processed, so that the next one never overlaps it; asyncio only) and the
+        close hook (a resting stream is no request in progress: only the hook stops it
+        when the spider closes)."""
+        if not (
+            self.settings.release_idle_chain > 0
+            and self.settings.ordered_items
+            and is_asyncio_available()
+            and all(map(self.has, (_scrapy_private.BURSTS, _scrapy_private.CLOSE_STREAMS)))
+            and self.has(_scrapy_private.ORDERED_OUTPUT)
+        ):
+            return 0.0
+        return self.settings.release_idle_chain
+
     @property
     def dead_letters(self) -> DeadLetters:
         """The crawl's dead-letter store, created on first use (the sinks' side: the
@@ -101,6 +121,7 @@ class SSEExtension:
                 _is_stream_response,
                 self.settings.concurrent_items,
                 backlog=_backlog,
+                output_done=self._output_done,
             )
             if isinstance(self.crawler.logformatter, SSELogFormatter):
                 self.crawler.logformatter.item_done = item_done
@@ -115,6 +136,22 @@ class SSEExtension:
                 )
             self._checkpoint_timer = create_looping_call(self.registry.flush_checkpoints)
             self._checkpoint_timer.start(self.settings.checkpoint_interval, now=False)
+
+    def _output_done(self, response: SSEResponse) -> None:
+        """All of a stream response's output has been processed: if its stream rests,
+        its next burst starts when an event comes (or the stream ends), in a later
+        turn (the scrape that just ended must be finished with first)."""
+        stream = response.stream
+        if stream is not None and stream.resting:
+            call_soon = asyncio.get_running_loop().call_soon
+            stream.when_ready(partial(call_soon, self._next_burst, response))
+
+    def _next_burst(self, response: SSEResponse) -> None:
+        if self.registry.closing:
+            return  # (the close closed and recorded the stream)
+        engine = self.crawler.engine
+        assert engine is not None
+        _scrapy_private.scrape_again(engine, response)
 
     def _spider_idle(self) -> None:
         # A stream between bursts has no request in progress: Scrapy would see an

@@ -320,9 +320,7 @@ class SSEParser:
                 self._seen_simple += 1
                 if self._seen >= _SHAPE_WINDOW:
                     self._count_shapes(0, 0, 0)
-                events = [
-                    new_event(("message", value, id_buffer, None, self.source, False))
-                ]
+                events = [new_event(("message", value, id_buffer, None, self.source, False))]
                 if lf + 1 < len(data):
                     self._hold(data[lf + 1 :], events)
                 return events

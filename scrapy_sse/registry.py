@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-
 def _task_cancelling() -> bool:
     """Whether the running asyncio task is being cancelled (Python 3.11+)."""
     try:

@@ -5,9 +5,9 @@ Nearest the engine, so that the reconnect requests it adds are not made deeper b
 
 * installs the callback that reads the stream (``process_spider_input``: per event, per
   batch, or one item per event; see :mod:`scrapy_sse.dispatch`);
-* when that output ends because the stream went idle (the stream is *resting*), asks
-  the stream to hand the response to the scraper again when its next event comes: a
-  new burst, through a new chain;
+* when that output ends because the stream went idle (the stream is *resting*), does
+  nothing more: the extension hands the response to the scraper again when the next
+  event comes (a new burst, through a new chain);
 * when it ends otherwise, closes the stream and hands its end to
   :class:`~scrapy_sse.reconnect.StreamEnds` (reconnect, give up or stop).
 
@@ -17,11 +17,10 @@ downloader middleware routes to :meth:`StreamEnds.connection_failed`.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from . import _scrapy_private
 from .dispatch import build_callback
+from .downloadermw import user_errback
 from .extension import sse_state
 from .http import SSEResponse
 from .policy import CALLBACK_DONE
@@ -45,9 +44,6 @@ class SSESpiderMiddleware:
         # The downloader middleware routes failed connections here (it may not import
         # the spider side).
         self.state.connection_failed = self.ends.connection_failed
-        self._idle = (
-            self.state.settings.release_idle_chain if self.state.has(_scrapy_private.BURSTS) else 0
-        )
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -60,7 +56,8 @@ class SSESpiderMiddleware:
         request = response.request
         assert request is not None
         if request.callback is stream.request.callback:  # (the first burst)
-            callback = build_callback(stream.request, self.crawler, self.state, self._idle)
+            idle = self.state.burst_idle
+            callback = build_callback(stream.request, self.crawler, self.state, idle)
             if callback is not None:
                 request.callback = callback
 
@@ -78,22 +75,14 @@ class SSESpiderMiddleware:
         except BaseException:
             self._output_ended(stream)
             raise
-        if stream.resting and stream.is_open:
-            stream.when_ready(partial(self._next_burst, response))
+        if stream.resting:
+            # Only this burst ended: the extension starts the next one once all of
+            # this output is processed (events queued meanwhile, or the stream's end,
+            # go to that burst).
             return
         self._output_ended(stream)
-        async for value in self.ends.after(stream, stream.request.errback):
+        async for value in self.ends.after(stream, user_errback(stream.request.errback)):
             yield value
-
-    def _next_burst(self, response: SSEResponse) -> None:
-        stream = response.stream
-        assert stream is not None
-        if self.state.registry.closing:
-            self._output_ended(stream)
-            return
-        engine = self.crawler.engine
-        assert engine is not None
-        _scrapy_private.scrape_again(engine.scraper, response)
 
     def _output_ended(self, stream: SSEStream) -> None:
         if stream.is_open:

@@ -133,7 +133,7 @@ class SSEStream:
         # it rests between bursts, the function that starts its next burst.
         self._waiter: Future[None] | Deferred[None] | Callable[[], object] | None = None
         self._on_end: tuple[Callable[[SSEStream], None], ...] = ()
-        #: Why the stream ended (see the module constants), ``None`` while open.
+        #: Why the stream ended (see :mod:`scrapy_sse.policy`), ``None`` while open.
         self.end_reason: str | None = None
         #: The error that ended the stream, if it failed.
         self.error: BaseException | None = None
@@ -429,7 +429,7 @@ class SSEStream:
         accept = self._count_delivered
         self.resting = False
         while True:
-            queue = self._queue  # see __aiter__: replaced by the first event
+            queue = self._queue  # (replaced by the first event: read after each wait)
             if not queue:
                 if self.end_reason is not None:
                     return

@@ -19,6 +19,24 @@ from scrapy.utils.misc import load_object
 from scrapy_sse.pipelines.base import item_fields
 
 
+class SlowFirstItemsPipeline:
+    """Holds items 1 and 2 for 0.6 s each (an async pipeline slow now and then)."""
+
+    async def process_item(self, item: Any) -> Any:
+        if str(item.get("id")) in ("1", "2"):
+            await asyncio.sleep(0.6)
+        return item
+
+
+class AwaitAfterLoopMiddleware:
+    """A spider middleware that awaits after its output loop (a flush, say)."""
+
+    async def process_spider_output(self, response: Any, result: Any) -> Any:
+        async for value in result:
+            yield value
+        await asyncio.sleep(0.2)
+
+
 class FailOnEvenPipeline:
     """Raises for items with an even ``id`` (an ordinary pipeline bug)."""
 

@@ -71,15 +71,16 @@ GAPS = "/stream?n=4&delay=0.3&hold=0.5&ascii=1"
 
 
 @pytest.mark.parametrize(
-    "reactor",
+    ("reactor", "chains"),
     [
-        "twisted.internet.asyncioreactor.AsyncioSelectorReactor",
-        "twisted.internet.epollreactor.EPollReactor",
+        ("twisted.internet.asyncioreactor.AsyncioSelectorReactor", 5),
+        # (Bursts need the ordered output, which needs asyncio: one chain.)
+        ("twisted.internet.epollreactor.EPollReactor", 1),
     ],
     ids=["asyncio", "epoll"],
 )
 def test_a_stream_with_idle_gaps_gets_a_chain_per_burst_and_ends_once(
-    sse_server: SSEServer, reactor: str
+    sse_server: SSEServer, reactor: str, chains: int
 ) -> None:
     result = run_crawl(
         "PerEvent",
@@ -89,13 +90,61 @@ def test_a_stream_with_idle_gaps_gets_a_chain_per_burst_and_ends_once(
     assert result.returncode == 0, result.log
     assert [item["id"] for item in result.items] == ["1", "2", "3", "4"]
     # Each chain was built and finished as for an ordinary response.
-    assert result.stat("test/stream_chains_built") == 5
-    assert result.stat("test/stream_chains_finished") == 5
+    assert result.stat("test/stream_chains_built") == chains
+    assert result.stat("test/stream_chains_finished") == chains
+    # The crawl ended as soon as its stream did (no wait for the engine's heartbeat).
+    assert result.stat("elapsed_time_seconds") < 3
     # The stream ended with the server's close, once: not at the first rest.
     assert result.stat("sse/ends/server_closed") == 1
     assert result.stat("sse/ends/callback_done") == 0
     # The spider stayed open while its only stream rested (nothing in progress).
     assert result.stat("finish_reason") == "finished"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/stream?n=6&delay=0.1&hold=0.5&ascii=1", "/stream?n=2&delay=0.1&done=1&ascii=1"],
+    ids=["open", "done"],
+)
+def test_a_middleware_awaiting_after_its_loop_loses_and_breaks_nothing(
+    sse_server: SSEServer, url: str
+) -> None:
+    # Events arrive while the middleware awaits after a burst: the next burst must
+    # wait for this scrape to end, and take the events queued (and the end) meanwhile.
+    result = run_crawl(
+        "PerEvent",
+        args={"url": sse_server.url(url)},
+        settings={
+            "SSE_RELEASE_IDLE_CHAIN": 0.05,
+            "SPIDER_MIDDLEWARES": {"tests.crawl_main.AwaitAfterLoopMiddleware": 500},
+        },
+    )
+    assert result.returncode == 0, result.log
+    n = 6 if "n=6" in url else 2
+    assert [item["id"] for item in result.items] == [str(i) for i in range(1, n + 1)]
+    assert result.stat("log_count/ERROR") == 0, result.log
+    assert result.stat("log_count/CRITICAL") == 0, result.log
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_slow_pipeline_never_overlaps_two_bursts(sse_server: SSEServer, ordered: bool) -> None:
+    result = run_crawl(
+        "PerEvent",
+        args={"url": sse_server.url("/stream?n=4&delay=0.3&hold=0.3&ascii=1")},
+        settings={
+            "SSE_RELEASE_IDLE_CHAIN": 0.05,
+            "SSE_ORDERED_ITEMS": ordered,
+            "ITEM_PIPELINES": {
+                "tests.crawl_main.SlowFirstItemsPipeline": 50,
+                "tests.crawl_main.RecordPipeline": 100,
+            },
+        },
+    )
+    assert result.returncode == 0, result.log
+    assert sorted(item["id"] for item in result.items) == ["1", "2", "3", "4"]
+    if ordered:
+        assert [item["id"] for item in result.items] == ["1", "2", "3", "4"]
+    assert result.stat("log_count/CRITICAL") == 0, result.log
 
 
 def test_with_release_off_a_stream_keeps_one_chain(sse_server: SSEServer) -> None:

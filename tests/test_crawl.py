@@ -138,9 +138,7 @@ def test_wrong_status_or_content_type_reaches_errback_with_body(
     assert result.stat("response_received_count") == 0
     assert result.stat("sse/streams_opened") == 0
     error_stat = "sse/errors/bad_content_type" if status == 200 else f"sse/errors/http_{status}"
-    assert {k: v for k, v in result.stats.items() if k.startswith("sse/errors/")} == {
-        error_stat: 1
-    }
+    assert {k: v for k, v in result.stats.items() if k.startswith("sse/errors/")} == {error_stat: 1}
 
 
 def test_a_refused_connection_is_no_response(sse_server: SSEServer) -> None:

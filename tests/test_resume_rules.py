@@ -123,3 +123,31 @@ def test_comments_never_reach_per_event_callbacks(sse_server: SSEServer) -> None
     assert result.stat("sse/comments") == 3
     assert result.stat("sse/events") == 0
     assert result.stat("sse/callback_errors") == 0
+
+
+def test_a_failed_connections_errback_never_nests_nor_leaks_into_a_resent_copy() -> None:
+    # scrapy-sse routes a failed connection to its reconnect policy through the
+    # request's errback; a middleware that sends a copy again (RetryMiddleware with
+    # dont_retry=False, a proxy rotation) must hand on the user's own errback.
+    from scrapy.utils.test import get_crawler
+
+    from scrapy_sse import SSERequest
+    from scrapy_sse.downloadermw import RoutedFailure, SSEDownloaderMiddleware, user_errback
+    from scrapy_sse.spidermw import SSESpiderMiddleware
+
+    crawler = get_crawler(settings_dict={"ADDONS": {"scrapy_sse.SSEAddon": 0}})
+    SSESpiderMiddleware(crawler)  # (it provides the policy's errback)
+    middleware = SSEDownloaderMiddleware(crawler)
+
+    def own(failure: object) -> None:
+        pass
+
+    request = SSERequest("http://127.0.0.1:9/s", errback=own)
+    middleware.process_exception(request, ConnectionRefusedError())
+    assert isinstance(request.errback, RoutedFailure)
+    assert user_errback(request.errback) is own
+    middleware.process_exception(request, ConnectionRefusedError())  # fails again
+    assert request.errback.args[1] is own  # not wrapped twice
+    again = request.copy()  # as RetryMiddleware would send it
+    middleware.process_request(again)
+    assert again.errback is own

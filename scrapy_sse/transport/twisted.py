@@ -272,7 +272,9 @@ class TwistedTransport:
                 "the private agent scrapy-sse builds proxied streams with (see the "
                 "ERROR line at start)"
             )
-        return Agent(_reactor(), self._tls_policy, timeout, None, self._pool), False
+        bind = self._bind_address
+        agent = Agent(_reactor(), self._tls_policy, timeout, bind, self._pool)
+        return agent, False
 
     async def open(self, request: Request) -> _TwistedOpenedResponse:
         """Connect and wait for headers; ``download_timeout`` bounds only this part."""
