@@ -24,7 +24,7 @@ from scrapy.exceptions import IgnoreRequest
 from .errors import SSEResponseError, SSEStreamError
 from .extension import sse_state
 from .handler import new_stream
-from .http import SSERequest, apply_stream_defaults, is_sse_request, redact_url
+from .http import STREAM_KEY, SSERequest, apply_stream_defaults, is_sse_request, redact_url
 from .policy import HTTP_ERROR, NETWORK_ERROR
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STREAM_KEY = "sse_stream_key"
 
 
 class RoutedFailure(partial[Any]):
@@ -85,15 +84,17 @@ class SSEDownloaderMiddleware:
             # (about 500 bytes per open stream for a value needed once, here).
             fingerprint = self.crawler.request_fingerprinter.fingerprint(request.replace())
             meta[STREAM_KEY] = fingerprint.hex()
-            checkpoints = self.state.registry.checkpoints
-            resume = checkpoints.get(meta[STREAM_KEY]) if checkpoints is not None else None
-            if resume and not request.headers.get(b"Last-Event-ID"):
-                logger.info(
-                    "Resuming SSE stream %s from checkpoint id %r", redact_url(request.url), resume
-                )
-                request.headers[b"Last-Event-ID"] = resume.encode("utf-8")
-                if isinstance(request, SSERequest):
-                    request.last_event_id = resume
+        checkpoints = self.state.registry.checkpoints
+        if checkpoints is None or request.headers.get(b"Last-Event-ID"):
+            return
+        resume = checkpoints.get(meta[STREAM_KEY])
+        if resume:
+            logger.info(
+                "Resuming SSE stream %s from checkpoint id %r", redact_url(request.url), resume
+            )
+            request.headers[b"Last-Event-ID"] = resume.encode("utf-8")
+            if isinstance(request, SSERequest):
+                request.last_event_id = resume
 
     def process_exception(self, request: Request, exception: Exception) -> None:
         connection_failed = self.state.connection_failed

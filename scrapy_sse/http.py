@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 #: ``meta`` key that marks any request (a ``FormRequest``, say) as an event stream.
 META_KEY = "sse"
+#: ``meta`` key of the name a stream's resume point is kept under.
+STREAM_KEY = "sse_stream_key"
 
 
 class SSERequest(Request):
@@ -33,6 +35,10 @@ class SSERequest(Request):
     :class:`~scrapy_sse.SSEEventItem` per event.
 
     ``last_event_id`` is sent as ``Last-Event-ID`` on the first connection.
+    ``stream_key`` names the stream where its resume point is kept (``JOBDIR``
+    checkpoints); by default it is the request's fingerprint, which changes with the
+    URL: set it for a stream whose URL changes between runs (a rotating token in the
+    query string). The same as ``meta["sse_stream_key"]``.
     ``reconnect=False`` means the stream is never reopened once it ends.
     ``batch_size=N`` switches to batch delivery: the callback gets an ``SSEBatch`` of up
     to N events, and no event waits more than ``batch_interval`` seconds for others
@@ -64,10 +70,13 @@ class SSERequest(Request):
         reconnect: bool = True,
         batch_size: int | None = None,
         batch_interval: float = 0.05,
+        stream_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dont_filter", True)
         super().__init__(url, *args, **kwargs)
+        if stream_key is not None:
+            self.meta[STREAM_KEY] = stream_key
         self.last_event_id = last_event_id
         self.reconnect = reconnect
         self.batch_size = batch_size

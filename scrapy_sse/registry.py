@@ -30,6 +30,7 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from .errors import SSEStreamError
+from .http import STREAM_KEY
 from .policy import CLOSING, READ_TIMEOUT
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ class StreamRegistry:
     def record(self, stream: SSEStream) -> None:
         """Checkpoint the stream's last delivered id (a no-op without JOBDIR)."""
         if self.checkpoints is not None and stream.last_delivered_id:
-            key = stream.request.meta.get("sse_stream_key")
+            key = stream.request.meta.get(STREAM_KEY)
             if key:
                 self.checkpoints.set(key, stream.last_delivered_id)
 

@@ -43,6 +43,7 @@ class _Base(scrapy.Spider):
             meta={"proxy": proxy} if proxy else None,
             cookies={"session": self.cookie} if getattr(self, "cookie", None) else None,
             reconnect=self.reconnect == "1",
+            stream_key=getattr(self, "stream_key", None),
             **kwargs,
         )
 

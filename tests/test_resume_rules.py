@@ -4,6 +4,7 @@ and content), never re-send a POST that cannot resume, give up on what cannot wo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .crawl import run_crawl
 from .servers.sse_server import SSEServer
@@ -151,3 +152,26 @@ def test_a_failed_connections_errback_never_nests_nor_leaks_into_a_resent_copy()
     again = request.copy()  # as RetryMiddleware would send it
     middleware.process_request(again)
     assert again.errback is own
+
+
+def test_a_stream_key_resumes_a_stream_whose_url_changed(
+    sse_server: SSEServer, tmp_path: Path
+) -> None:
+    # A rotating token in the query string: the fingerprint changes, the key does not.
+    def url(token: str) -> str:
+        return sse_server.url(f"/stream?n=10&delay=0.01&hold=1&key=rotate&token={token}")
+
+    settings = {"JOBDIR": str(tmp_path / "job")}
+    first = run_crawl(
+        "PerEvent",
+        args={"url": url("a"), "stream_key": "prices"},
+        settings={**settings, "CLOSESPIDER_ITEMCOUNT": 4},
+    )
+    assert first.returncode == 0, first.log
+    second = run_crawl(
+        "PerEvent", args={"url": url("b"), "stream_key": "prices"}, settings=settings
+    )
+    assert second.returncode == 0, second.log
+    assert "Resuming SSE stream" in second.log
+    got = [int(i["id"]) for i in first.items] + [int(i["id"]) for i in second.items]
+    assert got == list(range(1, 11))
