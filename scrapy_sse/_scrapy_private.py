@@ -60,9 +60,10 @@ CLOSE_STREAMS = Feature(
 )
 ORDERED_OUTPUT = Feature(
     "ordered_output",
-    "a stream's items enter the item pipelines in order, with no worker pool per stream",
-    "Scrapy's CONCURRENT_ITEMS workers (items of async pipelines may overlap; a stream "
-    "keeps one spider-middleware chain)",
+    "a stream's items enter the item pipelines in order, with no worker pool per "
+    "stream, and bursts know when their output is done",
+    "Scrapy's CONCURRENT_ITEMS workers (items of async pipelines may overlap) and one "
+    "spider-middleware chain per stream",
     (
         "scrapy.core.scraper:Scraper.handle_spider_output_async",
         "scrapy.core.scraper:Scraper._process_spidermw_output_async",
@@ -284,21 +285,25 @@ def install_stream_output(
     is_stream: Callable[[Any], bool],
     window: int,
     *,
+    ordered: bool,
     backlog: Callable[[Any], int],
     output_done: Callable[[Any], None],
 ) -> Callable[[], None]:
-    """Process the output of stream responses in order, ``window`` items at a time.
+    """Process the output of stream responses in order, ``window`` items at a time,
+    and say when all of it has been processed.
 
     Scrapy runs every response's output through ``CONCURRENT_ITEMS`` (default 100)
     worker tasks that live as long as the callback does, and items of async pipelines
-    then overlap out of order. Here an item is processed in the callback's own task
-    while the stream has nothing else queued (``backlog(response)`` is 0: a quiet
-    stream, where latency matters and a task would only add cost); while events queue
-    up, items get a task each, at most ``window`` in flight, so that Scrapy's per-item
-    round trips (the ``item_scraped`` signal) overlap instead of costing an event-loop
-    turn each in a row. No task outlives its burst. A per-burst FIFO gate lets an
-    item into the item pipelines only once the one before it has left them: items
-    reach every pipeline, async ones included, in the order they were produced.
+    then overlap out of order. With ``ordered`` (and the asyncio reactor) an item is
+    processed in the callback's own task while the stream has nothing else queued
+    (``backlog(response)`` is 0: a quiet stream, where latency matters and a task
+    would only add cost); while events queue up, items get a task each, at most
+    ``window`` in flight, so that Scrapy's per-item round trips (the ``item_scraped``
+    signal) overlap instead of costing an event-loop turn each in a row. No task
+    outlives its burst. A per-burst FIFO gate lets an item into the item pipelines
+    only once the one before it has left them: items reach every pipeline, async ones
+    included, in the order they were produced. Without ``ordered``, or with another
+    reactor, Scrapy's own processing.
 
     Returns the function to call, in an item's task, the moment its pipelines are
     done (scrapy-sse's LogFormatter does, as Scrapy reports the item's outcome): the
@@ -306,13 +311,16 @@ def install_stream_output(
     its processing is done: still in order, with less overlap. Nothing wraps the item
     pipelines, so an item error's traceback shows only Scrapy's and the pipeline's
     frames. ``window == 1`` processes items one by one with no task at all. Other
-    responses keep Scrapy's own processing. Only with the asyncio reactor.
+    responses keep Scrapy's own processing.
+
+    ``output_done(response)`` is called once all of a stream response's output has
+    been processed (every item included), on every reactor: where the stream's next
+    burst may be arranged, with nothing of this one still running.
     """
     from scrapy.utils.asyncio import is_asyncio_available
 
     bursts = _Bursts(_MAX_BURSTS)
-    if not is_asyncio_available():
-        return bursts.item_done
+    ordered = ordered and is_asyncio_available()
     aiter_errback = _resolve("scrapy.utils.defer:aiter_errback")
     original = scraper.handle_spider_output_async
     process = scraper._process_spidermw_output_async
@@ -324,7 +332,9 @@ def install_stream_output(
         if not is_stream(response) or not isinstance(result, AsyncIterator):
             await original(result, request, response)
             return
-        if window > 1:
+        if not ordered:
+            await original(result, request, response)
+        elif window > 1:
             # (Errors getting the next output are handled inside: no wrapping layer
             # held per stream, none to pass through per item.)
             def on_error() -> None:

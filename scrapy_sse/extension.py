@@ -13,7 +13,6 @@ closing, and write checkpoints.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import scrapy
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider
-from scrapy.utils.asyncio import create_looping_call, is_asyncio_available
+from scrapy.utils.asyncio import call_later, create_looping_call
 from scrapy.utils.job import job_dir
 
 from . import _scrapy_private
@@ -86,17 +85,16 @@ class SSEExtension:
     def burst_idle(self) -> float:
         """Seconds without an event after which a stream's burst ends (0: never).
 
-        Bursts need the ordered output (which says when all of a burst's output has
-        been processed, so that the next one never overlaps it; asyncio only) and the
-        close hook (a resting stream is no request in progress: only the hook stops it
-        when the spider closes)."""
-        if not (
-            self.settings.release_idle_chain > 0
-            and self.settings.ordered_items
-            and is_asyncio_available()
-            and all(map(self.has, (_scrapy_private.BURSTS, _scrapy_private.CLOSE_STREAMS)))
-            and self.has(_scrapy_private.ORDERED_OUTPUT)
-        ):
+        Bursts need the stream output wrapper (it says when all of a burst's output
+        has been processed, so that the next burst never overlaps it) and the close
+        hook (a resting stream is no request in progress: only the hook stops it when
+        the spider closes)."""
+        needs = (
+            _scrapy_private.BURSTS,
+            _scrapy_private.CLOSE_STREAMS,
+            _scrapy_private.ORDERED_OUTPUT,
+        )
+        if self.settings.release_idle_chain <= 0 or not all(map(self.has, needs)):
             return 0.0
         return self.settings.release_idle_chain
 
@@ -115,11 +113,12 @@ class SSEExtension:
         assert engine is not None
         if self.has(_scrapy_private.CLOSE_STREAMS):
             _scrapy_private.install_close_hook(engine, self._closing)
-        if self.settings.ordered_items and self.has(_scrapy_private.ORDERED_OUTPUT):
+        if self.has(_scrapy_private.ORDERED_OUTPUT):
             item_done = _scrapy_private.install_stream_output(
                 engine.scraper,
                 _is_stream_response,
                 self.settings.concurrent_items,
+                ordered=self.settings.ordered_items,
                 backlog=_backlog,
                 output_done=self._output_done,
             )
@@ -143,8 +142,7 @@ class SSEExtension:
         turn (the scrape that just ended must be finished with first)."""
         stream = response.stream
         if stream is not None and stream.resting:
-            call_soon = asyncio.get_running_loop().call_soon
-            stream.when_ready(partial(call_soon, self._next_burst, response))
+            stream.when_ready(partial(call_later, 0, self._next_burst, response))
 
     def _next_burst(self, response: SSEResponse) -> None:
         if self.registry.closing:

@@ -19,12 +19,20 @@ from scrapy.utils.misc import load_object
 from scrapy_sse.pipelines.base import item_fields
 
 
+async def pause(seconds: float) -> None:
+    """Sleep on any reactor (``asyncio.sleep`` needs the asyncio one)."""
+    from scrapy.utils.defer import maybe_deferred_to_future
+    from twisted.internet import reactor, task
+
+    await maybe_deferred_to_future(task.deferLater(reactor, seconds, lambda: None))
+
+
 class SlowFirstItemsPipeline:
     """Holds items 1 and 2 for 0.6 s each (an async pipeline slow now and then)."""
 
     async def process_item(self, item: Any) -> Any:
         if str(item.get("id")) in ("1", "2"):
-            await asyncio.sleep(0.6)
+            await pause(0.6)
         return item
 
 
@@ -34,7 +42,7 @@ class AwaitAfterLoopMiddleware:
     async def process_spider_output(self, response: Any, result: Any) -> Any:
         async for value in result:
             yield value
-        await asyncio.sleep(0.2)
+        await pause(0.2)
 
 
 class FailOnEvenPipeline:
