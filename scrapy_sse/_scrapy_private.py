@@ -262,9 +262,8 @@ def scrape_again(engine: ExecutionEngine, response: Response) -> None:
     done = engine.scraper.enqueue_scrape(response, response.request)
 
     def next_request(result: Any) -> Any:
-        slot = getattr(engine, "_slot", None)
-        if slot is not None:
-            slot.nextcall.schedule()
+        if engine._slot is not None:  # (None once the spider has closed)
+            engine._slot.nextcall.schedule()
         return result
 
     def log_error(failure: Failure) -> None:
@@ -332,6 +331,14 @@ def install_stream_output(
         if not is_stream(response) or not isinstance(result, AsyncIterator):
             await original(result, request, response)
             return
+        try:
+            await process_stream_output(result, request, response)
+        finally:
+            output_done(response)  # (also after a failure: a resting stream is woken)
+
+    async def process_stream_output(
+        result: AsyncIterator[Any], request: Request, response: Any
+    ) -> None:
         if not ordered:
             await original(result, request, response)
         elif window > 1:
@@ -353,7 +360,6 @@ def install_stream_output(
             outputs = aiter_errback(result, scraper.handle_spider_error, request, response)
             async for output in outputs:
                 await process(output, response)
-        output_done(response)
 
     scraper.handle_spider_output_async = handle_spider_output_async  # type: ignore[method-assign]
     return bursts.item_done

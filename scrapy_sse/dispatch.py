@@ -31,11 +31,12 @@ from types import GeneratorType
 from typing import TYPE_CHECKING, Any, cast
 
 from itemadapter import is_item
-from scrapy import Request, Spider
+from scrapy import Request
 from scrapy.exceptions import CloseSpider
 from twisted.python.failure import Failure
 
 from .events import SSEBatch, SSEEventItem, parse_json_or_none
+from .http import read_by_parse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -71,10 +72,6 @@ async def callback_output(result: Any) -> AsyncIterator[Any]:
         yield value
 
 
-def _has_own_parse(spider: Spider) -> bool:
-    return type(spider).parse is not Spider.parse
-
-
 def build_callback(
     request: Request, crawler: Crawler, state: SSEExtension, idle: float
 ) -> Callable[..., Any] | None:
@@ -87,7 +84,9 @@ def build_callback(
     dead_letters = state.dead_letters if state.settings.dead_letters else None
 
     batch_size = getattr(request, "batch_size", None)
-    if batch_size and not (event_callback is None and _has_own_parse(spider)):
+    if read_by_parse(request, spider):
+        return None
+    if batch_size:
         return _batch_callback(
             event_callback,
             size=batch_size,
@@ -99,14 +98,12 @@ def build_callback(
         )
 
     if event_callback is None:
-        if _has_own_parse(spider):
-            return None
 
         async def events_as_items(response: SSEResponse, **_: Any) -> AsyncIterator[Any]:
             stream = response.stream
             assert stream is not None
             url = response.url
-            async for event in stream.burst(idle, comments=False):
+            async for event in stream.burst(idle):
                 data = event.data
                 json = parse_json_or_none(data)
                 yield SSEEventItem(url, event.event, event.id, data, json, time())
@@ -116,7 +113,7 @@ def build_callback(
     async def per_event(response: SSEResponse, **kwargs: Any) -> AsyncIterator[Any]:
         stream = response.stream
         assert stream is not None
-        async for event in stream.burst(idle, comments=False):
+        async for event in stream.burst(idle):
             try:
                 result = event_callback(event, **kwargs)
                 if result is None:

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-
 class RoutedFailure(partial[Any]):
     """The errback a failed stream connection is given: the reconnect policy's, with
     the ended stream and the request's own errback (``args``)."""

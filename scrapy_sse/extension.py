@@ -67,6 +67,8 @@ class SSEExtension:
         #: middleware, which owns reconnection; see the downloader middleware).
         self.connection_failed: Callable[..., AsyncIterator[Any]] | None = None
         self._checkpoint_timer: Any = None
+        #: Resting streams whose next burst is arranged but has not started.
+        self._pending_bursts = 0
         if self.settings.dead_letters:
             self.dead_letters.record_item_failures()
         crawler.signals.connect(self._engine_started, signal=signals.engine_started)
@@ -142,9 +144,11 @@ class SSEExtension:
         turn (the scrape that just ended must be finished with first)."""
         stream = response.stream
         if stream is not None and stream.resting:
+            self._pending_bursts += 1
             stream.when_ready(partial(call_later, 0, self._next_burst, response))
 
     def _next_burst(self, response: SSEResponse) -> None:
+        self._pending_bursts -= 1
         if self.registry.closing:
             return  # (the close closed and recorded the stream)
         engine = self.crawler.engine
@@ -154,7 +158,9 @@ class SSEExtension:
     def _spider_idle(self) -> None:
         # A stream between bursts has no request in progress: Scrapy would see an
         # idle spider and close it.
-        if self.registry.streams:
+        # (A stream that ended while resting has left the registry, but its last
+        # burst, which reconnects or calls the errback, is still to run.)
+        if self.registry.streams or self._pending_bursts:
             raise DontCloseSpider
 
     async def _closing(self, reason: str) -> None:

@@ -19,7 +19,7 @@ from scrapy.utils.misc import build_from_crawler, load_object
 
 from .errors import SSEResponseError, SSEStreamError
 from .extension import sse_state
-from .http import SSEResponse, is_sse_request
+from .http import SSEResponse, is_sse_request, read_by_parse
 from .policy import CLOSING, NO_CONTENT
 from .stream import FINGERPRINT_SALT, SSEStream
 from .transport import body_decoder
@@ -216,7 +216,10 @@ def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSE
         queue_size=int(settings.for_request(request, "queue_size")),
         max_event_size=int(settings.for_request(request, "max_event_size")),
         done_data=shared_frozenset(as_strings(settings.for_request(request, "done_data"))),
-        comments=meta_flag(settings.for_request(request, "comments")),
+        # (Comments are for a spider's own parse(response); kept for no one else,
+        # they would only wake a resting stream for nothing.)
+        comments=meta_flag(settings.for_request(request, "comments"))
+        and read_by_parse(request, crawler.spider),
         stats=crawler.stats,
         last_event_id=last_event_id,
         read_timeout=float(settings.for_request(request, "read_timeout") or 0),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from scrapy import Request
+from scrapy import Request, Spider
 from scrapy.http import Response
 
 if TYPE_CHECKING:
@@ -98,6 +98,15 @@ def apply_stream_defaults(request: Request) -> None:
     # reconnection has its own policy, RetryMiddleware must not retry on its own.
     request.meta.setdefault("dont_cache", True)
     request.meta.setdefault("dont_retry", True)
+
+
+def read_by_parse(request: Request, spider: Any) -> bool:
+    """Whether the spider's own ``parse(response)`` reads this stream: no callback,
+    and a ``parse`` of the spider's own (else scrapy-sse's callbacks read it). Without
+    a spider, whoever holds the stream reads it."""
+    if spider is None:
+        return True
+    return request.callback is None and type(spider).parse is not Spider.parse
 
 
 def is_sse_request(request: Request) -> bool:

@@ -153,7 +153,12 @@ def decide(
         return Decision(STOP, reason=reason, history=history)
     if not reconnect_enabled:
         return Decision(GIVE_UP if _is_failure(outcome) else STOP, reason=reason, history=history)
-    if outcome.opened and not outcome.resumable and not outcome.resend_allowed:
+    if (
+        outcome.opened
+        and not outcome.resumable
+        and not outcome.resend_allowed
+        and reason != RESTART  # (stream.restart(): the spider asked for it)
+    ):
         # A POST stream that ran, without ids: sending it again would not resume it but
         # start a new one (for an LLM API, a second billed completion). A clean end is
         # its end; a drop is a failure for the errback.

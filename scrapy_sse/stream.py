@@ -54,9 +54,9 @@ _NO_SKIP: dict[str, int | None] = {}
 
 
 def fingerprint(event: SSEEvent) -> int:
-    """What tells a resent event from another event that reuses its id (no tuple
-    built: this runs for every delivered event that has a new id)."""
-    return hash(event.data) ^ hash(event.event)
+    """What tells a resent event from another event that reuses its id."""
+    return hash((event.data, event.event))
+
 
 #: Stands for the queue of a stream nothing was ever queued on. Most open streams of
 #: a large crawl only carry heartbeats, and a deque costs ~760 bytes even when empty,
@@ -308,8 +308,7 @@ class SSEStream:
                 recent = self._recent
                 if recent is None:
                     recent = self._recent = deque(maxlen=DEDUP_WINDOW)
-                # (fingerprint(event), inlined: once per delivered event.)
-                recent.append((event_id, hash(event.data) ^ hash(event.event)))
+                recent.append((event_id, fingerprint(event)))
             self.events_delivered += 1
         return True
 
@@ -385,12 +384,11 @@ class SSEStream:
         """
         return self.burst(0)
 
-    async def burst(self, idle: float, *, comments: bool = True) -> AsyncIterator[SSEEvent]:
+    async def burst(self, idle: float) -> AsyncIterator[SSEEvent]:
         """Events in order, like ``async for event in stream``, but ending early, with
         :attr:`resting` set, once no event has come for ``idle`` seconds (never when
         ``idle`` is 0). The consumer then calls :meth:`when_ready` to be told when
-        its next burst can start. ``comments=False``: events only, even when the
-        stream keeps comments (``SSE_COMMENTS``: for ``response.events`` readers)."""
+        its next burst can start."""
         accept = self._count_delivered
         self.resting = False
         while True:
@@ -403,7 +401,7 @@ class SSEStream:
                     event = popleft()
                     if self._paused:
                         self._resume_if_drained()
-                    if accept(event) and (comments or type(event) is SSEEvent):
+                    if accept(event):
                         yield event
                 continue
             if self.end_reason is not None:
@@ -448,7 +446,7 @@ class SSEStream:
                     take = min(size - len(batch), len(queue))
                     for _ in range(take):
                         event = popleft()
-                        if accept(event) and type(event) is SSEEvent:  # (no comments)
+                        if accept(event):
                             batch.append(event)
                     self._resume_if_drained()
                     continue

@@ -159,6 +159,21 @@ def test_a_slow_pipeline_never_overlaps_two_bursts(
     assert result.stat("log_count/ERROR") == 0, result.log
 
 
+def test_heartbeats_do_not_wake_a_resting_stream(sse_server: SSEServer) -> None:
+    # Comments are kept only for a spider's own parse(response): for a per-event
+    # callback they would start a burst per heartbeat, for nothing.
+    result = run_crawl(
+        "PerEvent",
+        args={"url": sse_server.url("/heartbeat?every=0.2&count=8")},
+        settings={**PROBE, "SSE_RELEASE_IDLE_CHAIN": 0.05, "SSE_COMMENTS": True},
+    )
+    assert result.returncode == 0, result.log
+    assert result.items == []
+    assert result.stat("sse/comments") == 8
+    # The first burst rests at once; the stream's end starts the last one.
+    assert result.stat("test/stream_chains_built") == 2
+
+
 def test_with_release_off_a_stream_keeps_one_chain(sse_server: SSEServer) -> None:
     result = run_crawl(
         "PerEvent",

@@ -131,3 +131,15 @@ def test_history_round_trips_through_meta() -> None:
         reconnects=3, failures=2, failing_since=5.0, retry_ms=100, auth_refreshed=True
     )
     assert History.from_dict(history.to_dict()) == history
+
+
+def test_a_post_stream_without_ids_is_resent_only_when_the_spider_restarts_it() -> None:
+    from scrapy_sse.policy import RESTART, SERVER_CLOSED
+
+    def action(reason: str) -> str:
+        outcome = Outcome(reason=reason, opened=True, resumable=False, resend_allowed=False)
+        return str(run(outcome).action)
+
+    assert action(SERVER_CLOSED) == STOP
+    assert action("connection_lost") == GIVE_UP
+    assert action(RESTART) == RECONNECT
