@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job (README "Run it"): the example project's spiders against the bundled
+# The main job (README "Set up and run"): the example project's spiders against the bundled
 # demo stream server, writing to the default embedded store, then a summary.
 # Creates .venv if needed and installs the package first. Extra arguments go to
 # example_project/run_demo.py (try --help).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The test command (README "Run the tests"; .ci/run calls exactly this).
+# The test command (README "Set up and run"; .ci/run calls exactly this).
 # Creates .venv if needed, installs the package with its test extras, checks lint and
-# types, then runs the whole suite. Tests that need PostgreSQL or Redis skip with a
-# reason when those are not running, unless SCRAPY_SSE_REQUIRE_SERVICES=1.
+# types, then runs the whole suite. Tests that need PostgreSQL, Redis or ClickHouse skip
+# with a reason when those are not running, unless SCRAPY_SSE_REQUIRE_SERVICES=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
