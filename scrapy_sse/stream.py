@@ -74,7 +74,9 @@ class SSEStream:
 
     __slots__ = (
         "_done",
+        "_events_at",
         "_high",
+        "_idle_timer",
         "_low",
         "_on_end",
         "_paused",
@@ -141,6 +143,10 @@ class SSEStream:
         #: Whether the consumer's last iteration ended because the stream was idle
         #: (see :meth:`burst`), not because the stream ended.
         self.resting = False
+        # The idle watch of a consumer that may rest: one timer per quiet spell (not
+        # per wait), and when events last came (a read's clock, see ``feed``).
+        self._idle_timer: Any = None
+        self._events_at = 0.0
         #: Id of the last event handed to the spider: where a resume must start.
         self.last_delivered_id: str = last_event_id
         self.events_received = 0
@@ -215,6 +221,7 @@ class SSEStream:
                     return
         self._queue.extend(events)
         self.events_received += len(events)
+        self._events_at = self.last_activity
         self._wake()
 
     def finish(self, reason: str, error: BaseException | None = None) -> None:
@@ -223,6 +230,9 @@ class SSEStream:
             return
         self.end_reason = reason
         self.error = error
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if self.parser.close() and self._stats is not None:
             self._stats.inc_value("sse/incomplete_events_dropped")
         if self._producer is not None:
@@ -412,12 +422,25 @@ class SSEStream:
                 return
 
     async def _rested(self, idle: float) -> bool:
-        """Wait up to ``idle`` seconds for an event; ``True`` (and :attr:`resting`)
-        when none came and the stream is still open."""
-        await self._wait(idle)
-        if not self._queue and self.end_reason is None:
+        """Wait for an event; ``True`` (and :attr:`resting`) when none has come for
+        ``idle`` seconds and the stream is still open. The timer that says so is armed
+        once per quiet spell: a consumer that waits after every event (a trickling
+        stream) arms none per event."""
+        if self._idle_timer is None:
+            self._idle_timer = call_later(idle, self._idle_due, idle)
+        await self._new_waiter()
+        if self._idle_timer is None and not self._queue and self.end_reason is None:
             self.resting = True
         return self.resting
+
+    def _idle_due(self, idle: float) -> None:
+        quiet = _monotonic() - self._events_at
+        if quiet < idle:  # events came meanwhile: watch the rest of the spell
+            self._idle_timer = call_later(idle - quiet, self._idle_due, idle)
+            return
+        self._idle_timer = None
+        if isinstance(self._waiter, (Future, Deferred)):  # (the consumer waits)
+            self._wake()
 
     async def batches(
         self, size: int, interval: float, idle: float = 0

@@ -48,6 +48,28 @@ def test_a_burst_ends_resting_after_the_idle_time_and_the_next_event_wakes_it() 
     )
 
 
+def test_a_trickle_faster_than_the_idle_time_stays_in_one_burst() -> None:
+    async def main() -> tuple[list[str], bool]:
+        stream = new_stream()
+
+        async def trickle() -> None:
+            for i in range(1, 11):
+                await asyncio.sleep(0.01)
+                stream.feed(b"id: %d\ndata: x\n\n" % i)
+
+        feeder = asyncio.ensure_future(trickle())
+        ids = []
+        async for event in stream.burst(0.05):
+            ids.append(event.id)
+        await feeder
+        return ids, stream.resting
+
+    # All ten in one burst, which rests only once the trickle has stopped for 0.05 s.
+    ids, resting = asyncio.run(asyncio.wait_for(main(), 5))
+    assert ids == [str(i) for i in range(1, 11)]
+    assert resting
+
+
 def test_batches_rest_too_and_lose_nothing_across_bursts() -> None:
     async def main() -> list[list[str]]:
         stream = new_stream()
