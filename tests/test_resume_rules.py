@@ -6,10 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .crawl import run_crawl
+from .crawl import CrawlResult, run_crawl
 from .servers.sse_server import SSEServer
 
 FAST = {"SSE_RETRY_DELAY": 0.01, "SSE_BACKOFF_MAX": 0.05}
+
+
+def post_stream(url: str, **settings: object) -> CrawlResult:
+    """A reconnecting POST stream crawl (an LLM completion, say)."""
+    return run_crawl(
+        "PerEvent",
+        args={"url": url, "reconnect": "1", "method": "POST", "body": "{}"},
+        settings={**FAST, **settings},
+        timeout=30,
+    )
 
 
 def warnings_about(log: str, text: str) -> int:
@@ -50,12 +60,7 @@ def test_a_post_stream_without_ids_that_ends_cleanly_is_not_sent_again(
     sse_server: SSEServer,
 ) -> None:
     url = sse_server.url("/v1/messages?n=3&key=anthropic")
-    result = run_crawl(
-        "PerEvent",
-        args={"url": url, "reconnect": "1", "method": "POST", "body": "{}"},
-        settings=FAST,
-        timeout=30,
-    )
+    result = post_stream(url)
     assert result.returncode == 0, result.log
     assert [i["event"] for i in result.items] == [
         "message_start",
@@ -71,11 +76,7 @@ def test_a_post_stream_without_ids_that_drops_gives_up_instead_of_starting_again
     sse_server: SSEServer,
 ) -> None:
     url = sse_server.url("/v1/messages?n=3&drop=1&key=postdrop")
-    result = run_crawl(
-        "PerEvent",
-        args={"url": url, "reconnect": "1", "method": "POST", "body": "{}"},
-        settings=FAST,
-    )
+    result = post_stream(url)
     assert result.returncode == 0, result.log
     state = sse_server.state("postdrop")
     assert state is not None and state.connections == 1
@@ -85,11 +86,7 @@ def test_a_post_stream_without_ids_that_drops_gives_up_instead_of_starting_again
 
 def test_a_post_stream_is_sent_again_when_the_user_opts_in(sse_server: SSEServer) -> None:
     url = sse_server.url("/v1/messages?n=1&key=optin")
-    result = run_crawl(
-        "PerEvent",
-        args={"url": url, "reconnect": "1", "method": "POST", "body": "{}"},
-        settings={**FAST, "SSE_RESEND_POST": True, "CLOSESPIDER_ITEMCOUNT": 9},
-    )
+    result = post_stream(url, SSE_RESEND_POST=True, CLOSESPIDER_ITEMCOUNT=9)
     assert result.returncode == 0, result.log
     state = sse_server.state("optin")
     assert state is not None and state.connections >= 3
@@ -97,11 +94,7 @@ def test_a_post_stream_is_sent_again_when_the_user_opts_in(sse_server: SSEServer
 
 def test_a_post_stream_with_ids_resumes(sse_server: SSEServer) -> None:
     url = sse_server.url("/stream?n=6&delay=0.01&drop_at=60&key=postids")
-    result = run_crawl(
-        "PerEvent",
-        args={"url": url, "reconnect": "1", "method": "POST", "body": "{}"},
-        settings={**FAST, "CLOSESPIDER_ITEMCOUNT": 6},
-    )
+    result = post_stream(url, CLOSESPIDER_ITEMCOUNT=6)
     assert result.returncode == 0, result.log
     assert [i["id"] for i in result.items] == ["1", "2", "3", "4", "5", "6"]
     assert sum(v for k, v in result.stats.items() if k.startswith("sse/reconnects/")) == 1
