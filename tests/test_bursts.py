@@ -259,3 +259,31 @@ def test_a_middleware_failing_after_a_burst_ends_the_stream(sse_server: SSEServe
     assert result.stat("spider_exceptions/RuntimeError") == 1
     assert result.stat("sse/ends/callback_done") == 1
     assert result.stat("finish_reason") == "finished"
+
+
+def test_a_stream_ending_while_resting_keeps_the_spider_open_until_its_last_burst() -> None:
+    # It has left the registry, but its last burst (reconnect or errback) is still to
+    # run: an idle check in between must not close the spider.
+    from scrapy.exceptions import DontCloseSpider
+    from scrapy.utils.test import get_crawler
+
+    from scrapy_sse.extension import sse_state
+    from scrapy_sse.http import SSEResponse
+
+    async def main() -> None:
+        crawler = get_crawler(settings_dict={"ADDONS": {"scrapy_sse.SSEAddon": 0}})
+        state = sse_state(crawler)
+        stream = new_stream()
+        response = SSEResponse("http://example.com/s", stream=stream, request=stream.request)
+        state.registry.add(stream, "example.com")
+        stream.resting = True
+        state._output_done(response)  # (as after a burst that ended resting)
+        stream.finish(SERVER_CLOSED)
+        assert not state.registry.streams
+        with pytest.raises(DontCloseSpider):
+            state._spider_idle()
+        state.registry.closing = True  # (so that the burst, when it runs, stops there)
+        await asyncio.sleep(0.05)
+        state._spider_idle()  # its last burst ran: nothing keeps the spider open
+
+    asyncio.run(asyncio.wait_for(main(), 5))
