@@ -4,8 +4,9 @@ Nearest the downloader. It
 
 * gives requests marked ``meta["sse"]`` (a ``FormRequest``, say) the headers and
   ``meta`` an :class:`~scrapy_sse.SSERequest` sets itself;
-* gives each stream a key (the fingerprint of the request that first opened it) and
-  resumes it from its ``JOBDIR`` checkpoint on a restarted crawl;
+* gives each stream a key (the fingerprint of the request that first opened it, unless
+  the request names one) and, on a restarted crawl, resumes it from the cursor its
+  store committed with its data, or else from its ``JOBDIR`` checkpoint;
 * routes a connection that never opened (refused, timed out, an error status, a wrong
   content type) to the stream's reconnect policy: the failure stays a download error,
   as Scrapy counts it, and goes to the errback that
@@ -83,17 +84,33 @@ class SSEDownloaderMiddleware:
             # (about 500 bytes per open stream for a value needed once, here).
             fingerprint = self.crawler.request_fingerprinter.fingerprint(request.replace())
             meta[STREAM_KEY] = fingerprint.hex()
-        checkpoints = self.state.registry.checkpoints
-        if checkpoints is None or request.headers.get(b"Last-Event-ID"):
+        if request.headers.get(b"Last-Event-ID"):
             return
-        resume = checkpoints.get(meta[STREAM_KEY])
-        if resume:
+        key = meta[STREAM_KEY]
+        ledger = self.state.ledger
+        if key in ledger.tracks:
+            return  # (already read in this crawl: it reconnects with its own id)
+        point = ledger.resume_point(key)
+        if not point or not point[0]:
+            return
+        resume = point[0]
+        stored = ledger.stored.get(key)
+        where = "the cursor stored with its data" if stored else "the JOBDIR checkpoint"
+        logger.info(
+            "Resuming SSE stream %s after id %r (%s)", redact_url(request.url), resume, where
+        )
+        fallback = ledger.fallback.get(key)
+        if stored is not None and fallback is not None and fallback[0] != stored.event_id:
             logger.info(
-                "Resuming SSE stream %s from checkpoint id %r", redact_url(request.url), resume
+                "SSE stream %s: the JOBDIR checkpoint says id %r, its store says %r; the "
+                "store holds the data, so the stream resumes from it",
+                redact_url(request.url),
+                fallback[0],
+                stored.event_id,
             )
-            request.headers[b"Last-Event-ID"] = resume.encode("utf-8")
-            if isinstance(request, SSERequest):
-                request.last_event_id = resume
+        request.headers[b"Last-Event-ID"] = resume.encode("utf-8")
+        if isinstance(request, SSERequest):
+            request.last_event_id = resume
 
     def process_exception(self, request: Request, exception: Exception) -> None:
         connection_failed = self.state.connection_failed

@@ -25,6 +25,7 @@ from scrapy.utils.job import job_dir
 
 from . import _scrapy_private
 from .checkpoint import Checkpoints
+from .durable import CURRENT, Ledger
 from .http import SSEResponse
 from .logformatter import SSELogFormatter
 from .policy import SPIDER_CLOSED
@@ -62,6 +63,10 @@ class SSEExtension:
         self.missing = _scrapy_private.missing()
         if self.missing:
             logger.error(_scrapy_private.describe_gaps(self.missing, scrapy.__version__))
+        #: Where each stream may resume: what the crawl's stores hold (see
+        #: :mod:`scrapy_sse.durable`).
+        self.ledger = Ledger()
+        self.registry.tracks = self.ledger.tracks
         self._dead_letters: DeadLetters | None = None
         #: The errback for a stream connection that never opened (set by the spider
         #: middleware, which owns reconnection; see the downloader middleware).
@@ -71,6 +76,10 @@ class SSEExtension:
         self._pending_bursts = 0
         if self.settings.dead_letters:
             self.dead_letters.record_item_failures()
+        # An item dropped or failed has settled once the dead letters (connected
+        # first, so run first) have taken their own hold on it.
+        crawler.signals.connect(self._item_settled, signal=signals.item_dropped)
+        crawler.signals.connect(self._item_settled, signal=signals.item_error)
         crawler.signals.connect(self._engine_started, signal=signals.engine_started)
         crawler.signals.connect(self._spider_idle, signal=signals.spider_idle)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
@@ -126,9 +135,16 @@ class SSEExtension:
             )
             if isinstance(self.crawler.logformatter, SSELogFormatter):
                 self.crawler.logformatter.item_done = item_done
+        if isinstance(self.crawler.logformatter, SSELogFormatter):
+            self.crawler.logformatter.settles = True
+        else:
+            # (Scrapy's own LogFormatter, or the user's: the signal says the same,
+            # at the cost of one more receiver per item.)
+            self.crawler.signals.connect(self._item_settled, signal=signals.item_scraped)
         jobdir = job_dir(self.crawler.settings)
         if jobdir:
             self.registry.checkpoints = Checkpoints(jobdir)
+            self.ledger.fallback = self.registry.checkpoints.points()
             if len(self.registry.checkpoints):
                 logger.info(
                     "Loaded SSE checkpoints for %d stream(s) from %s",
@@ -137,6 +153,14 @@ class SSEExtension:
                 )
             self._checkpoint_timer = create_looping_call(self.registry.flush_checkpoints)
             self._checkpoint_timer.start(self.settings.checkpoint_interval, now=False)
+
+    @staticmethod
+    def _item_settled() -> None:
+        """An item left the item pipelines (in its own task, so in the context it was
+        made in): it no longer holds its stream's resume point back."""
+        slot = CURRENT.get()
+        if slot is not None:
+            slot.track.settle(slot)
 
     def _output_done(self, response: SSEResponse) -> None:
         """All of a stream response's output has been processed: if its stream rests,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.logformatter import LogFormatter, LogFormatterResult
 
 from . import _scrapy_private
+from .durable import CURRENT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,6 +60,9 @@ class SSELogFormatter(LogFormatter):
     def __init__(self, scraper_logger: logging.Logger | None = None) -> None:
         super().__init__()
         self.item_done: Callable[[], None] = _nothing
+        #: Whether a scraped item settles its hold on the stream's resume point here
+        #: (set by the extension; dropped and failed items settle on their signals).
+        self.settles = False
         #: The logger Scrapy's scraper logs items with; ``None``: unknown, always log.
         self._scraper_logger = scraper_logger
         self._checked_at = -_RECHECK_SECONDS
@@ -75,6 +79,10 @@ class SSELogFormatter(LogFormatter):
         self, item: Any, response: Response | Failure | None, spider: Spider
     ) -> LogFormatterResult | None:
         self.item_done()
+        if self.settles:
+            slot = CURRENT.get()
+            if slot is not None:
+                slot.track.settle(slot)
         now = monotonic()
         if self._scraper_logger is not None and now - self._checked_at >= _RECHECK_SECONDS:
             self._debug = debug_is_emitted(self._scraper_logger)

@@ -35,6 +35,7 @@ from .policy import CLOSING, READ_TIMEOUT
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoints
+    from .durable import Track
     from .stream import SSEStream
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,10 @@ class StreamRegistry:
         self._watchdog: Any = None
         self._watch_interval = 0.0
         self.closing = False
-        #: Delivered-id checkpoints (set by the extension when JOBDIR is set).
+        #: Resume-point checkpoints (set by the extension when JOBDIR is set).
         self.checkpoints: Checkpoints | None = None
+        #: The crawl's tracks by stream key (the extension's ledger's).
+        self.tracks: dict[str, Track] = {}
 
     # -- caps ----------------------------------------------------------------------
 
@@ -184,17 +187,28 @@ class StreamRegistry:
         self.record(stream)
 
     def record(self, stream: SSEStream) -> None:
-        """Checkpoint the stream's last delivered id (a no-op without JOBDIR)."""
-        if self.checkpoints is not None and stream.last_delivered_id:
-            key = stream.request.meta.get(STREAM_KEY)
-            if key:
-                self.checkpoints.set(key, stream.last_delivered_id)
+        """Checkpoint the stream's resume point (a no-op without JOBDIR): where
+        everything delivered has been stored, or, for a stream no spider side has
+        tracked, the last delivered id."""
+        if self.checkpoints is None:
+            return
+        key = stream.request.meta.get(STREAM_KEY)
+        if not key:
+            return
+        track = stream.track
+        if track is not None:
+            self.checkpoints.set(key, track.resume_id, track.resume_seq)
+        elif stream.last_delivered_id:
+            self.checkpoints.set(key, stream.last_delivered_id)
 
     def flush_checkpoints(self) -> None:
         if self.checkpoints is None:
             return
         for stream in self.streams:
             self.record(stream)
+        # Streams that ended still advance as their items are stored.
+        for track in self.tracks.values():
+            self.checkpoints.set(track.key, track.resume_id, track.resume_seq)
         self.checkpoints.flush()
 
     def _watch(self, timeout: float) -> None:

@@ -4,7 +4,10 @@ Nearest the engine, so that the reconnect requests it adds are not made deeper b
 ``DepthMiddleware`` nor filtered as off-site. For each stream response it:
 
 * installs the callback that reads the stream (``process_spider_input``: per event, per
-  batch, or one item per event; see :mod:`scrapy_sse.dispatch`);
+  batch, or one item per event; see :mod:`scrapy_sse.dispatch`), and gives the stream
+  its track, where each delivery is held until what the spider made of it is stored;
+* counts each item of the output against the delivery it was made from (the event
+  being read when the item leaves the spider middlewares; see :mod:`scrapy_sse.durable`);
 * when that output ends because the stream went idle (the stream is *resting*), does
   nothing more: the extension hands the response to the scraper again when the next
   event comes (a new burst, through a new chain);
@@ -19,10 +22,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from scrapy import Request
+
 from .dispatch import build_callback
 from .downloadermw import user_errback
+from .durable import CURRENT
 from .extension import sse_state
-from .http import SSEResponse
+from .http import STREAM_KEY, SSEResponse
 from .policy import CALLBACK_DONE
 from .reconnect import StreamEnds
 
@@ -55,6 +61,9 @@ class SSESpiderMiddleware:
         stream = response.stream
         request = response.request
         assert request is not None
+        if stream.track is None:
+            key = stream.request.meta.get(STREAM_KEY) or stream.url
+            stream.track = self.state.ledger.track(key)
         if request.callback is stream.request.callback:  # (the first burst)
             idle = self.state.burst_idle
             callback = build_callback(stream.request, self.crawler, self.state, idle)
@@ -69,8 +78,15 @@ class SSESpiderMiddleware:
                 yield value
             return
         stream = response.stream
+        current = CURRENT.get
         try:
             async for value in result:
+                if value is not None and not isinstance(value, Request):
+                    # An item: it holds the delivery it was made from until it has
+                    # left the item pipelines.
+                    slot = current()
+                    if slot is not None:
+                        slot.pending += 1
                 yield value
         except BaseException:
             self._output_ended(stream)

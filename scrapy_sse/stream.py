@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from scrapy.utils.asyncio import call_later
 from twisted.internet.defer import Deferred
 
+from .durable import CURRENT
 from .errors import SSEEventTooLarge
 from .events import SSEComment, SSEEvent
 from .http import redact_url
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
     from scrapy import Request
     from scrapy.statscollectors import StatsCollector
+
+    from .durable import Track
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ class SSEStream:
         "request",
         "response",
         "resting",
+        "track",
         "url",
     )
 
@@ -165,6 +169,9 @@ class SSEStream:
             deque(skipped.items(), maxlen=DEDUP_WINDOW) if skipped else None
         )
         self.duplicates_skipped = 0
+        #: Where each delivery is recorded until what the spider made of it is stored
+        #: (see :mod:`scrapy_sse.durable`); set by the spider side.
+        self.track: Track | None = None
 
     @property
     def recent(self) -> list[tuple[str, int | None]]:
@@ -400,26 +407,42 @@ class SSEStream:
         ``idle`` is 0). The consumer then calls :meth:`when_ready` to be told when
         its next burst can start."""
         accept = self._count_delivered
+        track = self.track
         self.resting = False
-        while True:
-            # Read again after every wait: the first event replaces the empty
-            # placeholder queue with a real one.
-            queue = self._queue
-            if queue:
-                popleft = queue.popleft
-                while queue:
-                    event = popleft()
-                    if self._paused:
-                        self._resume_if_drained()
-                    if accept(event):
-                        yield event
-                continue
-            if self.end_reason is not None:
-                return
-            if idle <= 0:
-                await self._new_waiter()
-            elif await self._rested(idle):
-                return
+        try:
+            while True:
+                # Read again after every wait: the first event replaces the empty
+                # placeholder queue with a real one.
+                queue = self._queue
+                if queue:
+                    popleft = queue.popleft
+                    while queue:
+                        event = popleft()
+                        if self._paused:
+                            self._resume_if_drained()
+                        if not accept(event):
+                            continue
+                        if track is None or type(event) is not SSEEvent:
+                            yield event  # (a comment is no delivery to resume after)
+                            continue
+                        # Held while the spider reads it: what it makes meanwhile is
+                        # counted against it (see scrapy_sse.durable).
+                        slot = track.open(event.id)
+                        CURRENT.set(slot)
+                        try:
+                            yield event
+                        finally:
+                            track.settle(slot)
+                    continue
+                if self.end_reason is not None:
+                    return
+                if idle <= 0:
+                    await self._new_waiter()
+                elif await self._rested(idle):
+                    return
+        finally:
+            if track is not None:
+                CURRENT.set(None)
 
     async def _rested(self, idle: float) -> bool:
         """Wait for an event; ``True`` (and :attr:`resting`) when none has come for
@@ -477,8 +500,19 @@ class SSEStream:
                 if self.end_reason is not None or remaining <= 0:
                     break
                 await self._wait(remaining)
-            if batch:
+            if not batch:
+                continue
+            track = self.track
+            if track is None:
                 yield batch
+                continue
+            slot = track.open(batch[-1].id, len(batch))
+            CURRENT.set(slot)
+            try:
+                yield batch
+            finally:
+                track.settle(slot)
+                CURRENT.set(None)
 
     def __repr__(self) -> str:
         state = self.end_reason or "open"

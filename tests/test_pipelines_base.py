@@ -49,7 +49,7 @@ class MemorySink(BatchingPipeline):
     async def open(self) -> None:
         self.events.append("open")
 
-    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+    async def write_batch(self, rows: list[dict[str, Any]], cursors: Any = None) -> None:
         self.calls += 1
         self.active += 1
         self.max_active = max(self.max_active, self.active)

@@ -275,7 +275,7 @@ def test_ctrl_c_flushes_what_is_buffered(sse_server: SSEServer, tmp_path: Path) 
     try:
         crawl.wait_log("SINK-READY")
         assert not (tmp_path / "items.sqlite3").exists() or not query(
-            tmp_path / "items.sqlite3", "SELECT name FROM sqlite_master"
+            tmp_path / "items.sqlite3", "SELECT name FROM sqlite_master WHERE name = 'items'"
         )
         crawl.stop()
         stats = crawl.finish()

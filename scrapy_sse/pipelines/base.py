@@ -33,9 +33,10 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from itemadapter import ItemAdapter, is_item
@@ -43,7 +44,8 @@ from scrapy.utils.asyncio import call_later, run_in_thread, sleep
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
-from ..events import SSEEvent, SSEEventItem, parse_json_or_none
+from ..durable import CURRENT, Cursor, Mark, Slot, Track
+from ..events import SSEBatch, SSEEvent, SSEEventItem, parse_json_or_none
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -54,10 +56,16 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
     from typing_extensions import Self
 
+    from ..extension import SSEExtension
+
 logger = logging.getLogger(__name__)
 
 #: Longest wait between two attempts of one batch, whatever the backoff settings say.
 MAX_RETRY_DELAY = 60.0
+
+#: Stream key -> the cursor a batch commits for that stream (see :mod:`scrapy_sse.durable`).
+Cursors = Mapping[str, Cursor]
+NO_CURSORS: Cursors = MappingProxyType({})
 
 
 class MissingDependencyError(ImportError):
@@ -215,6 +223,15 @@ class BatchingPipeline(abc.ABC):
         self.spill_dir = Path(self.settings.get("SSE_SPILL_DIR") or "sse_spill") / self.name
 
         self._buffer: list[dict[str, Any]] = []
+        # Beside each buffered row, where it came from: (slot, seq, ordinal), or None
+        # for a row that comes from no stream (see scrapy_sse.durable).
+        self._marks: list[tuple[Slot, int, int] | None] = []
+        # Per stream: the last delivery this sink took rows from, and the ordinal of
+        # the last of them.
+        self._ordinals: dict[Track, tuple[Slot, int]] = {}
+        #: Per stream key, the cursor this sink's store held at open: replayed rows up
+        #: to its mark are already stored, and are skipped.
+        self.stored: dict[str, Cursor] = {}
         self._opened = False
         self._closing = False
         self._flushing = False
@@ -263,11 +280,21 @@ class BatchingPipeline(abc.ABC):
         """Connect, and create the table if asked; called once from ``open_spider``."""
 
     @abc.abstractmethod
-    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+    async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
         """Write *rows* (do not modify them: a failed batch is retried or spilled).
 
-        Raise on failure; the base class retries, spills and replays.
+        A sink that can hold cursors writes *cursors* (per stream key) in the same
+        transaction as the rows, keeping per stream the most advanced of what it held
+        and what it is given (a replayed spill may carry older ones), and reads them
+        back in :meth:`load_cursors`. Raise on failure; the base class retries, spills
+        and replays.
         """
+
+    async def load_cursors(self) -> dict[str, Cursor]:
+        """The cursors the store holds (called at open, after spilled batches were
+        replayed). A sink that cannot hold cursors returns none: its streams resume
+        from ``JOBDIR``, at-least-once across a crash."""
+        return {}
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -302,10 +329,30 @@ class BatchingPipeline(abc.ABC):
         self._spill_pending = await run_in_thread(self._has_spill_files)
         if self._spill_pending:
             await self._exclusive(self._replay_spills())
+        await self._load_stored()
         self._arm_timer()
         self._kick()
 
+    async def _load_stored(self) -> None:
+        """Read where the store's data ends, per stream (with what spilled files not
+        yet written hold): the crawl resumes each stream from there."""
+        cursors = await self.load_cursors()
+        for path in await run_in_thread(self._spill_files):
+            try:
+                spilled = (await run_in_thread(_read_spill, path))[1]
+            except (OSError, ValueError):
+                continue  # (reported when it is replayed)
+            for key, cursor in spilled.items():
+                cursors[key] = _most_advanced(cursors.get(key), cursor)
+        self.stored = cursors
+        if cursors:
+            logger.info("Sink %s holds the resume points of %d stream(s)", self.name, len(cursors))
+            state = _crawl_state(self.crawler)
+            if state is not None:
+                state.ledger.load(cursors)
+
     async def process_item(self, item: Any) -> Any:
+        slot = CURRENT.get()
         rows = [self.to_row(member) for member in batch_members(item)]
         waited = False
         while len(self._buffer) >= self.max_buffer:
@@ -316,7 +363,9 @@ class BatchingPipeline(abc.ABC):
                 waited = True
                 self._stat_inc("backpressure_waits")
             await self._wait()
-        self.buffer_rows(rows)
+        self._take(rows, slot, item)
+        self._arm_timer()
+        self._kick()
         return item
 
     @property
@@ -332,7 +381,10 @@ class BatchingPipeline(abc.ABC):
         if not self._opened:
             if self._buffer:  # open failed or never ran: keep the rows on disk
                 rows, self._buffer = self._buffer, []
-                await self._spill(rows, "the sink was never opened")
+                marks, self._marks = self._marks, []
+                cursors, settling = _cursors(marks)
+                await self._spill(rows, "the sink was never opened", cursors)
+                _settle(settling)
             return
         await self._exclusive(self._drain(force=True))
         await self.close()
@@ -342,10 +394,51 @@ class BatchingPipeline(abc.ABC):
 
         For producers that cannot await, such as :meth:`DeadLetters.record
         <scrapy_sse.deadletter.DeadLetters.record>`; they give up backpressure.
+        Rows made while a stream event is read hold that event, as items do.
         """
-        self._buffer.extend(rows)
+        self._take(list(rows), CURRENT.get(), None)
         self._arm_timer()
         self._kick()
+
+    def _take(self, rows: list[dict[str, Any]], slot: Slot | None, item: Any) -> None:
+        """Buffer *rows*, each with its position, and hold the delivery they came
+        from until they are committed; skip those the store already holds."""
+        if slot is None:
+            self._buffer.extend(rows)
+            self._marks.extend([None] * len(rows))
+            return
+        track = slot.track
+        first = slot.first
+        marks: list[tuple[Slot, int, int]]
+        if type(item) is SSEBatch and len(rows) == slot.last - first + 1:
+            # A batch of events: a row per event, each at its own position.
+            marks = [(slot, first + i, 0) for i in range(len(rows))]
+        else:
+            last = self._ordinals.get(track)
+            start = last[1] + 1 if last is not None and last[0] is slot else 0
+            self._ordinals[track] = (slot, start + len(rows) - 1)
+            marks = [(slot, first, start + i) for i in range(len(rows))]
+        if self.stored:
+            rows, marks = self._not_stored(track.key, rows, marks)
+        slot.pending += len(rows)
+        self._buffer.extend(rows)
+        self._marks.extend(marks)
+
+    def _not_stored(
+        self, key: str, rows: list[dict[str, Any]], marks: list[tuple[Slot, int, int]]
+    ) -> tuple[list[dict[str, Any]], list[tuple[Slot, int, int]]]:
+        """Drop the rows of a replay (after a crash) that the store holds already."""
+        cursor = self.stored.get(key)
+        if cursor is None:
+            return rows, marks
+        keep = [i for i, mark in enumerate(marks) if not cursor.holds(Mark(mark[1], mark[2]))]
+        if len(keep) < len(rows):
+            self._stat_inc("rows_already_stored", len(rows) - len(keep))
+            rows = [rows[i] for i in keep]
+            marks = [marks[i] for i in keep]
+        if keep:
+            del self.stored[key]  # (the stream's rows come in order: the replay is over)
+        return rows, marks
 
     # -- flushing ------------------------------------------------------------------
 
@@ -382,36 +475,48 @@ class BatchingPipeline(abc.ABC):
 
     async def _drain(self, *, force: bool) -> None:
         while self._buffer and (force or self._due or len(self._buffer) >= self.batch_size):
-            batch = self._buffer[: self.batch_size]
-            del self._buffer[: self.batch_size]
+            size = self.batch_size
+            batch = self._buffer[:size]
+            marks = self._marks[:size]
+            del self._buffer[:size]
+            del self._marks[:size]
             if not self._buffer:
                 self._due = False
                 self._cancel_timer()
             self._notify()  # room in the buffer for items waiting on backpressure
-            await self._flush(batch)
+            await self._flush(batch, marks)
 
-    async def _flush(self, rows: list[dict[str, Any]]) -> None:
+    async def _flush(
+        self, rows: list[dict[str, Any]], marks: list[tuple[Slot, int, int] | None]
+    ) -> None:
         started = time.monotonic()
-        error = await self._write_with_retries(rows)
+        cursors, settling = _cursors(marks)
+        error = await self._write_with_retries(rows, cursors)
         if self.crawler.stats is not None:
             self.crawler.stats.max_value(
                 f"sse/sink/{self.name}/flush_seconds_max", round(time.monotonic() - started, 6)
             )
         if error is not None:
-            await self._spill(rows, error)
+            # A spill file is durable too (written whole, fsynced), and its cursors
+            # count at the next start: the streams may resume past its rows.
+            await self._spill(rows, error, cursors)
+            _settle(settling)
             return
+        _settle(settling)
         self._stat_inc("rows_written", len(rows))
         self._stat_inc("batches")
         if self._spill_pending:
             await self._replay_spills()
 
-    async def _write_with_retries(self, rows: list[dict[str, Any]]) -> BaseException | None:
+    async def _write_with_retries(
+        self, rows: list[dict[str, Any]], cursors: Cursors
+    ) -> BaseException | None:
         """Write *rows*; the last error if every attempt failed, else ``None``."""
         attempts = 1 if self._sink_down else self.retry_times + 1
         error: BaseException | None = None
         for attempt in range(attempts):
             try:
-                await self.write_batch(rows)
+                await self.write_batch(rows, cursors)
             except Exception as exc:
                 error = exc
                 if attempt + 1 == attempts:
@@ -474,11 +579,13 @@ class BatchingPipeline(abc.ABC):
 
     # -- spill and replay ------------------------------------------------------------
 
-    async def _spill(self, rows: list[dict[str, Any]], error: BaseException | str) -> None:
+    async def _spill(
+        self, rows: list[dict[str, Any]], error: BaseException | str, cursors: Cursors
+    ) -> None:
         reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
         self._spill_seq += 1
         try:
-            path = await run_in_thread(self._write_spill_file, rows, self._spill_seq)
+            path = await run_in_thread(self._write_spill_file, rows, self._spill_seq, cursors)
         except Exception:
             self._stat_inc("lost_rows", len(rows))
             logger.critical(
@@ -502,11 +609,11 @@ class BatchingPipeline(abc.ABC):
             path.resolve(),
         )
 
-    def _write_spill_file(self, rows: list[dict[str, Any]], seq: int) -> Path:
+    def _write_spill_file(self, rows: list[dict[str, Any]], seq: int, cursors: Cursors) -> Path:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         # Names sort in spill order, so replays keep the order of the stream.
         path = self.spill_dir / f"{time.time_ns():020d}-{os.getpid()}-{seq:06d}.jsonl"
-        _atomic_write(path, dump_rows(rows))
+        _atomic_write(path, _spill_text(rows, cursors))
         return path
 
     def _spill_files(self) -> list[Path]:
@@ -525,7 +632,7 @@ class BatchingPipeline(abc.ABC):
         """
         for path in await run_in_thread(self._spill_files):
             try:
-                rows = await run_in_thread(_read_rows, path)
+                rows, cursors = await run_in_thread(_read_spill, path)
             except (OSError, ValueError) as exc:
                 logger.error(
                     "Sink %s: cannot read spill file %s (%s); left in place", self.name, path, exc
@@ -534,11 +641,13 @@ class BatchingPipeline(abc.ABC):
             done = 0
             try:
                 for chunk in _chunks(rows, self.batch_size):
-                    await self.write_batch(chunk)
+                    last = done + len(chunk) >= len(rows)
+                    # (The file's cursors go with its last rows.)
+                    await self.write_batch(chunk, cursors if last else NO_CURSORS)
                     done += len(chunk)
             except Exception as exc:
                 if done:  # never write the same rows twice
-                    await run_in_thread(_atomic_write, path, dump_rows(rows[done:]))
+                    await run_in_thread(_atomic_write, path, _spill_text(rows[done:], cursors))
                     self._stat_inc("replayed_rows", done)
                 logger.warning(
                     "Sink %s: replaying %s failed after %d of %d rows (%s: %s); the rest is "
@@ -602,8 +711,75 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    return load_rows(path.read_text(encoding="utf-8"))
+#: The first line of a spill file: its cursors (files without one hold only rows).
+_SPILL_HEADER = "__sse_spill__"
+
+
+def _spill_text(rows: list[dict[str, Any]], cursors: Cursors) -> str:
+    if not cursors:
+        return dump_rows(rows)
+    header = {
+        _SPILL_HEADER: 2,
+        "cursors": {
+            key: [c.event_id, c.seq, c.stored.seq, c.stored.item] for key, c in cursors.items()
+        },
+    }
+    return json.dumps(header, ensure_ascii=False) + "\n" + dump_rows(rows)
+
+
+def _read_spill(path: Path) -> tuple[list[dict[str, Any]], dict[str, Cursor]]:
+    """A spill file's rows and cursors."""
+    rows = load_rows(path.read_text(encoding="utf-8"))
+    cursors: dict[str, Cursor] = {}
+    if rows and _SPILL_HEADER in rows[0]:
+        for key, (event_id, seq, stored_seq, stored_item) in rows.pop(0)["cursors"].items():
+            cursors[key] = Cursor(str(event_id), int(seq), Mark(int(stored_seq), int(stored_item)))
+    return rows, cursors
+
+
+def _cursors(
+    marks: list[tuple[Slot, int, int] | None],
+) -> tuple[dict[str, Cursor], dict[Slot, int]]:
+    """For a batch about to be written: the cursor of each of its streams (where the
+    stream may resume once the batch is committed, and its last row), and how many
+    rows of each delivery it holds."""
+    settling: dict[Slot, int] = {}
+    last: dict[Track, Mark] = {}
+    for entry in marks:
+        if entry is None:
+            continue
+        slot, seq, item = entry
+        settling[slot] = settling.get(slot, 0) + 1
+        mark = Mark(seq, item)
+        track = slot.track
+        known = last.get(track)
+        if known is None or mark > known:
+            last[track] = mark
+    cursors = {}
+    for track, mark in last.items():
+        event_id, seq = track.resume_after(settling)
+        cursors[track.key] = Cursor(event_id, seq, mark)
+    return cursors, settling
+
+
+def _settle(settling: dict[Slot, int]) -> None:
+    for slot, count in settling.items():
+        slot.track.settle(slot, count)
+
+
+def _most_advanced(known: Cursor | None, other: Cursor) -> Cursor:
+    """Two cursors of one stream in one store: the most advanced of each part."""
+    if known is None:
+        return other
+    resume = known if known.seq >= other.seq else other
+    return Cursor(resume.event_id, resume.seq, max(known.stored, other.stored))
+
+
+def _crawl_state(crawler: Crawler) -> SSEExtension | None:
+    """The crawl's scrapy-sse state; ``None`` when the sink runs without the add-on."""
+    from ..extension import SSEExtension
+
+    return crawler.get_extension(SSEExtension)
 
 
 __all__ = [

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy.utils.asyncio import is_asyncio_available, run_in_thread
 
-from .base import BatchingPipeline, json_default
+from .base import NO_CURSORS, BatchingPipeline, Cursors, json_default
 
 if TYPE_CHECKING:
     import aiohttp
@@ -146,7 +146,7 @@ class ClickHousePipeline(BatchingPipeline):
                 "SSE_CLICKHOUSE_CREATE_TABLE = True",
             )
 
-    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+    async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
         if not rows:
             return
         if self._columns is None:

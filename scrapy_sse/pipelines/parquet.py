@@ -35,7 +35,7 @@ from itemadapter import is_item
 from scrapy.utils.asyncio import create_looping_call, run_in_thread
 from scrapy.utils.defer import deferred_from_coro
 
-from .base import BatchingPipeline, json_default
+from .base import NO_CURSORS, BatchingPipeline, Cursors, json_default
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -81,7 +81,7 @@ class ParquetPipeline(BatchingPipeline):
             self._roll_timer = create_looping_call(self._check_age)
             self._roll_timer.start(min(max(self.roll_seconds / 4, 0.05), 5.0), now=False)
 
-    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+    async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
         await run_in_thread(self._write, rows)
 
     async def close(self) -> None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from scrapy.utils.asyncio import is_asyncio_available
 
-from .base import BatchingPipeline, dump_rows, json_default
+from .base import NO_CURSORS, BatchingPipeline, Cursors, dump_rows, json_default
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -165,7 +165,7 @@ class PostgresPipeline(BatchingPipeline):
                 "SSE_POSTGRES_CREATE_TABLE = True"
             )
 
-    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+    async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
         if not rows:
             return
         conn = await self._connection()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.exceptions import DropItem
 from scrapy.utils.asyncio import is_asyncio_available
 
-from .base import BatchingPipeline, json_default
+from .base import NO_CURSORS, BatchingPipeline, Cursors, json_default
 from .postgres import InDoubtBatches, fingerprint
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class RedisStreamPipeline(BatchingPipeline):
         await self._client.ping()
         self._script = self._client.register_script(XADD_BATCH)
 
-    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
+    async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
         if not rows or self._script is None:
             return
         key = ""

@@ -10,7 +10,13 @@ Why these choices:
   first items, and a field seen later adds a column (``ALTER TABLE``), so no field is
   silently lost; a missing field is ``NULL``; nested values (dict, list) are stored as
   JSON text, dates and times as ISO 8601 text, ``Decimal`` as text (no precision loss);
-* every call into ``sqlite3`` runs in a thread, never on the reactor.
+* every call into ``sqlite3`` runs in a thread, never on the reactor;
+* each stream's cursor (where it resumes, and the last row stored) is upserted into
+  ``SSE_SQLITE_CURSOR_TABLE`` (default ``sse_cursors``, one row per table and stream)
+  in the transaction of the batch: after a crash, even a SIGKILL, the rows and the
+  cursor are both there or both not, and the crawl resumes each stream where its rows
+  end. (WAL keeps commits across a process crash; across a power cut too, since
+  SQLite's default ``synchronous=FULL`` is left as is.)
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from itemadapter import is_item
 from scrapy.utils.asyncio import run_in_thread
 
-from .base import BatchingPipeline, json_default
+from ..durable import Cursor, Mark
+from .base import NO_CURSORS, BatchingPipeline, Cursors, json_default
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -82,6 +89,8 @@ class SQLitePipeline(BatchingPipeline):
         self.create_table = self.settings.getbool("SSE_SQLITE_CREATE_TABLE", True)
         self.columns: list[str] = self.settings.getlist("SSE_SQLITE_COLUMNS")
         self.timeout = self.settings.getfloat("SSE_SQLITE_TIMEOUT", 5.0)
+        #: Where each stream's cursor is committed ("": nowhere, resume from JOBDIR).
+        self.cursor_table = str(self.settings.get("SSE_SQLITE_CURSOR_TABLE", "sse_cursors"))
         self._conn: sqlite3.Connection | None = None
         # Lower-cased column name -> column name (SQLite names are case-insensitive);
         # None until read, and again after a rollback (which also undoes ALTER TABLE).
@@ -90,8 +99,11 @@ class SQLitePipeline(BatchingPipeline):
     async def open(self) -> None:
         await run_in_thread(self._open)
 
-    async def write_batch(self, rows: list[dict[str, Any]]) -> None:
-        await run_in_thread(self._write, rows)
+    async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
+        await run_in_thread(self._write, rows, cursors)
+
+    async def load_cursors(self) -> dict[str, Cursor]:
+        return await run_in_thread(self._load_cursors)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -124,6 +136,14 @@ class SQLitePipeline(BatchingPipeline):
                 if self.columns:
                     conn.execute(self._create_sql(self.columns))
                     known = self._read_columns(conn)
+            if self.cursor_table:
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {quote_identifier(self.cursor_table)} ("
+                    "sink TEXT NOT NULL, stream_key TEXT NOT NULL, event_id TEXT NOT NULL, "
+                    "seq INTEGER NOT NULL, stored_seq INTEGER NOT NULL, "
+                    "stored_item INTEGER NOT NULL, updated_at REAL NOT NULL, "
+                    "PRIMARY KEY (sink, stream_key))"
+                )
         except BaseException:
             conn.close()
             raise
@@ -153,7 +173,41 @@ class SQLitePipeline(BatchingPipeline):
         cols = ", ".join(quote_identifier(c) for c in columns)
         return f"CREATE TABLE IF NOT EXISTS {quote_identifier(self.table)} ({cols})"
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
+    def _load_cursors(self) -> dict[str, Cursor]:
+        if not self.cursor_table or self._conn is None:
+            return {}
+        found = self._conn.execute(
+            "SELECT stream_key, event_id, seq, stored_seq, stored_item "
+            f"FROM {quote_identifier(self.cursor_table)} WHERE sink = ?",
+            (self.table,),
+        ).fetchall()
+        return {key: Cursor(event_id, seq, Mark(s, i)) for key, event_id, seq, s, i in found}
+
+    def _save_cursors(self, conn: sqlite3.Connection, cursors: Cursors) -> None:
+        """Upsert the cursors, keeping the most advanced part of each (a replayed
+        spill carries older ones)."""
+        if not cursors or not self.cursor_table:
+            return
+        table = quote_identifier(self.cursor_table)
+        now = time.time()
+        conn.executemany(
+            f"INSERT INTO {table} AS c (sink, stream_key, event_id, seq, stored_seq, "
+            "stored_item, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (sink, stream_key) DO UPDATE SET "
+            "event_id = CASE WHEN excluded.seq >= c.seq THEN excluded.event_id "
+            "ELSE c.event_id END, "
+            "seq = max(c.seq, excluded.seq), "
+            "stored_item = CASE WHEN (excluded.stored_seq, excluded.stored_item) > "
+            "(c.stored_seq, c.stored_item) THEN excluded.stored_item ELSE c.stored_item END, "
+            "stored_seq = max(c.stored_seq, excluded.stored_seq), "
+            "updated_at = excluded.updated_at",
+            [
+                (self.table, key, c.event_id, c.seq, c.stored.seq, c.stored.item, now)
+                for key, c in cursors.items()
+            ],
+        )
+
+    def _write(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
         conn = self._conn
         if conn is None:
             raise sqlite3.ProgrammingError("The SQLite sink is not open")
@@ -177,6 +231,7 @@ class SQLitePipeline(BatchingPipeline):
                     column = known[field.lower()] = field
                 targets.setdefault(column, []).append(field)
             self._insert(conn, rows, targets)
+            self._save_cursors(conn, cursors)
             conn.execute("COMMIT")
         except BaseException:
             self._known = None
