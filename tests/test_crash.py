@@ -14,12 +14,14 @@ import random
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.servers.sse_server import SSEServer
+from tests.services import PostgresTarget, RedisTarget, postgres_target, redis_target
 from tests.sink_spiders import SinkCrawl, wait_until
 
 #: Events in the stream, and seconds between two of them (about 2,000 events/s).
@@ -105,3 +107,76 @@ def test_sqlite_with_jobdir(sse_server: SSEServer, tmp_path: Path, mode: str, fl
     url = stream_url(sse_server, f"sqlite-{mode}-{flush}")
     log = crash_and_restart(tmp_path, url, settings=settings, args={"url": url, **args}, seed=1)
     assert_exactly_once(sqlite_ids(tmp_path, column), log)
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresTarget]:
+    with postgres_target() as target:
+        yield target
+        target.query("DELETE FROM sse_cursors WHERE sink = %s", (target.table,))
+
+
+@pytest.fixture
+def redis_t() -> Iterator[RedisTarget]:
+    with redis_target() as target:
+        yield target
+
+
+#: (mode, flush, with JOBDIR): each mode and flush with JOBDIR, and without it (the
+#: store alone says where each stream resumes).
+SERVER_CASES = [
+    ("per_event", "default", True),
+    ("per_event", "long_interval", True),
+    ("batch", "default", True),
+    ("batch", "long_interval", True),
+    ("per_event", "default", False),
+    ("batch", "long_interval", False),
+]
+
+
+def case_id(case: tuple[str, str, bool]) -> str:
+    mode, flush, jobdir = case
+    return f"{mode}-{flush}-{'jobdir' if jobdir else 'no_jobdir'}"
+
+
+@pytest.mark.parametrize("case", SERVER_CASES, ids=case_id)
+def test_postgres(
+    sse_server: SSEServer, postgres: PostgresTarget, tmp_path: Path, case: tuple[str, str, bool]
+) -> None:
+    mode, flush, jobdir = case
+    args, column = MODES[mode]
+    settings: dict[str, Any] = {
+        "ITEM_PIPELINES": {"scrapy_sse.pipelines.postgres.PostgresPipeline": 800},
+        "SSE_POSTGRES_DSN": postgres.dsn,
+        "SSE_POSTGRES_TABLE": postgres.table,
+        "SSE_POSTGRES_CREATE_TABLE": True,
+        **FLUSH[flush],
+    }
+    if jobdir:
+        settings["JOBDIR"] = str(tmp_path / "job")
+    url = stream_url(sse_server, f"pg-{case_id(case)}")
+    log = crash_and_restart(tmp_path, url, settings=settings, args={"url": url, **args}, seed=2)
+    ids = [str(r[0]) for r in postgres.query(f'SELECT "{column}" FROM "{postgres.table}"')]
+    assert_exactly_once(ids, log)
+
+
+@pytest.mark.parametrize("case", SERVER_CASES, ids=case_id)
+def test_redis(
+    sse_server: SSEServer, redis_t: RedisTarget, tmp_path: Path, case: tuple[str, str, bool]
+) -> None:
+    mode, flush, jobdir = case
+    args, column = MODES[mode]
+    stream = f"{redis_t.prefix}:events"
+    settings: dict[str, Any] = {
+        "ITEM_PIPELINES": {"scrapy_sse.pipelines.redis.RedisStreamPipeline": 800},
+        "SSE_REDIS_URL": redis_t.url,
+        "SSE_REDIS_STREAM": stream,
+        "SSE_REDIS_DEDUP_PREFIX": f"{redis_t.prefix}:batch:",
+        "SSE_REDIS_CURSOR_KEY": f"{redis_t.prefix}:cursors",
+        **FLUSH[flush],
+    }
+    if jobdir:
+        settings["JOBDIR"] = str(tmp_path / "job")
+    url = stream_url(sse_server, f"redis-{case_id(case)}")
+    log = crash_and_restart(tmp_path, url, settings=settings, args={"url": url, **args}, seed=3)
+    assert_exactly_once([entry[column] for entry in redis_t.entries(stream)], log)

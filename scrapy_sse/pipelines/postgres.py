@@ -12,6 +12,12 @@ batch is remembered as *in doubt* (by a fingerprint of its rows) and, when the s
 rows come back (a retry, or a replay from a spill file), ``txid_status()`` tells
 whether the earlier attempt committed, in which case the rows are not written again.
 
+Each stream's cursor (where it resumes, and the last row stored) is upserted into
+``SSE_POSTGRES_CURSOR_TABLE`` (default ``sse_cursors``, in the table's schema; one row
+per table and stream) in the same transaction as the ``COPY``: after any crash the
+rows and the cursor are both there or both not, and a crawl started anywhere against
+this database resumes each stream where its rows end.
+
 Columns come from ``SSE_POSTGRES_COLUMNS`` or the first item's fields. With
 ``SSE_POSTGRES_CREATE_TABLE`` the table is created at the first batch, typed from its
 values (the first non-null value of each column): nested values (dict, list) and
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from scrapy.utils.asyncio import is_asyncio_available
 
+from ..durable import Cursor, Mark
 from .base import NO_CURSORS, BatchingPipeline, Cursors, dump_rows, json_default
 
 if TYPE_CHECKING:
@@ -140,6 +147,11 @@ class PostgresPipeline(BatchingPipeline):
         self.table_parts = tuple(table.split(".", 1))
         self.create_table = self.settings.getbool("SSE_POSTGRES_CREATE_TABLE", False)
         self.column_setting: list[str] = self.settings.getlist("SSE_POSTGRES_COLUMNS")
+        cursor_table = str(self.settings.get("SSE_POSTGRES_CURSOR_TABLE", "sse_cursors"))
+        #: ``schema.name`` of the cursor table (empty: no cursors, resume from JOBDIR).
+        self.cursor_parts: tuple[str, ...] = (
+            () if not cursor_table else (*self.table_parts[:-1], cursor_table)
+        )
         self._psycopg: ModuleType | None = None
         self._conn: AsyncConnection[Any] | None = None
         self._columns: list[str] | None = None
@@ -164,6 +176,62 @@ class PostgresPipeline(BatchingPipeline):
                 f"table {'.'.join(self.table_parts)!r} does not exist; create it or set "
                 "SSE_POSTGRES_CREATE_TABLE = True"
             )
+        if self.cursor_parts:
+            sql = self._sql()
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (sink text NOT NULL, stream_key text NOT NULL, "
+                    "event_id text NOT NULL, seq bigint NOT NULL, stored_seq bigint NOT NULL, "
+                    "stored_item bigint NOT NULL, updated_at timestamptz NOT NULL, "
+                    "PRIMARY KEY (sink, stream_key))"
+                ).format(sql.Identifier(*self.cursor_parts))
+            )
+
+    async def load_cursors(self) -> dict[str, Cursor]:
+        if not self.cursor_parts:
+            return {}
+        conn = await self._connection()
+        sql = self._sql()
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT stream_key, event_id, seq, stored_seq, stored_item FROM {} WHERE sink = %s"
+            ).format(sql.Identifier(*self.cursor_parts)),
+            (self._sink_name,),
+        )
+        return {
+            key: Cursor(event_id, int(seq), Mark(int(s), int(i)))
+            for key, event_id, seq, s, i in await cur.fetchall()
+        }
+
+    @property
+    def _sink_name(self) -> str:
+        """The cursors' ``sink`` column: the table the rows go to."""
+        return ".".join(self.table_parts)
+
+    async def _save_cursors(self, cur: Any, cursors: Cursors) -> None:
+        """Upsert the cursors, keeping the most advanced part of each (a replayed
+        spill carries older ones)."""
+        if not cursors or not self.cursor_parts:
+            return
+        sql = self._sql()
+        await cur.executemany(
+            sql.SQL(
+                "INSERT INTO {} AS c (sink, stream_key, event_id, seq, stored_seq, stored_item, "
+                "updated_at) VALUES (%s, %s, %s, %s, %s, %s, now()) "
+                "ON CONFLICT (sink, stream_key) DO UPDATE SET "
+                "event_id = CASE WHEN excluded.seq >= c.seq THEN excluded.event_id "
+                "ELSE c.event_id END, "
+                "seq = GREATEST(c.seq, excluded.seq), "
+                "stored_item = CASE WHEN (excluded.stored_seq, excluded.stored_item) > "
+                "(c.stored_seq, c.stored_item) THEN excluded.stored_item ELSE c.stored_item END, "
+                "stored_seq = GREATEST(c.stored_seq, excluded.stored_seq), "
+                "updated_at = now()"
+            ).format(sql.Identifier(*self.cursor_parts)),
+            [
+                (self._sink_name, key, c.event_id, c.seq, c.stored.seq, c.stored.item)
+                for key, c in cursors.items()
+            ],
+        )
 
     async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
         if not rows:
@@ -195,6 +263,7 @@ class PostgresPipeline(BatchingPipeline):
                 async with cur.copy(self._copy_sql) as copy:
                     for row in rows:
                         await copy.write_row(self._values(row))
+                await self._save_cursors(cur, cursors)
         except BaseException:
             if xid is not None:
                 self._in_doubt.add(key or fingerprint(rows), xid)

@@ -17,6 +17,13 @@ dicts and lists as JSON text, dates and times as ISO 8601, anything else as ``st
 key, or a template filled from each item's fields (``"prices:{symbol}"``; write
 ``{{``/``}}`` for literal braces); an item that lacks a field the template names is
 dropped with a clear message rather than failing a whole batch.
+
+Each stream's cursor (where it resumes, and the last entry stored) is kept in the hash
+``SSE_REDIS_CURSOR_KEY`` (default ``scrapy-sse:cursors:`` + ``SSE_REDIS_STREAM``; a
+field per stream key) and set by the same script call as the batch's ``XADD``s: the
+entries and the cursor are written together or not at all, and a crawl started
+anywhere against this Redis resumes each stream where its entries end. (Redis itself
+keeps them across its own restart only with persistence on: AOF or RDB.)
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.exceptions import DropItem
 from scrapy.utils.asyncio import is_asyncio_available
 
+from ..durable import Cursor, Mark
 from .base import NO_CURSORS, BatchingPipeline, Cursors, json_default
 from .postgres import InDoubtBatches, fingerprint
 
@@ -44,19 +52,34 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 #: Seconds a connection attempt or a reply may take (URL options override them).
 SOCKET_TIMEOUT = 10.0
 
-#: KEYS[1]: the batch marker; KEYS[2..]: the streams. ARGV[1]: the marker's TTL;
-#: ARGV[2]: MAXLEN ("0": no trimming); then per entry: the index of its stream in
-#: KEYS, its number of fields, and the fields and values.
+#: KEYS[1]: the batch marker; KEYS[2]: the cursor hash; KEYS[3..]: the streams.
+#: ARGV[1]: the marker's TTL; ARGV[2]: MAXLEN ("0": no trimming); ARGV[3]: the number
+#: of cursors, then per cursor its stream key, event id, seq, stored seq and stored
+#: item; then per entry: the index of its stream in KEYS, its number of fields, and
+#: the fields and values. A cursor keeps the most advanced of each of its parts.
 XADD_BATCH = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-for k = 2, #KEYS do
+for k = 3, #KEYS do
   local kind = redis.call('TYPE', KEYS[k])['ok']
   if kind ~= 'none' and kind ~= 'stream' then
     return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a stream')
   end
 end
 local maxlen = ARGV[2]
-local i = 3
+local i = 4
+for c = 1, tonumber(ARGV[3]) do
+  local field, id = ARGV[i], ARGV[i + 1]
+  local seq, sseq, sitem = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local old = redis.call('HGET', KEYS[2], field)
+  if old then
+    local oseq, osseq, ositem, oid = string.match(old, '^(%d+) (%d+) (%d+) (.*)$')
+    oseq, osseq, ositem = tonumber(oseq), tonumber(osseq), tonumber(ositem)
+    if oseq > seq then seq, id = oseq, oid end
+    if osseq > sseq or (osseq == sseq and ositem > sitem) then sseq, sitem = osseq, ositem end
+  end
+  redis.call('HSET', KEYS[2], field, string.format('%d %d %d %s', seq, sseq, sitem, id))
+  i = i + 5
+end
 local added = 0
 while i <= #ARGV do
   local args = {'XADD', KEYS[tonumber(ARGV[i])]}
@@ -94,6 +117,11 @@ def encode_field(value: Any) -> str | bytes | int | float | None:
     return str(value)
 
 
+def _text(value: bytes | str) -> str:
+    """A reply as text (``decode_responses`` may be on in the URL)."""
+    return value if isinstance(value, str) else value.decode()
+
+
 class RedisStreamPipeline(BatchingPipeline):
     """Appends items to Redis streams, a batch per atomic script call (module doc).
 
@@ -114,6 +142,9 @@ class RedisStreamPipeline(BatchingPipeline):
         self.maxlen = int(maxlen) if maxlen not in (None, "") else 0
         self.dedup_prefix: str = self.settings.get("SSE_REDIS_DEDUP_PREFIX", "scrapy-sse:batch:")
         self.dedup_ttl = max(1, self.settings.getint("SSE_REDIS_DEDUP_TTL", 86400))
+        self.cursor_key: str = self.settings.get(
+            "SSE_REDIS_CURSOR_KEY", f"scrapy-sse:cursors:{self.stream}"
+        )
         self._client: Redis | None = None
         self._script: AsyncScript | None = None
         self._in_doubt: InDoubtBatches[str] = InDoubtBatches()
@@ -170,7 +201,7 @@ class RedisStreamPipeline(BatchingPipeline):
             key = fingerprint(rows)
             token = self._in_doubt.pop(key)
         token = token or uuid.uuid4().hex
-        keys, args = self._script_arguments(token, rows)
+        keys, args = self._script_arguments(token, rows, cursors)
         try:
             added = await self._script(keys=keys, args=args)
         except BaseException:
@@ -185,6 +216,18 @@ class RedisStreamPipeline(BatchingPipeline):
                 len(rows),
             )
 
+    async def load_cursors(self) -> dict[str, Cursor]:
+        if self._client is None:
+            return {}
+        found = await self._client.hgetall(self.cursor_key)
+        cursors = {}
+        for key, value in found.items():
+            seq, stored_seq, stored_item, event_id = _text(value).split(" ", 3)
+            cursors[_text(key)] = Cursor(
+                event_id, int(seq), Mark(int(stored_seq), int(stored_item))
+            )
+        return cursors
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
@@ -193,14 +236,16 @@ class RedisStreamPipeline(BatchingPipeline):
     # -- helpers ---------------------------------------------------------------------
 
     def _script_arguments(
-        self, token: str, rows: list[dict[str, Any]]
+        self, token: str, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of :data:`XADD_BATCH` for *rows* (rows that cannot be routed
         or have no non-null field are skipped with a log line: retrying cannot fix
         them)."""
-        keys = [self.dedup_prefix + token]
+        keys = [self.dedup_prefix + token, self.cursor_key]
         index: dict[str, int] = {}
-        args: list[Any] = [self.dedup_ttl, self.maxlen]
+        args: list[Any] = [self.dedup_ttl, self.maxlen, len(cursors)]
+        for stream_key, c in cursors.items():
+            args += (stream_key, c.event_id, c.seq, c.stored.seq, c.stored.item)
         for row in rows:
             try:
                 stream = self.stream_for(row)
