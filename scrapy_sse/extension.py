@@ -25,7 +25,7 @@ from scrapy.utils.job import job_dir
 
 from . import _scrapy_private
 from .checkpoint import Checkpoints
-from .durable import CURRENT, Ledger
+from .durable import Ledger
 from .http import SSEResponse
 from .logformatter import SSELogFormatter
 from .policy import SPIDER_CLOSED
@@ -67,6 +67,10 @@ class SSEExtension:
         #: :mod:`scrapy_sse.durable`).
         self.ledger = Ledger()
         self.registry.tracks = self.ledger.tracks
+        if not self.has(_scrapy_private.ORDERED_OUTPUT):
+            # Scrapy's own output processing runs items in other tasks than the one
+            # that read their event: their provenance goes by item identity.
+            self.ledger.by_item = {}
         self._dead_letters: DeadLetters | None = None
         #: The errback for a stream connection that never opened (set by the spider
         #: middleware, which owns reconnection; see the downloader middleware).
@@ -136,7 +140,7 @@ class SSEExtension:
             if isinstance(self.crawler.logformatter, SSELogFormatter):
                 self.crawler.logformatter.item_done = item_done
         if isinstance(self.crawler.logformatter, SSELogFormatter):
-            self.crawler.logformatter.settles = True
+            self.crawler.logformatter.ledger = self.ledger
         else:
             # (Scrapy's own LogFormatter, or the user's: the signal says the same,
             # at the cost of one more receiver per item.)
@@ -154,13 +158,10 @@ class SSEExtension:
             self._checkpoint_timer = create_looping_call(self.registry.flush_checkpoints)
             self._checkpoint_timer.start(self.settings.checkpoint_interval, now=False)
 
-    @staticmethod
-    def _item_settled() -> None:
-        """An item left the item pipelines (in its own task, so in the context it was
-        made in): it no longer holds its stream's resume point back."""
-        slot = CURRENT.get()
-        if slot is not None:
-            slot.track.settle(slot)
+    def _item_settled(self, item: Any) -> None:
+        """An item left the item pipelines: it no longer holds its stream's resume
+        point back."""
+        self.ledger.item_done(item)
 
     def _output_done(self, response: SSEResponse) -> None:
         """All of a stream response's output has been processed: if its stream rests,

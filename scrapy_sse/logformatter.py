@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from scrapy.logformatter import LogFormatter, LogFormatterResult
 
 from . import _scrapy_private
-from .durable import CURRENT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,6 +27,8 @@ if TYPE_CHECKING:
     from scrapy.http import Response
     from twisted.python.failure import Failure
     from typing_extensions import Self
+
+    from .durable import Ledger
 
 #: How long a "does anyone log DEBUG?" answer is reused (handlers rarely change).
 _RECHECK_SECONDS = 1.0
@@ -60,9 +61,10 @@ class SSELogFormatter(LogFormatter):
     def __init__(self, scraper_logger: logging.Logger | None = None) -> None:
         super().__init__()
         self.item_done: Callable[[], None] = _nothing
-        #: Whether a scraped item settles its hold on the stream's resume point here
-        #: (set by the extension; dropped and failed items settle on their signals).
-        self.settles = False
+        #: The crawl's ledger, where a scraped item settles its hold on its stream's
+        #: resume point (set by the extension; dropped and failed items settle on
+        #: their signals).
+        self.ledger: Ledger | None = None
         #: The logger Scrapy's scraper logs items with; ``None``: unknown, always log.
         self._scraper_logger = scraper_logger
         self._checked_at = -_RECHECK_SECONDS
@@ -79,10 +81,8 @@ class SSELogFormatter(LogFormatter):
         self, item: Any, response: Response | Failure | None, spider: Spider
     ) -> LogFormatterResult | None:
         self.item_done()
-        if self.settles:
-            slot = CURRENT.get()
-            if slot is not None:
-                slot.track.settle(slot)
+        if self.ledger is not None:
+            self.ledger.item_done(item)
         now = monotonic()
         if self._scraper_logger is not None and now - self._checked_at >= _RECHECK_SECONDS:
             self._debug = debug_is_emitted(self._scraper_logger)

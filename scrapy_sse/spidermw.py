@@ -79,6 +79,7 @@ class SSESpiderMiddleware:
             return
         stream = response.stream
         current = CURRENT.get
+        by_item = self.state.ledger.by_item
         try:
             async for value in result:
                 if value is not None and not isinstance(value, Request):
@@ -87,6 +88,8 @@ class SSESpiderMiddleware:
                     slot = current()
                     if slot is not None:
                         slot.pending += 1
+                        if by_item is not None:
+                            by_item[id(value)] = slot
                 yield value
         except BaseException:
             self._output_ended(stream)

@@ -131,7 +131,7 @@ def test_dead_letters_can_go_through_a_batching_sink(tmp_path: Path) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert [json.loads(r[1])["data"] for r in rows] == ["0", "1", "2"]
     assert {(r[0], r[2]) for r in rows} == {("callback_error", "boom")}
-    assert tables == {"sse_dead_letters"}  # not the items table
+    assert tables == {"sse_dead_letters", "sse_cursors"}  # not the items table
     assert letters(tmp_path) == []
 
 

@@ -206,6 +206,16 @@ class BatchingPipeline(abc.ABC):
     setting_prefix: ClassVar[str]
     #: pip extra that installs the sink's driver (``pip install scrapy-sse[<extra>]``).
     extra: ClassVar[str | None] = None
+    #: Whether :meth:`write_batch` commits the cursors in the rows' own transaction
+    #: (and :meth:`load_cursors` reads them back). Otherwise the base class keeps
+    #: them in ``cursors.json`` in the sink's spill folder, written right after each
+    #: committed batch.
+    holds_cursors: ClassVar[bool] = False
+    #: Whether each batch is first written to the sink's ``journal`` folder and
+    #: removed once committed, so that after a crash the very same batch (rows and
+    #: cursors) is written again: for stores where writing the same batch twice
+    #: stores it once (ClickHouse's insert deduplication token).
+    write_ahead: ClassVar[bool] = False
 
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
@@ -242,6 +252,9 @@ class BatchingPipeline(abc.ABC):
         self._timer: CallLaterResult | None = None
         self._waiters: list[Deferred[None]] = []
         self._drain_d: Deferred[None] | None = None
+        self._local_cursors: dict[str, Cursor] | None = None
+        state = _crawl_state(crawler)
+        self._ledger = state.ledger if state is not None else None
 
     # -- for subclasses ------------------------------------------------------------
 
@@ -326,6 +339,8 @@ class BatchingPipeline(abc.ABC):
             self.batch_size,
             self.flush_interval,
         )
+        if self.write_ahead:
+            await self._exclusive(self._replay_journal())
         self._spill_pending = await run_in_thread(self._has_spill_files)
         if self._spill_pending:
             await self._exclusive(self._replay_spills())
@@ -337,6 +352,9 @@ class BatchingPipeline(abc.ABC):
         """Read where the store's data ends, per stream (with what spilled files not
         yet written hold): the crawl resumes each stream from there."""
         cursors = await self.load_cursors()
+        if not self.holds_cursors:
+            for key, cursor in (await run_in_thread(self._read_local_cursors)).items():
+                cursors[key] = _most_advanced(cursors.get(key), cursor)
         for path in await run_in_thread(self._spill_files):
             try:
                 spilled = (await run_in_thread(_read_spill, path))[1]
@@ -352,7 +370,7 @@ class BatchingPipeline(abc.ABC):
                 state.ledger.load(cursors)
 
     async def process_item(self, item: Any) -> Any:
-        slot = CURRENT.get()
+        slot = self._ledger.slot_of(item) if self._ledger is not None else None
         rows = [self.to_row(member) for member in batch_members(item)]
         waited = False
         while len(self._buffer) >= self.max_buffer:
@@ -384,7 +402,7 @@ class BatchingPipeline(abc.ABC):
                 marks, self._marks = self._marks, []
                 cursors, settling = _cursors(marks)
                 await self._spill(rows, "the sink was never opened", cursors)
-                _settle(settling)
+                settle(settling)
             return
         await self._exclusive(self._drain(force=True))
         await self.close()
@@ -491,6 +509,10 @@ class BatchingPipeline(abc.ABC):
     ) -> None:
         started = time.monotonic()
         cursors, settling = _cursors(marks)
+        journal = None
+        if self.write_ahead and cursors:
+            self._spill_seq += 1
+            journal = await run_in_thread(self._write_journal, rows, cursors, self._spill_seq)
         error = await self._write_with_retries(rows, cursors)
         if self.crawler.stats is not None:
             self.crawler.stats.max_value(
@@ -500,9 +522,13 @@ class BatchingPipeline(abc.ABC):
             # A spill file is durable too (written whole, fsynced), and its cursors
             # count at the next start: the streams may resume past its rows.
             await self._spill(rows, error, cursors)
-            _settle(settling)
+            if journal is not None:
+                await run_in_thread(journal.unlink, missing_ok=True)
+            settle(settling)
             return
-        _settle(settling)
+        await self.committed(cursors, settling)
+        if journal is not None:
+            await run_in_thread(journal.unlink, missing_ok=True)
         self._stat_inc("rows_written", len(rows))
         self._stat_inc("batches")
         if self._spill_pending:
@@ -541,6 +567,101 @@ class BatchingPipeline(abc.ABC):
                 return None
         self._sink_down = True
         return error
+
+    async def committed(self, cursors: Cursors, settling: dict[Slot, int]) -> None:
+        """A batch is committed: keep its cursors (if the store does not) and let its
+        streams' resume points pass its rows. A sink whose written rows become
+        durable only later (Parquet: when its file is published) settles then."""
+        if cursors and not self.holds_cursors:
+            await run_in_thread(self._save_local_cursors, cursors)
+        settle(settling)
+
+    # -- cursors kept beside the spill files ------------------------------------------
+
+    @property
+    def _local_cursors_path(self) -> Path:
+        return self.spill_dir / "cursors.json"
+
+    def _read_local_cursors(self) -> dict[str, Cursor]:
+        path = self._local_cursors_path
+        if not path.exists():
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            key: Cursor(str(e), int(q), Mark(int(s), int(i)))
+            for key, (e, q, s, i) in data.get("cursors", {}).items()
+        }
+
+    def _save_local_cursors(self, cursors: Cursors) -> None:
+        """Merge *cursors* into ``cursors.json`` (whole file replaced: a crash leaves
+        the old or the new one). Not fsynced: it survives the crawl's crash, not the
+        machine's; the journal and the store's own deduplication cover that gap."""
+        known = self._local_cursors
+        if known is None:
+            known = self._local_cursors = self._read_local_cursors()
+        merge_cursors(known, cursors)
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(
+            {
+                "cursors": {
+                    k: [c.event_id, c.seq, c.stored.seq, c.stored.item] for k, c in known.items()
+                }
+            },
+            ensure_ascii=False,
+        )
+        path = self._local_cursors_path
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+    # -- write-ahead journal ----------------------------------------------------------
+
+    @property
+    def _journal_dir(self) -> Path:
+        return self.spill_dir / "journal"
+
+    def _write_journal(self, rows: list[dict[str, Any]], cursors: Cursors, seq: int) -> Path:
+        self._journal_dir.mkdir(parents=True, exist_ok=True)
+        path = self._journal_dir / f"{time.time_ns():020d}-{os.getpid()}-{seq:06d}.jsonl"
+        # (Not fsynced: it covers a crash of the crawl, as cursors.json does.)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(_spill_text(rows, cursors), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    async def _replay_journal(self) -> None:
+        """Write again the batches a crash left in the journal (the store keeps one
+        copy of each), oldest first; one that fails becomes a spill file."""
+        journal = self._journal_dir
+        if not journal.is_dir():
+            return
+        for path in sorted(journal.glob("*.jsonl")):
+            rows, cursors = await run_in_thread(_read_spill, path)
+            try:
+                await self.write_batch(rows, cursors)
+            except Exception as exc:
+                self.spill_dir.mkdir(parents=True, exist_ok=True)
+                await run_in_thread(os.replace, path, self.spill_dir / path.name)
+                self._spill_pending = True
+                logger.warning(
+                    "Sink %s: writing again the batch a crash left in %s failed (%s: %s); "
+                    "it is kept as a spill file",
+                    self.name,
+                    path,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            if cursors:
+                await run_in_thread(self._save_local_cursors, cursors)
+            await run_in_thread(path.unlink)
+            self._stat_inc("journal_batches_rewritten")
+            logger.info(
+                "Sink %s: wrote again the batch of %d rows a crash left in %s",
+                self.name,
+                len(rows),
+                path,
+            )
 
     # -- timer ---------------------------------------------------------------------
 
@@ -762,9 +883,16 @@ def _cursors(
     return cursors, settling
 
 
-def _settle(settling: dict[Slot, int]) -> None:
+def settle(settling: dict[Slot, int]) -> None:
+    """Settle the holds a committed batch had on its deliveries."""
     for slot, count in settling.items():
         slot.track.settle(slot, count)
+
+
+def merge_cursors(into: dict[str, Cursor], cursors: Cursors) -> None:
+    """Merge *cursors* into *into*, keeping the most advanced part of each."""
+    for key, cursor in cursors.items():
+        into[key] = _most_advanced(into.get(key), cursor)
 
 
 def _most_advanced(known: Cursor | None, other: Cursor) -> Cursor:
@@ -779,7 +907,10 @@ def _crawl_state(crawler: Crawler) -> SSEExtension | None:
     """The crawl's scrapy-sse state; ``None`` when the sink runs without the add-on."""
     from ..extension import SSEExtension
 
-    return crawler.get_extension(SSEExtension)
+    try:
+        return crawler.get_extension(SSEExtension)
+    except RuntimeError:  # no extension manager: a pipeline built outside a crawl
+        return None
 
 
 __all__ = [

@@ -8,9 +8,17 @@ ClickHouse answers a failed insert with a non-200 status and a plain-text explan
 that text is the exception message, so the log says *why* (unknown table, bad value).
 
 An insert of one batch is one block, which ClickHouse writes atomically, so a failed
-batch is all-or-nothing and the base class's retry duplicates nothing. If the reply to
-a successful insert is lost, the retry writes the batch again (at-least-once); a
-``Replicated*MergeTree`` table deduplicates such identical blocks by itself.
+batch is all-or-nothing. ClickHouse cannot commit a cursor with a block, so the
+stream positions travel another way: each batch is journaled on local disk before
+its insert (the base class's write-ahead journal) and carries an
+``insert_deduplication_token`` derived from its stream positions; the cursors are kept
+beside the spill files once the insert is acknowledged. A batch in flight when the
+crawl is killed is sent again, whole and with the same token, at the next start, and
+ClickHouse (22.2 and later) stores it once: a retry after a lost reply too. A table
+created by this sink with a plain ``MergeTree`` gets
+``non_replicated_deduplication_window`` so that the token is honoured (replicated
+tables deduplicate by default). Older servers have no token: the one batch in flight
+at a crash may then be stored twice, and the sink says so at open.
 
 Values: nested values (dict, list) become JSON text for ``String`` columns, aware
 datetimes are sent as Unix seconds (unambiguous whatever the server's time zone),
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import logging
 import urllib.error
@@ -42,6 +51,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8123/"
 DEFAULT_ENGINE = "MergeTree ORDER BY tuple()"
+#: How many recent insert tokens a plain MergeTree table created here remembers.
+DEDUP_WINDOW = 1000
+#: The first version with ``insert_deduplication_token``.
+TOKEN_VERSION = (22, 2)
 
 
 class ClickHouseError(RuntimeError):
@@ -93,6 +106,7 @@ class ClickHousePipeline(BatchingPipeline):
 
     setting_prefix = "SSE_CLICKHOUSE"
     extra = None  # aiohttp comes with Scrapy
+    write_ahead = True
 
     def __init__(self, crawler: Crawler) -> None:
         super().__init__(crawler)
@@ -107,6 +121,8 @@ class ClickHousePipeline(BatchingPipeline):
             if database
             else quote_identifier(table)
         )
+        self._database = database
+        self._table = table
         self.user: str | None = settings.get("SSE_CLICKHOUSE_USER") or None
         self.password: str = settings.get("SSE_CLICKHOUSE_PASSWORD") or ""
         self.create_table = settings.getbool("SSE_CLICKHOUSE_CREATE_TABLE", False)
@@ -117,6 +133,8 @@ class ClickHousePipeline(BatchingPipeline):
         self._session: aiohttp.ClientSession | None = None
         self._columns: frozenset[str] | None = None
         self._warned_unknown = False
+        #: Whether the server takes ``insert_deduplication_token`` (set at open).
+        self.tokens = False
 
     # -- BatchingPipeline ------------------------------------------------------------
 
@@ -136,9 +154,19 @@ class ClickHousePipeline(BatchingPipeline):
             where.port,
             "with aiohttp" if self._session is not None else "with urllib in a thread",
         )
+        version = (await self._request("SELECT version()")).strip()
+        self.tokens = _version(version) >= TOKEN_VERSION
+        if not self.tokens:
+            logger.warning(
+                "Sink %s: ClickHouse %s has no insert_deduplication_token (22.2 and later): "
+                "a batch being inserted when the crawl is killed may be stored twice",
+                self.name,
+                version,
+            )
         columns = await self._table_columns()
         if columns:
             self._columns = columns
+            await self._check_deduplication()
         elif not self.create_table:
             raise ClickHouseError(
                 404,
@@ -159,7 +187,42 @@ class ClickHousePipeline(BatchingPipeline):
             values = {k: clickhouse_value(v) for k, v in row.items() if k in columns}
             lines.append(json.dumps(values, ensure_ascii=False, separators=(",", ":")))
         body = ("\n".join(lines) + "\n").encode()
-        await self._request(f"INSERT INTO {self.table_sql} FORMAT JSONEachRow", body)
+        token = self._token(rows, cursors) if self.tokens else None
+        await self._request(f"INSERT INTO {self.table_sql} FORMAT JSONEachRow", body, token)
+
+    def _token(self, rows: list[dict[str, Any]], cursors: Cursors) -> str:
+        """The batch's deduplication token: its streams and the position of its last
+        row in each (no two batches of this table share them), or, for rows from no
+        stream, the rows themselves."""
+        digest = hashlib.sha256(self.table_sql.encode())
+        if cursors:
+            for key in sorted(cursors):
+                mark = cursors[key].stored
+                digest.update(f"|{key}:{mark.seq}:{mark.item}".encode())
+        else:
+            digest.update(json.dumps(rows, default=json_default, sort_keys=True).encode())
+        return digest.hexdigest()
+
+    async def _check_deduplication(self) -> None:
+        """Warn when an existing table would ignore the tokens."""
+        if not self.tokens:
+            return
+        engine = await self._request(
+            "SELECT engine_full FROM system.tables WHERE database = "
+            + (_quote_string(self._database) if self._database else "currentDatabase()")
+            + f" AND name = {_quote_string(self._table)}"
+        )
+        if "Replicated" not in engine and "non_replicated_deduplication_window" not in engine:
+            logger.warning(
+                "Sink %s: table %s is not replicated and has no "
+                "non_replicated_deduplication_window setting, so ClickHouse ignores insert "
+                "deduplication tokens: a batch being inserted when the crawl is killed may "
+                "be stored twice (ALTER TABLE ... MODIFY SETTING "
+                "non_replicated_deduplication_window = %d)",
+                self.name,
+                self.table_sql,
+                DEDUP_WINDOW,
+            )
 
     async def close(self) -> None:
         session, self._session = self._session, None
@@ -184,8 +247,11 @@ class ClickHousePipeline(BatchingPipeline):
             for name in fields
         }
         columns = ", ".join(f"{quote_identifier(name)} {types[name]}" for name in fields)
+        engine = self.engine
+        if self.tokens and engine.startswith("MergeTree") and "SETTINGS" not in engine.upper():
+            engine += f" SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
         await self._request(
-            f"CREATE TABLE IF NOT EXISTS {self.table_sql} ({columns}) ENGINE = {self.engine}"
+            f"CREATE TABLE IF NOT EXISTS {self.table_sql} ({columns}) ENGINE = {engine}"
         )
         logger.info("Sink %s: created table %s", self.name, self.table_sql)
         self._columns = await self._table_columns()
@@ -201,9 +267,13 @@ class ClickHousePipeline(BatchingPipeline):
 
     # -- HTTP ------------------------------------------------------------------------
 
-    async def _request(self, query: str, body: bytes | None = None) -> str:
+    async def _request(
+        self, query: str, body: bytes | None = None, token: str | None = None
+    ) -> str:
         """Run *query* (with *body* as its data, for an insert); the response text."""
         params = {"query": query, **self.query_settings} if body is not None else {}
+        if token is not None:
+            params["insert_deduplication_token"] = token
         separator = "&" if "?" in self.url else "?"
         url = self.url + (separator + urllib.parse.urlencode(params) if params else "")
         data = body if body is not None else query.encode()
@@ -232,3 +302,16 @@ class ClickHousePipeline(BatchingPipeline):
                 return int(response.status), response.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
+
+
+def _version(text: str) -> tuple[int, int]:
+    """``"24.8.4.13"`` -> ``(24, 8)`` (``(0, 0)`` when unreadable)."""
+    try:
+        major, minor = text.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
+
+
+def _quote_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -8,7 +8,14 @@ between batches and by a timer, so a quiet feed still publishes its file), and a
 close. A file is written as ``<name>.parquet.tmp`` and renamed when complete
 (``os.replace``), so a reader globbing ``*.parquet`` never sees half a file. The cost:
 rows in the open file are only readable once it is closed, and a hard kill
-(``SIGKILL``, power loss) loses them; a graceful stop (one Ctrl-C) closes it.
+(``SIGKILL``, power loss) loses the file; a graceful stop (one Ctrl-C) closes it.
+
+Nothing is lost that way, and nothing is stored twice: rows count as stored only
+once their file is published, so the streams resume (after a kill) from where the
+published files end. Each file carries the cursors of its streams in its footer
+metadata (``scrapy_sse_cursors``); they are also kept in ``cursors.json`` beside the
+spill files after each rename, and at open the footers of files newer than that are
+read too (a kill between the rename and that write).
 
 Column types follow the values: bool, int64, float64, string, binary, timestamp
 (UTC when the datetimes are aware), date32, time64. Nested values (dict, list,
@@ -27,7 +34,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +42,8 @@ from itemadapter import is_item
 from scrapy.utils.asyncio import create_looping_call, run_in_thread
 from scrapy.utils.defer import deferred_from_coro
 
-from .base import NO_CURSORS, BatchingPipeline, Cursors, json_default
+from ..durable import Cursor, Mark, Slot
+from .base import NO_CURSORS, BatchingPipeline, Cursors, json_default, merge_cursors, settle
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -51,6 +59,10 @@ class _OpenFile:
     schema: Any
     started: float
     rows: int = 0
+    #: The cursors of the rows written to it, and the holds they settle once published.
+    cursors: dict[str, Cursor] = field(default_factory=dict)
+    settling: list[dict[Slot, int]] = field(default_factory=list)
+    published: bool = False
 
 
 class ParquetPipeline(BatchingPipeline):
@@ -74,6 +86,8 @@ class ParquetPipeline(BatchingPipeline):
         self._types: dict[str, Any] = {}  # column -> arrow type, carried across files
         self._seq = 0
         self._roll_timer: Any = None
+        self._last_file: _OpenFile | None = None  # the file the last batch went to
+        self._published: list[_OpenFile] = []  # published, holds not yet settled
 
     async def open(self) -> None:
         await run_in_thread(self._open)
@@ -82,12 +96,34 @@ class ParquetPipeline(BatchingPipeline):
             self._roll_timer.start(min(max(self.roll_seconds / 4, 0.05), 5.0), now=False)
 
     async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
-        await run_in_thread(self._write, rows)
+        await run_in_thread(self._write, rows, cursors)
+
+    async def committed(self, cursors: Cursors, settling: dict[Slot, int]) -> None:
+        """The rows are in a file: they count as stored once it is published."""
+        file = self._last_file
+        if file is None:
+            settle(settling)
+            return
+        file.settling.append(settling)
+        await self._after_publishing()
+
+    async def _after_publishing(self) -> None:
+        """Keep the cursors of the files published since last time, and settle."""
+        while self._published:
+            file = self._published.pop(0)
+            if file.cursors:
+                await run_in_thread(self._save_local_cursors, file.cursors)
+            for settling in file.settling:
+                settle(settling)
+
+    async def load_cursors(self) -> dict[str, Cursor]:
+        return await run_in_thread(self._footer_cursors)
 
     async def close(self) -> None:
         if self._roll_timer is not None and self._roll_timer.running:
             self._roll_timer.stop()
         await run_in_thread(self._finish)
+        await self._after_publishing()
 
     # -- time-based roll while idle ----------------------------------------------------
 
@@ -95,9 +131,11 @@ class ParquetPipeline(BatchingPipeline):
         if self._file is None or self._flushing or self._closing:
             return  # a flush checks the age itself when it is done
         if time.monotonic() - self._file.started >= self.roll_seconds:
-            deferred_from_coro(self._exclusive(run_in_thread(self._roll_if_old))).addErrback(
-                self._log_failure
-            )
+            deferred_from_coro(self._exclusive(self._roll_old())).addErrback(self._log_failure)
+
+    async def _roll_old(self) -> None:
+        await run_in_thread(self._roll_if_old)
+        await self._after_publishing()
 
     def _roll_if_old(self) -> None:
         if self._file is not None and time.monotonic() - self._file.started >= self.roll_seconds:
@@ -118,7 +156,26 @@ class ParquetPipeline(BatchingPipeline):
                 ", ".join(p.name for p in stale[:5]),
             )
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
+    def _footer_cursors(self) -> dict[str, Cursor]:
+        """The cursors in the footers of published files newer than ``cursors.json``
+        (all of them when there is none)."""
+        local = self._local_cursors_path
+        since = local.stat().st_mtime - 1 if local.exists() else 0.0
+        cursors: dict[str, Cursor] = {}
+        for path in sorted(self.directory.glob(f"{self.table}-*.parquet")):
+            if path.stat().st_mtime < since:
+                continue
+            try:
+                metadata = self.pq.read_metadata(path).metadata or {}
+            except (OSError, self.pa.ArrowException) as exc:
+                logger.warning("Sink %s: cannot read the footer of %s (%s)", self.name, path, exc)
+                continue
+            found = metadata.get(_CURSORS_KEY)
+            if found:
+                merge_cursors(cursors, _cursors_from_json(found))
+        return cursors
+
+    def _write(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
         table = self._arrow_table(rows)
         if self._file is not None and not self._file.schema.equals(table.schema):
             self._finish()  # one schema per file
@@ -131,6 +188,8 @@ class ParquetPipeline(BatchingPipeline):
             self._abandon()
             raise
         self._file.rows += len(rows)
+        merge_cursors(self._file.cursors, cursors)
+        self._last_file = self._file
         if (
             (self.roll_rows and self._file.rows >= self.roll_rows)
             or (self.roll_bytes and self._file.tmp.stat().st_size >= self.roll_bytes)
@@ -151,6 +210,8 @@ class ParquetPipeline(BatchingPipeline):
         file, self._file = self._file, None
         if file is None:
             return
+        if file.cursors:
+            file.writer.add_key_value_metadata({_CURSORS_KEY: _cursors_to_json(file.cursors)})
         file.writer.close()
         fd = os.open(file.tmp, os.O_RDONLY)
         try:
@@ -158,6 +219,8 @@ class ParquetPipeline(BatchingPipeline):
         finally:
             os.close(fd)
         os.replace(file.tmp, file.final)
+        file.published = True
+        self._published.append(file)
         if self.crawler.stats is not None:
             self.crawler.stats.inc_value(f"sse/sink/{self.name}/files_written")
         logger.info("Sink %s: wrote %s (%d rows)", self.name, file.final, file.rows)
@@ -203,6 +266,24 @@ class ParquetPipeline(BatchingPipeline):
         if pa.types.is_integer(current) and pa.types.is_floating(inferred):
             return pa.float64()
         return pa.string()
+
+
+#: The footer metadata key of a file's cursors.
+_CURSORS_KEY = "scrapy_sse_cursors"
+
+
+def _cursors_to_json(cursors: dict[str, Cursor]) -> str:
+    return json.dumps(
+        {k: [c.event_id, c.seq, c.stored.seq, c.stored.item] for k, c in cursors.items()},
+        ensure_ascii=False,
+    )
+
+
+def _cursors_from_json(text: bytes | str) -> dict[str, Cursor]:
+    return {
+        key: Cursor(str(e), int(q), Mark(int(s), int(i)))
+        for key, (e, q, s, i) in json.loads(text).items()
+    }
 
 
 def _infer(values: list[Any], pa: Any) -> Any:

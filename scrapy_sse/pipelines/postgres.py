@@ -135,6 +135,7 @@ class PostgresPipeline(BatchingPipeline):
     """
 
     setting_prefix = "SSE_POSTGRES"
+    holds_cursors = True
     extra = "postgres"
 
     def __init__(self, crawler: Crawler) -> None:

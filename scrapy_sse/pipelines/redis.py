@@ -129,6 +129,7 @@ class RedisStreamPipeline(BatchingPipeline):
     """
 
     setting_prefix = "SSE_REDIS"
+    holds_cursors = True
     extra = "redis"
 
     def __init__(self, crawler: Crawler) -> None:

@@ -80,6 +80,7 @@ class SQLitePipeline(BatchingPipeline):
     """Stores items in an SQLite table, in batches (module doc for the settings)."""
 
     setting_prefix = "SSE_SQLITE"
+    holds_cursors = True
     extra = None
 
     def __init__(self, crawler: Crawler) -> None:
