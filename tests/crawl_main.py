@@ -54,6 +54,31 @@ class FailOnEvenPipeline:
         return item
 
 
+class HoldingPipeline:
+    """A hand-written sink that says when items are durable with
+    :func:`scrapy_sse.durable.hold`: items whose id is above ``TEST_DURABLE_UP_TO``
+    are never released (as if its store had not confirmed them yet)."""
+
+    def __init__(self, up_to: int) -> None:
+        self.up_to = up_to
+        self.unconfirmed: list[Any] = []
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> HoldingPipeline:
+        return cls(crawler.settings.getint("TEST_DURABLE_UP_TO"))
+
+    def process_item(self, item: Any) -> Any:
+        from scrapy_sse import durable
+
+        held = durable.hold()
+        assert held is not None, "an item from a stream has a delivery to hold"
+        if int(item["id"]) <= self.up_to:
+            held.release()
+        else:
+            self.unconfirmed.append(held)
+        return item
+
+
 class RecordPipeline:
     """Writes every item it receives, with the time it arrived, as one JSON line."""
 
@@ -224,6 +249,11 @@ def main() -> None:
         **(
             {"ITEM_PIPELINES": {ConcurrencyProbePipeline: 50, RecordPipeline: 100}}
             if config["settings"].pop("TEST_CONCURRENCY_PROBE", False)
+            else {}
+        ),
+        **(
+            {"ITEM_PIPELINES": {RecordPipeline: 100, HoldingPipeline: 200}}
+            if "TEST_DURABLE_UP_TO" in config["settings"]
             else {}
         ),
         "LOG_LEVEL": "INFO",

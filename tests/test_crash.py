@@ -21,7 +21,14 @@ from typing import Any
 import pytest
 
 from tests.servers.sse_server import SSEServer
-from tests.services import PostgresTarget, RedisTarget, postgres_target, redis_target
+from tests.services import (
+    ClickHouseTarget,
+    PostgresTarget,
+    RedisTarget,
+    clickhouse_target,
+    postgres_target,
+    redis_target,
+)
 from tests.sink_spiders import SinkCrawl, wait_until
 
 #: Events in the stream, and seconds between two of them (about 2,000 events/s).
@@ -180,3 +187,47 @@ def test_redis(
     url = stream_url(sse_server, f"redis-{case_id(case)}")
     log = crash_and_restart(tmp_path, url, settings=settings, args={"url": url, **args}, seed=3)
     assert_exactly_once([entry[column] for entry in redis_t.entries(stream)], log)
+
+
+@pytest.fixture
+def clickhouse() -> Iterator[ClickHouseTarget]:
+    with clickhouse_target() as target:
+        yield target
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_clickhouse_stores_no_id_twice(
+    sse_server: SSEServer, clickhouse: ClickHouseTarget, tmp_path: Path, mode: str
+) -> None:
+    args, column = MODES[mode]
+    settings: dict[str, Any] = {
+        "ITEM_PIPELINES": {"scrapy_sse.pipelines.clickhouse.ClickHousePipeline": 800},
+        "SSE_CLICKHOUSE_DATABASE": clickhouse.database,
+        "SSE_CLICKHOUSE_TABLE": clickhouse.table,
+        "SSE_CLICKHOUSE_CREATE_TABLE": True,
+    }
+    url = stream_url(sse_server, f"clickhouse-{mode}")
+    log = crash_and_restart(tmp_path, url, settings=settings, args={"url": url, **args}, seed=4)
+    text = clickhouse.query(f"SELECT {column} FROM {clickhouse.table} FORMAT TabSeparated")
+    assert_exactly_once(text.split(), log)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_parquet_stores_no_id_twice(sse_server: SSEServer, tmp_path: Path, mode: str) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    args, column = MODES[mode]
+    settings: dict[str, Any] = {
+        "ITEM_PIPELINES": {"scrapy_sse.pipelines.ParquetPipeline": 800},
+        "SSE_PARQUET_DIR": str(tmp_path / "parquet"),
+        # Files published every 1,500 rows: several per run, and rows still in the
+        # open file at each kill.
+        "SSE_PARQUET_ROLL_ROWS": 1500,
+    }
+    url = stream_url(sse_server, f"parquet-{mode}")
+    log = crash_and_restart(tmp_path, url, settings=settings, args={"url": url, **args}, seed=5)
+    ids = [
+        str(value)
+        for path in sorted((tmp_path / "parquet").glob("*.parquet"))
+        for value in pq.read_table(path, columns=[column]).column(column).to_pylist()
+    ]
+    assert_exactly_once(ids, log)

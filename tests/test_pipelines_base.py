@@ -379,3 +379,42 @@ def test_require_names_the_extra_to_install() -> None:
     with pytest.raises(MissingDependencyError, match=r"pip install scrapy-sse\[fancy\]"):
         BatchingPipeline.require("no_such_driver_module", "fancy")
     assert issubclass(MissingDependencyError, ImportError)
+
+
+class JournalingSink(MemorySink):
+    """A sink for which writing one batch twice stores it once (as ClickHouse with
+    insert deduplication tokens): batches are journaled before they are written."""
+
+    write_ahead = True
+
+    async def write_batch(self, rows: list[dict[str, Any]], cursors: Any = None) -> None:
+        self.cursors_seen = dict(cursors or {})
+        await super().write_batch(rows, cursors)
+
+
+def test_a_batch_left_in_the_journal_by_a_crash_is_written_again_with_its_cursors(
+    tmp_path: Path,
+) -> None:
+    from scrapy_sse.durable import Cursor, Mark
+
+    cursor = Cursor("42", 42, Mark(42, 0))
+
+    async def main() -> None:
+        crashed = JournalingSink.from_crawler(make_crawler(tmp_path))
+        # What a crawl killed during an insert leaves: the batch, journaled.
+        crashed._write_journal([{"i": 41}, {"i": 42}], {"stream": cursor}, 1)
+        sink = JournalingSink.from_crawler(make_crawler(tmp_path))
+        await sink.open_spider()
+        assert sink.rows == [{"i": 41}, {"i": 42}]
+        assert sink.cursors_seen == {"stream": cursor}  # the same batch: the same token
+        assert sink.stored == {"stream": cursor}  # the stream resumes after 42
+        assert stat(sink, "journal_batches_rewritten") == 1
+        assert not list((sink.spill_dir / "journal").glob("*"))
+        await sink.close_spider()
+        reopened = JournalingSink.from_crawler(make_crawler(tmp_path))
+        await reopened.open_spider()
+        assert reopened.rows == []  # written once
+        assert reopened.stored == {"stream": cursor}  # kept in cursors.json
+        await reopened.close_spider()
+
+    run(main)
