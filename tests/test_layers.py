@@ -10,7 +10,13 @@ import sys
 
 import pytest
 
-PURE = ["scrapy_sse.parser", "scrapy_sse.events", "scrapy_sse.policy", "scrapy_sse.errors"]
+PURE = [
+    "scrapy_sse.parser",
+    "scrapy_sse.events",
+    "scrapy_sse.policy",
+    "scrapy_sse.errors",
+    "scrapy_sse.durable",
+]
 DOWNLOADER_SIDE = [
     "scrapy_sse.handler",
     "scrapy_sse.downloadermw",
