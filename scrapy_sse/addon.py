@@ -13,6 +13,7 @@ from .downloadermw import SSEDownloaderMiddleware
 from .extension import SSEExtension
 from .handler import SSEDownloadHandler
 from .logformatter import SSELogFormatter
+from .provenance import PRIORITY, ProvenancePipeline
 from .settings import DEFAULTS
 from .spidermw import SSESpiderMiddleware
 
@@ -53,5 +54,7 @@ class SSEAddon:
             "DOWNLOADER_MIDDLEWARES", SSEDownloaderMiddleware, 950
         )
         settings.set_in_component_priority_dict("EXTENSIONS", SSEExtension, 500)
+        # (It disables itself where items are processed in the context of their event.)
+        settings.set_in_component_priority_dict("ITEM_PIPELINES", ProvenancePipeline, PRIORITY)
         if settings.get("LOG_FORMATTER") == DEFAULT_LOG_FORMATTER:
             settings.set("LOG_FORMATTER", SSELogFormatter, priority="addon")

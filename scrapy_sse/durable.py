@@ -151,19 +151,14 @@ class Ledger:
         #: Per stream key, a resume point kept outside the stores (``JOBDIR``).
         self.fallback: dict[str, tuple[str, int]] = {}
         #: Item id -> slot, for a crawl whose items are not processed in the context
-        #: they were made in (Scrapy's own output processing: a task fills a queue,
-        #: others empty it); ``None``: the context says (:data:`CURRENT`).
+        #: they were made in, until the first item pipeline puts it in the context
+        #: (see scrapy_sse.provenance); ``None``: the context carries it throughout.
         self.by_item: dict[int, Slot] | None = None
 
-    def slot_of(self, item: object) -> Slot | None:
-        """The delivery ``item`` was made from, if it came from a stream."""
-        if self.by_item is None:
-            return CURRENT.get()
-        return self.by_item.get(id(item))
-
-    def item_done(self, item: object) -> None:
-        """``item`` has left the item pipelines (stored, dropped or failed)."""
-        slot = CURRENT.get() if self.by_item is None else self.by_item.pop(id(item), None)
+    @staticmethod
+    def item_done() -> None:
+        """The current item has left the item pipelines (stored, dropped or failed)."""
+        slot = CURRENT.get()
         if slot is not None:
             slot.track.settle(slot)
 

@@ -67,10 +67,6 @@ class SSEExtension:
         #: :mod:`scrapy_sse.durable`).
         self.ledger = Ledger()
         self.registry.tracks = self.ledger.tracks
-        if not self.has(_scrapy_private.ORDERED_OUTPUT):
-            # Scrapy's own output processing runs items in other tasks than the one
-            # that read their event: their provenance goes by item identity.
-            self.ledger.by_item = {}
         self._dead_letters: DeadLetters | None = None
         #: The errback for a stream connection that never opened (set by the spider
         #: middleware, which owns reconnection; see the downloader middleware).
@@ -158,10 +154,10 @@ class SSEExtension:
             self._checkpoint_timer = create_looping_call(self.registry.flush_checkpoints)
             self._checkpoint_timer.start(self.settings.checkpoint_interval, now=False)
 
-    def _item_settled(self, item: Any) -> None:
-        """An item left the item pipelines: it no longer holds its stream's resume
-        point back."""
-        self.ledger.item_done(item)
+    def _item_settled(self) -> None:
+        """An item left the item pipelines (the signal is sent in its context): it no
+        longer holds its stream's resume point back."""
+        self.ledger.item_done()
 
     def _output_done(self, response: SSEResponse) -> None:
         """All of a stream response's output has been processed: if its stream rests,

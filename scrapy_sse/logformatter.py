@@ -82,7 +82,7 @@ class SSELogFormatter(LogFormatter):
     ) -> LogFormatterResult | None:
         self.item_done()
         if self.ledger is not None:
-            self.ledger.item_done(item)
+            self.ledger.item_done()
         now = monotonic()
         if self._scraper_logger is not None and now - self._checked_at >= _RECHECK_SECONDS:
             self._debug = debug_is_emitted(self._scraper_logger)

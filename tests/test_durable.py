@@ -119,3 +119,22 @@ def test_the_store_wins_over_jobdir(sse_server: SSEServer, tmp_path: Path) -> No
         cursors = conn.execute("SELECT event_id, seq, stored_seq FROM sse_cursors").fetchall()
     assert sorted(ids, key=int) == [str(i) for i in range(1, 21)]
     assert cursors == [("20", 20, 20)]
+
+
+def test_cursor_advances_with_scrapys_own_output_processing(
+    sse_server: SSEServer, tmp_path: Path
+) -> None:
+    # SSE_ORDERED_ITEMS = False: Scrapy's CONCURRENT_ITEMS workers run the pipelines
+    # in other tasks than the one reading the stream; provenance still follows.
+    url = sse_server.url("/stream?n=30&done=1&key=unordered-cursor")
+    settings = {
+        "ITEM_PIPELINES": {"scrapy_sse.pipelines.SQLitePipeline": 800},
+        "JOBDIR": str(tmp_path / "job"),
+        "SSE_ORDERED_ITEMS": False,
+    }
+    _, log = run_sink_crawl(tmp_path, settings=settings, args={"url": url, "kind": "dict"})
+    with sqlite3.connect(tmp_path / "items.sqlite3") as conn:
+        cursors = conn.execute("SELECT event_id, seq FROM sse_cursors").fetchall()
+    assert cursors == [("30", 30)], log
+    saved = json.loads((tmp_path / "job" / "sse_checkpoints.json").read_text())
+    assert list(saved["last_event_ids"].values()) == ["30"]

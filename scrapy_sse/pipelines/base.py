@@ -253,8 +253,6 @@ class BatchingPipeline(abc.ABC):
         self._waiters: list[Deferred[None]] = []
         self._drain_d: Deferred[None] | None = None
         self._local_cursors: dict[str, Cursor] | None = None
-        state = _crawl_state(crawler)
-        self._ledger = state.ledger if state is not None else None
 
     # -- for subclasses ------------------------------------------------------------
 
@@ -370,7 +368,7 @@ class BatchingPipeline(abc.ABC):
                 state.ledger.load(cursors)
 
     async def process_item(self, item: Any) -> Any:
-        slot = self._ledger.slot_of(item) if self._ledger is not None else None
+        slot = CURRENT.get()
         rows = [self.to_row(member) for member in batch_members(item)]
         waited = False
         while len(self._buffer) >= self.max_buffer:
