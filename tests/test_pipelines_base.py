@@ -389,6 +389,7 @@ class JournalingSink(MemorySink):
 
     async def write_batch(self, rows: list[dict[str, Any]], cursors: Any = None) -> None:
         self.cursors_seen = dict(cursors or {})
+        self.token_seen = self.batch_token
         await super().write_batch(rows, cursors)
 
 
@@ -402,11 +403,12 @@ def test_a_batch_left_in_the_journal_by_a_crash_is_written_again_with_its_cursor
     async def main() -> None:
         crashed = JournalingSink.from_crawler(make_crawler(tmp_path))
         # What a crawl killed during an insert leaves: the batch, journaled.
-        crashed._write_journal([{"i": 41}, {"i": 42}], {"stream": cursor}, 1)
+        crashed._write_journal([{"i": 41}, {"i": 42}], {"stream": cursor}, 1, "token-1")
         sink = JournalingSink.from_crawler(make_crawler(tmp_path))
         await sink.open_spider()
         assert sink.rows == [{"i": 41}, {"i": 42}]
-        assert sink.cursors_seen == {"stream": cursor}  # the same batch: the same token
+        # The same batch, with the same token (the store keeps one copy of it).
+        assert (sink.cursors_seen, sink.token_seen) == ({"stream": cursor}, "token-1")
         assert sink.stored == {"stream": cursor}  # the stream resumes after 42
         assert stat(sink, "journal_batches_rewritten") == 1
         assert not list((sink.spill_dir / "journal").glob("*"))
@@ -415,6 +417,30 @@ def test_a_batch_left_in_the_journal_by_a_crash_is_written_again_with_its_cursor
         await reopened.open_spider()
         assert reopened.rows == []  # written once
         assert reopened.stored == {"stream": cursor}  # kept in cursors.json
+        await reopened.close_spider()
+
+    run(main)
+
+
+def test_a_replayed_spill_file_keeps_its_cursors(tmp_path: Path) -> None:
+    # A sink whose store holds no cursors (they go to cursors.json): a batch spilled
+    # at the end of one crawl is written by the next, which must resume after it.
+    from scrapy_sse.durable import Cursor, Mark
+
+    cursor = Cursor("7", 7, Mark(7, 0))
+
+    async def main() -> None:
+        MemorySink.from_crawler(make_crawler(tmp_path))._write_spill_file(
+            [{"i": 6}, {"i": 7}], 1, {"stream": cursor}, None
+        )
+        sink = JournalingSink.from_crawler(make_crawler(tmp_path))
+        await sink.open_spider()
+        assert sink.rows == [{"i": 6}, {"i": 7}]
+        await sink.close_spider()
+        reopened = MemorySink.from_crawler(make_crawler(tmp_path))
+        await reopened.open_spider()
+        assert reopened.stored == {"stream": cursor}
+        assert reopened.rows == []
         await reopened.close_spider()
 
     run(main)

@@ -162,18 +162,3 @@ def test_crawl_stores_every_event(
         assert json.loads(row["data"]) == json.loads(row["json"]) == {"seq": i, "text": "é€😀"}
         assert isinstance(row["received_at"], float)
     assert log_stat(log, "sse/sink/clickhouse/rows_written") == 300
-
-
-def test_insert_token_follows_the_batch_positions(tmp_path: Path) -> None:
-    # No server needed: the token a replayed batch is sent with.
-    from scrapy_sse.durable import Cursor, Mark
-
-    crawler = get_crawler(settings_dict={"SSE_CLICKHOUSE_TABLE": "events"})
-    pipeline = ClickHousePipeline.from_crawler(crawler)
-    rows = [{"n": 1}]
-    batch = {"a": Cursor("9", 9, Mark(9, 0)), "b": Cursor("3", 3, Mark(4, 1))}
-    same = {"b": Cursor("3", 3, Mark(4, 1)), "a": Cursor("9", 9, Mark(9, 0))}
-    later = {"a": Cursor("9", 9, Mark(10, 0)), "b": Cursor("3", 3, Mark(4, 1))}
-    assert pipeline._token(rows, batch) == pipeline._token([{"n": 2}], same)
-    assert pipeline._token(rows, batch) != pipeline._token(rows, later)
-    assert pipeline._token(rows, {}) != pipeline._token([{"n": 2}], {})

@@ -217,6 +217,10 @@ class BatchingPipeline(abc.ABC):
     #: stores it once (ClickHouse's insert deduplication token).
     write_ahead: ClassVar[bool] = False
 
+    #: For :attr:`write_ahead` sinks, in :meth:`write_batch`: the batch's random token,
+    #: the same for every attempt, the journal's replay and a spill file's replay.
+    batch_token: str | None = None
+
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.settings: BaseSettings = self._effective_settings(crawler)
@@ -399,8 +403,8 @@ class BatchingPipeline(abc.ABC):
                 rows, self._buffer = self._buffer, []
                 marks, self._marks = self._marks, []
                 cursors, settling = _cursors(marks)
-                await self._spill(rows, "the sink was never opened", cursors)
-                settle(settling)
+                if await self._spill(rows, "the sink was never opened", cursors):
+                    settle(settling)
             return
         await self._exclusive(self._drain(force=True))
         await self.close()
@@ -508,9 +512,13 @@ class BatchingPipeline(abc.ABC):
         started = time.monotonic()
         cursors, settling = _cursors(marks)
         journal = None
-        if self.write_ahead and cursors:
-            self._spill_seq += 1
-            journal = await run_in_thread(self._write_journal, rows, cursors, self._spill_seq)
+        if self.write_ahead:
+            self.batch_token = uuid.uuid4().hex
+            if cursors:
+                self._spill_seq += 1
+                journal = await run_in_thread(
+                    self._write_journal, rows, cursors, self._spill_seq, self.batch_token
+                )
         error = await self._write_with_retries(rows, cursors)
         if self.crawler.stats is not None:
             self.crawler.stats.max_value(
@@ -519,10 +527,10 @@ class BatchingPipeline(abc.ABC):
         if error is not None:
             # A spill file is durable too (written whole, fsynced), and its cursors
             # count at the next start: the streams may resume past its rows.
-            await self._spill(rows, error, cursors)
-            if journal is not None:
-                await run_in_thread(journal.unlink, missing_ok=True)
-            settle(settling)
+            if await self._spill(rows, error, cursors):
+                if journal is not None:
+                    await run_in_thread(journal.unlink, missing_ok=True)
+                settle(settling)
             return
         await self.committed(cursors, settling)
         if journal is not None:
@@ -574,6 +582,12 @@ class BatchingPipeline(abc.ABC):
             await run_in_thread(self._save_local_cursors, cursors)
         settle(settling)
 
+    async def replayed(self, cursors: Cursors) -> None:
+        """A spill file's rows are written: keep its cursors (if the store does not),
+        before the file is removed."""
+        if cursors and not self.holds_cursors:
+            await run_in_thread(self._save_local_cursors, cursors)
+
     # -- cursors kept beside the spill files ------------------------------------------
 
     @property
@@ -618,12 +632,14 @@ class BatchingPipeline(abc.ABC):
     def _journal_dir(self) -> Path:
         return self.spill_dir / "journal"
 
-    def _write_journal(self, rows: list[dict[str, Any]], cursors: Cursors, seq: int) -> Path:
+    def _write_journal(
+        self, rows: list[dict[str, Any]], cursors: Cursors, seq: int, token: str | None
+    ) -> Path:
         self._journal_dir.mkdir(parents=True, exist_ok=True)
         path = self._journal_dir / f"{time.time_ns():020d}-{os.getpid()}-{seq:06d}.jsonl"
         # (Not fsynced: it covers a crash of the crawl, as cursors.json does.)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(_spill_text(rows, cursors), encoding="utf-8")
+        tmp.write_text(_spill_text(rows, cursors, token), encoding="utf-8")
         os.replace(tmp, path)
         return path
 
@@ -634,7 +650,8 @@ class BatchingPipeline(abc.ABC):
         if not journal.is_dir():
             return
         for path in sorted(journal.glob("*.jsonl")):
-            rows, cursors = await run_in_thread(_read_spill, path)
+            rows, cursors, token = await run_in_thread(_read_spill, path)
+            self.batch_token = token or uuid.uuid4().hex
             try:
                 await self.write_batch(rows, cursors)
             except Exception as exc:
@@ -700,22 +717,29 @@ class BatchingPipeline(abc.ABC):
 
     async def _spill(
         self, rows: list[dict[str, Any]], error: BaseException | str, cursors: Cursors
-    ) -> None:
+    ) -> bool:
+        """Keep *rows* in a spill file; ``False`` when even that failed (they are lost
+        to this crawl, and their events keep holding their streams' resume points, so
+        a restart reads them again)."""
         reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
         self._spill_seq += 1
         try:
-            path = await run_in_thread(self._write_spill_file, rows, self._spill_seq, cursors)
+            path = await run_in_thread(
+                self._write_spill_file, rows, self._spill_seq, cursors, self.batch_token
+            )
         except Exception:
             self._stat_inc("lost_rows", len(rows))
             logger.critical(
-                "Sink %s is unavailable (%s) and %d rows could not be spilled to %s: they are lost",
+                "Sink %s is unavailable (%s) and %d rows could not be spilled to %s: they are "
+                "not stored, and their streams do not resume past them (a restart reads "
+                "their events again)",
                 self.name,
                 reason,
                 len(rows),
                 self.spill_dir,
                 exc_info=True,
             )
-            return
+            return False
         self._spill_pending = True
         self._stat_inc("spilled_rows", len(rows))
         self._stat_inc("spilled_batches")
@@ -727,12 +751,15 @@ class BatchingPipeline(abc.ABC):
             len(rows),
             path.resolve(),
         )
+        return True
 
-    def _write_spill_file(self, rows: list[dict[str, Any]], seq: int, cursors: Cursors) -> Path:
+    def _write_spill_file(
+        self, rows: list[dict[str, Any]], seq: int, cursors: Cursors, token: str | None
+    ) -> Path:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         # Names sort in spill order, so replays keep the order of the stream.
         path = self.spill_dir / f"{time.time_ns():020d}-{os.getpid()}-{seq:06d}.jsonl"
-        _atomic_write(path, _spill_text(rows, cursors))
+        _atomic_write(path, _spill_text(rows, cursors, token))
         return path
 
     def _spill_files(self) -> list[Path]:
@@ -751,7 +778,7 @@ class BatchingPipeline(abc.ABC):
         """
         for path in await run_in_thread(self._spill_files):
             try:
-                rows, cursors = await run_in_thread(_read_spill, path)
+                rows, cursors, token = await run_in_thread(_read_spill, path)
             except (OSError, ValueError) as exc:
                 logger.error(
                     "Sink %s: cannot read spill file %s (%s); left in place", self.name, path, exc
@@ -759,14 +786,23 @@ class BatchingPipeline(abc.ABC):
                 continue
             done = 0
             try:
-                for chunk in _chunks(rows, self.batch_size):
+                for number, chunk in enumerate(_chunks(rows, self.batch_size)):
                     last = done + len(chunk) >= len(rows)
+                    # (A write-ahead sink's spilled batch may have been stored by an
+                    # attempt that lost its reply: the same token stores it once.)
+                    self.batch_token = (
+                        (token if number == 0 else f"{token}-{number}")
+                        if token
+                        else uuid.uuid4().hex
+                    )
                     # (The file's cursors go with its last rows.)
                     await self.write_batch(chunk, cursors if last else NO_CURSORS)
                     done += len(chunk)
             except Exception as exc:
                 if done:  # never write the same rows twice
-                    await run_in_thread(_atomic_write, path, _spill_text(rows[done:], cursors))
+                    await run_in_thread(
+                        _atomic_write, path, _spill_text(rows[done:], cursors, None)
+                    )
                     self._stat_inc("replayed_rows", done)
                 logger.warning(
                     "Sink %s: replaying %s failed after %d of %d rows (%s: %s); the rest is "
@@ -779,6 +815,7 @@ class BatchingPipeline(abc.ABC):
                     exc,
                 )
                 return
+            await self.replayed(cursors)
             await run_in_thread(path.unlink, missing_ok=True)
             self._stat_inc("replayed_rows", len(rows))
             logger.info("Sink %s: replayed %d spilled rows from %s", self.name, len(rows), path)
@@ -834,11 +871,12 @@ def _atomic_write(path: Path, text: str) -> None:
 _SPILL_HEADER = "__sse_spill__"
 
 
-def _spill_text(rows: list[dict[str, Any]], cursors: Cursors) -> str:
-    if not cursors:
+def _spill_text(rows: list[dict[str, Any]], cursors: Cursors, token: str | None) -> str:
+    if not cursors and token is None:
         return dump_rows(rows)
     header = {
         _SPILL_HEADER: 2,
+        "token": token,
         "cursors": {
             key: [c.event_id, c.seq, c.stored.seq, c.stored.item] for key, c in cursors.items()
         },
@@ -846,14 +884,17 @@ def _spill_text(rows: list[dict[str, Any]], cursors: Cursors) -> str:
     return json.dumps(header, ensure_ascii=False) + "\n" + dump_rows(rows)
 
 
-def _read_spill(path: Path) -> tuple[list[dict[str, Any]], dict[str, Cursor]]:
-    """A spill file's rows and cursors."""
+def _read_spill(path: Path) -> tuple[list[dict[str, Any]], dict[str, Cursor], str | None]:
+    """A spill file's rows, cursors and batch token."""
     rows = load_rows(path.read_text(encoding="utf-8"))
     cursors: dict[str, Cursor] = {}
+    token = None
     if rows and _SPILL_HEADER in rows[0]:
-        for key, (event_id, seq, stored_seq, stored_item) in rows.pop(0)["cursors"].items():
+        header = rows.pop(0)
+        token = header.get("token")
+        for key, (event_id, seq, stored_seq, stored_item) in header["cursors"].items():
             cursors[key] = Cursor(str(event_id), int(seq), Mark(int(stored_seq), int(stored_item)))
-    return rows, cursors
+    return rows, cursors, token
 
 
 def _cursors(

@@ -11,7 +11,7 @@ An insert of one batch is one block, which ClickHouse writes atomically, so a fa
 batch is all-or-nothing. ClickHouse cannot commit a cursor with a block, so the
 stream positions travel another way: each batch is journaled on local disk before
 its insert (the base class's write-ahead journal) and carries an
-``insert_deduplication_token`` derived from its stream positions; the cursors are kept
+random ``insert_deduplication_token`` kept with it; the cursors are kept
 beside the spill files once the insert is acknowledged. A batch in flight when the
 crawl is killed is sent again, whole and with the same token, at the next start, and
 ClickHouse (22.2 and later) stores it once: a retry after a lost reply too. A table
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import logging
 import urllib.error
@@ -187,21 +186,8 @@ class ClickHousePipeline(BatchingPipeline):
             values = {k: clickhouse_value(v) for k, v in row.items() if k in columns}
             lines.append(json.dumps(values, ensure_ascii=False, separators=(",", ":")))
         body = ("\n".join(lines) + "\n").encode()
-        token = self._token(rows, cursors) if self.tokens else None
+        token = self.batch_token if self.tokens else None
         await self._request(f"INSERT INTO {self.table_sql} FORMAT JSONEachRow", body, token)
-
-    def _token(self, rows: list[dict[str, Any]], cursors: Cursors) -> str:
-        """The batch's deduplication token: its streams and the position of its last
-        row in each (no two batches of this table share them), or, for rows from no
-        stream, the rows themselves."""
-        digest = hashlib.sha256(self.table_sql.encode())
-        if cursors:
-            for key in sorted(cursors):
-                mark = cursors[key].stored
-                digest.update(f"|{key}:{mark.seq}:{mark.item}".encode())
-        else:
-            digest.update(json.dumps(rows, default=json_default, sort_keys=True).encode())
-        return digest.hexdigest()
 
     async def _check_deduplication(self) -> None:
         """Warn when an existing table would ignore the tokens."""

@@ -116,6 +116,13 @@ class ParquetPipeline(BatchingPipeline):
             for settling in file.settling:
                 settle(settling)
 
+    async def replayed(self, cursors: Cursors) -> None:
+        """A spill file's rows are in the open file: publish it before the spill file
+        is removed (a kill would lose them otherwise)."""
+        await run_in_thread(self._finish)
+        await self._after_publishing()
+        await super().replayed(cursors)
+
     async def load_cursors(self) -> dict[str, Cursor]:
         return await run_in_thread(self._footer_cursors)
 
