@@ -224,6 +224,7 @@ def _redis_settings(name: str) -> dict[str, Any]:
         "SSE_REDIS_URL": REDIS_URL,
         "SSE_REDIS_STREAM": f"{name}:events",
         "SSE_REDIS_DEDUP_PREFIX": f"{name}:batch:",
+        "SSE_REDIS_CURSOR_KEY": f"{name}:cursors",
     }
 
 

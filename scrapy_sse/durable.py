@@ -51,13 +51,14 @@ class Slot:
     """One delivery to the spider (an event, or a batch of events ``first..last``)
     and how many things still depend on it (``pending``)."""
 
-    __slots__ = ("event_id", "first", "last", "pending", "track")
+    __slots__ = ("event_id", "first", "first_id", "last", "pending", "track")
 
-    def __init__(self, track: Track, first: int, last: int, event_id: str) -> None:
+    def __init__(self, track: Track, first: int, last: int, event_id: str, first_id: str) -> None:
         self.track = track
         self.first = first
         self.last = last
         self.event_id = event_id
+        self.first_id = first_id
         #: The delivery itself (until the spider is done with it), items in the item
         #: pipelines, rows held by sinks.
         self.pending = 1
@@ -81,23 +82,36 @@ class Mark(NamedTuple):
 
 class Cursor(NamedTuple):
     """What a store keeps per stream, in the transaction of its rows: where the crawl
-    may resume (after ``event_id``, whose sequence number is ``seq``) and the position
-    of the last row it holds (``stored``)."""
+    may resume (after ``event_id``, whose sequence number is ``seq``), the position of
+    the last row it holds (``stored``), and the id of the first event after the resume
+    point (``next_id``): a replay that starts with another event is not the same
+    stream (a server that ignored ``Last-Event-ID``), and no row of it is skipped."""
 
     event_id: str
     seq: int
     stored: Mark
+    next_id: str = ""
 
     def holds(self, mark: Mark) -> bool:
         """Whether the store that wrote this cursor already holds the row at ``mark``."""
         return mark <= self.stored
+
+    def as_list(self) -> list[str | int]:
+        """The cursor as JSON-ready values (spill files, ``cursors.json``, footers)."""
+        return [self.event_id, self.seq, self.stored.seq, self.stored.item, self.next_id]
+
+    @classmethod
+    def from_list(cls, values: list[str | int]) -> Cursor:
+        event_id, seq, stored_seq, stored_item, *rest = values
+        next_id = str(rest[0]) if rest else ""
+        return cls(str(event_id), int(seq), Mark(int(stored_seq), int(stored_item)), next_id)
 
 
 class Track:
     """One stream (by its stream key, across reconnects): its slots in order and its
     resume point."""
 
-    __slots__ = ("key", "resume_id", "resume_seq", "seq", "slots")
+    __slots__ = ("aligned", "expect", "key", "resume_id", "resume_seq", "seq", "slots")
 
     def __init__(self, key: str, resume_id: str = "", resume_seq: int = 0) -> None:
         self.key = key
@@ -107,13 +121,22 @@ class Track:
         #: The last sequence number given to an event.
         self.seq = resume_seq
         self.slots: deque[Slot] = deque()
+        #: The id the first event must have for the replay to be the stream a store's
+        #: positions describe (``None``: nothing to check), and whether it had.
+        self.expect: str | None = None
+        self.aligned = False
 
-    def open(self, event_id: str, count: int = 1) -> Slot:
-        """A slot for the next ``count`` events (the last one's id is ``event_id``),
-        held until :meth:`settle` is called for the delivery."""
+    def open(self, event_id: str, count: int = 1, first_id: str | None = None) -> Slot:
+        """A slot for the next ``count`` events (the last one's id is ``event_id``, the
+        first one's ``first_id``), held until :meth:`settle` is called for it."""
         first = self.seq + 1
         self.seq += count
-        slot = Slot(self, first, self.seq, event_id)
+        if first_id is None:
+            first_id = event_id
+        if self.expect is not None:
+            self.aligned = first_id == self.expect
+            self.expect = None
+        slot = Slot(self, first, self.seq, event_id, first_id)
         self.slots.append(slot)
         return slot
 
@@ -130,15 +153,16 @@ class Track:
             self.resume_id = slot.event_id
             self.resume_seq = slot.last
 
-    def resume_after(self, settling: dict[Slot, int]) -> tuple[str, int]:
+    def resume_after(self, settling: dict[Slot, int]) -> tuple[str, int, str]:
         """The resume point once the counts in ``settling`` (slot -> count) are
-        settled too: what a sink writes in the transaction that settles them."""
+        settled too, and the id of the first event after it (``""``: none pending):
+        what a sink writes in the transaction that settles them."""
         event_id, seq = self.resume_id, self.resume_seq
         for slot in self.slots:
             if slot.pending - settling.get(slot, 0) > 0:
-                break
+                return event_id, seq, slot.first_id
             event_id, seq = slot.event_id, slot.last
-        return event_id, seq
+        return event_id, seq, ""
 
 
 class Ledger:
@@ -188,6 +212,9 @@ class Ledger:
         if track is None:
             event_id, seq = self.resume_point(key) or ("", 0)
             track = self.tracks[key] = Track(key, event_id, seq)
+            cursor = self.stored.get(key)
+            if cursor is not None and cursor.next_id and cursor.seq == seq:
+                track.expect = cursor.next_id
         return track
 
 

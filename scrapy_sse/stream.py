@@ -506,7 +506,7 @@ class SSEStream:
             if track is None:
                 yield batch
                 continue
-            slot = track.open(batch[-1].id, len(batch))
+            slot = track.open(batch[-1].id, len(batch), batch[0].id)
             CURRENT.set(slot)
             try:
                 yield batch

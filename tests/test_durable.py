@@ -43,8 +43,9 @@ def test_resume_after_is_the_point_once_a_batch_commits() -> None:
     b.pending += 1  # a row still buffered for the next batch
     track.settle(a)
     track.settle(b)
-    assert track.resume_after({a: 1}) == ("a", 1)  # b's row is not in this batch
-    assert track.resume_after({a: 1, b: 1}) == ("b", 2)
+    # b's row is not in this batch: resume after a, and b comes next.
+    assert track.resume_after({a: 1}) == ("a", 1, "b")
+    assert track.resume_after({a: 1, b: 1}) == ("b", 2, "")
     assert (track.resume_id, track.resume_seq) == ("", 0)  # nothing settled yet
 
 
@@ -57,6 +58,19 @@ def test_ledger_resumes_from_the_most_advanced_store_then_the_fallback() -> None
     assert ledger.resume_point("other") == ("7", 7)
     track = ledger.track("k")
     assert track.open("6").first == 6  # numbering goes on from the cursor
+
+
+def test_a_replay_is_matched_only_when_it_begins_where_the_cursor_expects() -> None:
+    ledger = Ledger()
+    ledger.load(
+        {"k": Cursor("5", 5, Mark(7, 0), next_id="6"), "j": Cursor("5", 5, Mark(7, 0), "6")}
+    )
+    same = ledger.track("k")
+    same.open("6")
+    assert same.aligned  # the server resumed after 5
+    other = ledger.track("j")
+    other.open("1")  # a server that ignored Last-Event-ID and started over
+    assert not other.aligned
 
 
 def test_a_store_holds_rows_up_to_its_mark() -> None:

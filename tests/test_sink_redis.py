@@ -44,6 +44,7 @@ def make_pipeline(target: RedisTarget, tmp_path: Path, **settings: Any) -> Redis
             "SSE_REDIS_URL": target.url,
             "SSE_REDIS_STREAM": f"{target.prefix}:events",
             "SSE_REDIS_DEDUP_PREFIX": f"{target.prefix}:batch:",
+            "SSE_REDIS_CURSOR_KEY": f"{target.prefix}:cursors",
             "SSE_SPILL_DIR": str(tmp_path / "spill"),
             "SSE_SINK_RETRY_BACKOFF": 0.05,
             **settings,
@@ -156,6 +157,7 @@ def crawl_settings(target: RedisTarget, stream: str, **extra: Any) -> dict[str, 
         "SSE_REDIS_URL": target.url,
         "SSE_REDIS_STREAM": stream,
         "SSE_REDIS_DEDUP_PREFIX": f"{target.prefix}:batch:",
+        "SSE_REDIS_CURSOR_KEY": f"{target.prefix}:cursors",
         **extra,
     }
 

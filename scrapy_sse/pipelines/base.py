@@ -433,25 +433,50 @@ class BatchingPipeline(abc.ABC):
         if type(item) is SSEBatch and len(rows) == slot.last - first + 1:
             # A batch of events: a row per event, each at its own position.
             marks = [(slot, first + i, 0) for i in range(len(rows))]
+        elif slot.last != first:
+            # Items a callback made from a batch of events: a replay may batch the
+            # events otherwise, so no position of these rows could be matched against
+            # what is stored (they are never skipped: at-least-once for that batch).
+            marks = [(slot, first, _NO_POSITION)] * len(rows)
         else:
             last = self._ordinals.get(track)
             start = last[1] + 1 if last is not None and last[0] is slot else 0
             self._ordinals[track] = (slot, start + len(rows) - 1)
             marks = [(slot, first, start + i) for i in range(len(rows))]
         if self.stored:
-            rows, marks = self._not_stored(track.key, rows, marks)
+            rows, marks = self._not_stored(track, rows, marks)
         slot.pending += len(rows)
         self._buffer.extend(rows)
         self._marks.extend(marks)
 
     def _not_stored(
-        self, key: str, rows: list[dict[str, Any]], marks: list[tuple[Slot, int, int]]
+        self, track: Track, rows: list[dict[str, Any]], marks: list[tuple[Slot, int, int]]
     ) -> tuple[list[dict[str, Any]], list[tuple[Slot, int, int]]]:
-        """Drop the rows of a replay (after a crash) that the store holds already."""
+        """Drop the rows of a replay (after a crash) that the store holds already:
+        only when the replay is the stream the stored positions describe (it began
+        with the event the cursor expects)."""
+        key = track.key
         cursor = self.stored.get(key)
         if cursor is None:
             return rows, marks
-        keep = [i for i, mark in enumerate(marks) if not cursor.holds(Mark(mark[1], mark[2]))]
+        if not track.aligned:
+            del self.stored[key]
+            if cursor.stored.seq > track.resume_seq:
+                logger.warning(
+                    "Sink %s: stream %s did not resume with the event after its stored "
+                    "cursor (id %r expected): its rows are not matched against what is "
+                    "stored, and up to %d event(s) may be stored twice",
+                    self.name,
+                    key,
+                    cursor.next_id,
+                    cursor.stored.seq - track.resume_seq,
+                )
+            return rows, marks
+        keep = [
+            i
+            for i, mark in enumerate(marks)
+            if mark[2] == _NO_POSITION or not cursor.holds(Mark(mark[1], mark[2]))
+        ]
         if len(keep) < len(rows):
             self._stat_inc("rows_already_stored", len(rows) - len(keep))
             rows = [rows[i] for i in keep]
@@ -599,10 +624,7 @@ class BatchingPipeline(abc.ABC):
         if not path.exists():
             return {}
         data = json.loads(path.read_text(encoding="utf-8"))
-        return {
-            key: Cursor(str(e), int(q), Mark(int(s), int(i)))
-            for key, (e, q, s, i) in data.get("cursors", {}).items()
-        }
+        return {key: Cursor.from_list(values) for key, values in data.get("cursors", {}).items()}
 
     def _save_local_cursors(self, cursors: Cursors) -> None:
         """Merge *cursors* into ``cursors.json`` (whole file replaced: a crash leaves
@@ -614,11 +636,7 @@ class BatchingPipeline(abc.ABC):
         merge_cursors(known, cursors)
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(
-            {
-                "cursors": {
-                    k: [c.event_id, c.seq, c.stored.seq, c.stored.item] for k, c in known.items()
-                }
-            },
+            {"cursors": {k: c.as_list() for k, c in known.items()}},
             ensure_ascii=False,
         )
         path = self._local_cursors_path
@@ -867,6 +885,9 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: The ordinal of a row whose position a replay could not match (see ``_take``).
+_NO_POSITION = -1
+
 #: The first line of a spill file: its cursors (files without one hold only rows).
 _SPILL_HEADER = "__sse_spill__"
 
@@ -877,9 +898,7 @@ def _spill_text(rows: list[dict[str, Any]], cursors: Cursors, token: str | None)
     header = {
         _SPILL_HEADER: 2,
         "token": token,
-        "cursors": {
-            key: [c.event_id, c.seq, c.stored.seq, c.stored.item] for key, c in cursors.items()
-        },
+        "cursors": {key: c.as_list() for key, c in cursors.items()},
     }
     return json.dumps(header, ensure_ascii=False) + "\n" + dump_rows(rows)
 
@@ -892,8 +911,8 @@ def _read_spill(path: Path) -> tuple[list[dict[str, Any]], dict[str, Cursor], st
     if rows and _SPILL_HEADER in rows[0]:
         header = rows.pop(0)
         token = header.get("token")
-        for key, (event_id, seq, stored_seq, stored_item) in header["cursors"].items():
-            cursors[key] = Cursor(str(event_id), int(seq), Mark(int(stored_seq), int(stored_item)))
+        for key, values in header["cursors"].items():
+            cursors[key] = Cursor.from_list(values)
     return rows, cursors, token
 
 
@@ -910,15 +929,15 @@ def _cursors(
             continue
         slot, seq, item = entry
         settling[slot] = settling.get(slot, 0) + 1
-        mark = Mark(seq, item)
+        mark = Mark(0, _NO_POSITION) if item == _NO_POSITION else Mark(seq, item)
         track = slot.track
         known = last.get(track)
         if known is None or mark > known:
             last[track] = mark
     cursors = {}
     for track, mark in last.items():
-        event_id, seq = track.resume_after(settling)
-        cursors[track.key] = Cursor(event_id, seq, mark)
+        event_id, seq, next_id = track.resume_after(settling)
+        cursors[track.key] = Cursor(event_id, seq, mark, next_id)
     return cursors, settling
 
 
@@ -939,7 +958,7 @@ def _most_advanced(known: Cursor | None, other: Cursor) -> Cursor:
     if known is None:
         return other
     resume = known if known.seq >= other.seq else other
-    return Cursor(resume.event_id, resume.seq, max(known.stored, other.stored))
+    return resume._replace(stored=max(known.stored, other.stored))
 
 
 def _crawl_state(crawler: Crawler) -> SSEExtension | None:

@@ -42,7 +42,7 @@ from itemadapter import is_item
 from scrapy.utils.asyncio import create_looping_call, run_in_thread
 from scrapy.utils.defer import deferred_from_coro
 
-from ..durable import Cursor, Mark, Slot
+from ..durable import Cursor, Slot
 from .base import NO_CURSORS, BatchingPipeline, Cursors, json_default, merge_cursors, settle
 
 if TYPE_CHECKING:
@@ -281,16 +281,13 @@ _CURSORS_KEY = "scrapy_sse_cursors"
 
 def _cursors_to_json(cursors: dict[str, Cursor]) -> str:
     return json.dumps(
-        {k: [c.event_id, c.seq, c.stored.seq, c.stored.item] for k, c in cursors.items()},
+        {k: c.as_list() for k, c in cursors.items()},
         ensure_ascii=False,
     )
 
 
 def _cursors_from_json(text: bytes | str) -> dict[str, Cursor]:
-    return {
-        key: Cursor(str(e), int(q), Mark(int(s), int(i)))
-        for key, (e, q, s, i) in json.loads(text).items()
-    }
+    return {key: Cursor.from_list(values) for key, values in json.loads(text).items()}
 
 
 def _infer(values: list[Any], pa: Any) -> Any:

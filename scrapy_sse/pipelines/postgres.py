@@ -183,7 +183,8 @@ class PostgresPipeline(BatchingPipeline):
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (sink text NOT NULL, stream_key text NOT NULL, "
                     "event_id text NOT NULL, seq bigint NOT NULL, stored_seq bigint NOT NULL, "
-                    "stored_item bigint NOT NULL, updated_at timestamptz NOT NULL, "
+                    "stored_item bigint NOT NULL, next_id text NOT NULL, "
+                    "updated_at timestamptz NOT NULL, "
                     "PRIMARY KEY (sink, stream_key))"
                 ).format(sql.Identifier(*self.cursor_parts))
             )
@@ -195,13 +196,14 @@ class PostgresPipeline(BatchingPipeline):
         sql = self._sql()
         cur = await conn.execute(
             sql.SQL(
-                "SELECT stream_key, event_id, seq, stored_seq, stored_item FROM {} WHERE sink = %s"
+                "SELECT stream_key, event_id, seq, stored_seq, stored_item, next_id "
+                "FROM {} WHERE sink = %s"
             ).format(sql.Identifier(*self.cursor_parts)),
             (self._sink_name,),
         )
         return {
-            key: Cursor(event_id, int(seq), Mark(int(s), int(i)))
-            for key, event_id, seq, s, i in await cur.fetchall()
+            key: Cursor(event_id, int(seq), Mark(int(s), int(i)), next_id)
+            for key, event_id, seq, s, i, next_id in await cur.fetchall()
         }
 
     @property
@@ -218,10 +220,12 @@ class PostgresPipeline(BatchingPipeline):
         await cur.executemany(
             sql.SQL(
                 "INSERT INTO {} AS c (sink, stream_key, event_id, seq, stored_seq, stored_item, "
-                "updated_at) VALUES (%s, %s, %s, %s, %s, %s, now()) "
+                "next_id, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now()) "
                 "ON CONFLICT (sink, stream_key) DO UPDATE SET "
                 "event_id = CASE WHEN excluded.seq >= c.seq THEN excluded.event_id "
                 "ELSE c.event_id END, "
+                "next_id = CASE WHEN excluded.seq >= c.seq THEN excluded.next_id "
+                "ELSE c.next_id END, "
                 "seq = GREATEST(c.seq, excluded.seq), "
                 "stored_item = CASE WHEN (excluded.stored_seq, excluded.stored_item) > "
                 "(c.stored_seq, c.stored_item) THEN excluded.stored_item ELSE c.stored_item END, "
@@ -229,7 +233,7 @@ class PostgresPipeline(BatchingPipeline):
                 "updated_at = now()"
             ).format(sql.Identifier(*self.cursor_parts)),
             [
-                (self._sink_name, key, c.event_id, c.seq, c.stored.seq, c.stored.item)
+                (self._sink_name, key, c.event_id, c.seq, c.stored.seq, c.stored.item, c.next_id)
                 for key, c in cursors.items()
             ],
         )

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.exceptions import DropItem
 from scrapy.utils.asyncio import is_asyncio_available
 
-from ..durable import Cursor, Mark
+from ..durable import Cursor
 from .base import NO_CURSORS, BatchingPipeline, Cursors, json_default
 from .postgres import InDoubtBatches, fingerprint
 
@@ -54,9 +54,10 @@ SOCKET_TIMEOUT = 10.0
 
 #: KEYS[1]: the batch marker; KEYS[2]: the cursor hash; KEYS[3..]: the streams.
 #: ARGV[1]: the marker's TTL; ARGV[2]: MAXLEN ("0": no trimming); ARGV[3]: the number
-#: of cursors, then per cursor its stream key, event id, seq, stored seq and stored
-#: item; then per entry: the index of its stream in KEYS, its number of fields, and
-#: the fields and values. A cursor keeps the most advanced of each of its parts.
+#: of cursors, then per cursor its stream key and the cursor as a JSON list (event id,
+#: seq, stored seq, stored item, next id); then per entry: the index of its stream in
+#: KEYS, its number of fields, and the fields and values. A cursor keeps the most
+#: advanced of each of its parts.
 XADD_BATCH = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 for k = 3, #KEYS do
@@ -66,20 +67,8 @@ for k = 3, #KEYS do
   end
 end
 local maxlen = ARGV[2]
-local i = 4
-for c = 1, tonumber(ARGV[3]) do
-  local field, id = ARGV[i], ARGV[i + 1]
-  local seq, sseq, sitem = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  local old = redis.call('HGET', KEYS[2], field)
-  if old then
-    local oseq, osseq, ositem, oid = string.match(old, '^(%d+) (%d+) (%d+) (.*)$')
-    oseq, osseq, ositem = tonumber(oseq), tonumber(osseq), tonumber(ositem)
-    if oseq > seq then seq, id = oseq, oid end
-    if osseq > sseq or (osseq == sseq and ositem > sitem) then sseq, sitem = osseq, ositem end
-  end
-  redis.call('HSET', KEYS[2], field, string.format('%d %d %d %s', seq, sseq, sitem, id))
-  i = i + 5
-end
+local cursors = tonumber(ARGV[3])
+local i = 4 + 2 * cursors
 local added = 0
 while i <= #ARGV do
   local args = {'XADD', KEYS[tonumber(ARGV[i])]}
@@ -94,6 +83,20 @@ while i <= #ARGV do
   redis.call(unpack(args))
   i = i + 2 + 2 * n
   added = added + 1
+end
+-- The cursors, after the entries: an error above leaves no cursor that passed them.
+for c = 0, cursors - 1 do
+  local field = ARGV[4 + 2 * c]
+  local new = cjson.decode(ARGV[5 + 2 * c])
+  local raw = redis.call('HGET', KEYS[2], field)
+  if raw then
+    local old = cjson.decode(raw)
+    if old[2] > new[2] then new[1], new[2], new[5] = old[1], old[2], old[5] end
+    if old[3] > new[3] or (old[3] == new[3] and old[4] > new[4]) then
+      new[3], new[4] = old[3], old[4]
+    end
+  end
+  redis.call('HSET', KEYS[2], field, cjson.encode(new))
 end
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 return added
@@ -221,13 +224,7 @@ class RedisStreamPipeline(BatchingPipeline):
         if self._client is None:
             return {}
         found = await self._client.hgetall(self.cursor_key)
-        cursors = {}
-        for key, value in found.items():
-            seq, stored_seq, stored_item, event_id = _text(value).split(" ", 3)
-            cursors[_text(key)] = Cursor(
-                event_id, int(seq), Mark(int(stored_seq), int(stored_item))
-            )
-        return cursors
+        return {_text(key): Cursor.from_list(json.loads(value)) for key, value in found.items()}
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -246,7 +243,7 @@ class RedisStreamPipeline(BatchingPipeline):
         index: dict[str, int] = {}
         args: list[Any] = [self.dedup_ttl, self.maxlen, len(cursors)]
         for stream_key, c in cursors.items():
-            args += (stream_key, c.event_id, c.seq, c.stored.seq, c.stored.item)
+            args += (stream_key, json.dumps(c.as_list(), ensure_ascii=False))
         for row in rows:
             try:
                 stream = self.stream_for(row)

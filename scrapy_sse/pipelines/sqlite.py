@@ -142,7 +142,8 @@ class SQLitePipeline(BatchingPipeline):
                     f"CREATE TABLE IF NOT EXISTS {quote_identifier(self.cursor_table)} ("
                     "sink TEXT NOT NULL, stream_key TEXT NOT NULL, event_id TEXT NOT NULL, "
                     "seq INTEGER NOT NULL, stored_seq INTEGER NOT NULL, "
-                    "stored_item INTEGER NOT NULL, updated_at REAL NOT NULL, "
+                    "stored_item INTEGER NOT NULL, next_id TEXT NOT NULL, "
+                    "updated_at REAL NOT NULL, "
                     "PRIMARY KEY (sink, stream_key))"
                 )
         except BaseException:
@@ -178,11 +179,14 @@ class SQLitePipeline(BatchingPipeline):
         if not self.cursor_table or self._conn is None:
             return {}
         found = self._conn.execute(
-            "SELECT stream_key, event_id, seq, stored_seq, stored_item "
+            "SELECT stream_key, event_id, seq, stored_seq, stored_item, next_id "
             f"FROM {quote_identifier(self.cursor_table)} WHERE sink = ?",
             (self.table,),
         ).fetchall()
-        return {key: Cursor(event_id, seq, Mark(s, i)) for key, event_id, seq, s, i in found}
+        return {
+            key: Cursor(event_id, seq, Mark(s, i), next_id)
+            for key, event_id, seq, s, i, next_id in found
+        }
 
     def _save_cursors(self, conn: sqlite3.Connection, cursors: Cursors) -> None:
         """Upsert the cursors, keeping the most advanced part of each (a replayed
@@ -193,17 +197,19 @@ class SQLitePipeline(BatchingPipeline):
         now = time.time()
         conn.executemany(
             f"INSERT INTO {table} AS c (sink, stream_key, event_id, seq, stored_seq, "
-            "stored_item, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "stored_item, next_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (sink, stream_key) DO UPDATE SET "
             "event_id = CASE WHEN excluded.seq >= c.seq THEN excluded.event_id "
             "ELSE c.event_id END, "
+            "next_id = CASE WHEN excluded.seq >= c.seq THEN excluded.next_id "
+            "ELSE c.next_id END, "
             "seq = max(c.seq, excluded.seq), "
             "stored_item = CASE WHEN (excluded.stored_seq, excluded.stored_item) > "
             "(c.stored_seq, c.stored_item) THEN excluded.stored_item ELSE c.stored_item END, "
             "stored_seq = max(c.stored_seq, excluded.stored_seq), "
             "updated_at = excluded.updated_at",
             [
-                (self.table, key, c.event_id, c.seq, c.stored.seq, c.stored.item, now)
+                (self.table, key, c.event_id, c.seq, c.stored.seq, c.stored.item, c.next_id, now)
                 for key, c in cursors.items()
             ],
         )
