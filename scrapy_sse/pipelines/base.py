@@ -559,7 +559,7 @@ class BatchingPipeline(abc.ABC):
             return
         await self.committed(cursors, settling)
         if journal is not None:
-            await run_in_thread(journal.unlink, missing_ok=True)
+            journal.unlink(missing_ok=True)  # (same turn as the cursors, see committed)
         self._stat_inc("rows_written", len(rows))
         self._stat_inc("batches")
         if self._spill_pending:
@@ -604,7 +604,10 @@ class BatchingPipeline(abc.ABC):
         streams' resume points pass its rows. A sink whose written rows become
         durable only later (Parquet: when its file is published) settles then."""
         if cursors and not self.holds_cursors:
-            await run_in_thread(self._save_local_cursors, cursors)
+            # On the reactor thread, in the turn the store's answer arrived: a few
+            # hundred bytes, and no thread hop for a crash to fall into between the
+            # store's commit and this record of it.
+            self._save_local_cursors(cursors)
         settle(settling)
 
     async def replayed(self, cursors: Cursors) -> None:

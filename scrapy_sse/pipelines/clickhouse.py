@@ -154,7 +154,7 @@ class ClickHousePipeline(BatchingPipeline):
             "with aiohttp" if self._session is not None else "with urllib in a thread",
         )
         version = (await self._request("SELECT version()")).strip()
-        self.tokens = _version(version) >= TOKEN_VERSION
+        self.tokens = server_version(version) >= TOKEN_VERSION
         if not self.tokens:
             logger.warning(
                 "Sink %s: ClickHouse %s has no insert_deduplication_token (22.2 and later): "
@@ -290,7 +290,7 @@ class ClickHousePipeline(BatchingPipeline):
             return exc.code, exc.read().decode(errors="replace")
 
 
-def _version(text: str) -> tuple[int, int]:
+def server_version(text: str) -> tuple[int, int]:
     """``"24.8.4.13"`` -> ``(24, 8)`` (``(0, 0)`` when unreadable)."""
     try:
         major, minor = text.split(".")[:2]
