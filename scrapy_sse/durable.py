@@ -144,9 +144,10 @@ class Track:
         """``count`` things that depended on ``slot`` no longer do."""
         slot.pending -= count
         if slot.pending <= 0 and self.slots and self.slots[0] is slot:
-            self._advance()
+            self.advance()
 
-    def _advance(self) -> None:
+    def advance(self) -> None:
+        """Move the resume point over the settled slots at the front."""
         slots = self.slots
         while slots and slots[0].pending <= 0:
             slot = slots.popleft()

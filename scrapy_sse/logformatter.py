@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.logformatter import LogFormatter, LogFormatterResult
 
 from . import _scrapy_private
+from .durable import CURRENT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from .durable import Ledger
+
+_current = CURRENT.get
 
 #: How long a "does anyone log DEBUG?" answer is reused (handlers rarely change).
 _RECHECK_SECONDS = 1.0
@@ -82,7 +85,12 @@ class SSELogFormatter(LogFormatter):
     ) -> LogFormatterResult | None:
         self.item_done()
         if self.ledger is not None:
-            self.ledger.item_done()
+            # (Ledger.item_done, inlined: this runs for every item.)
+            slot = _current()
+            if slot is not None:
+                slot.pending -= 1
+                if slot.pending <= 0:
+                    slot.track.settle(slot, 0)
         now = monotonic()
         if self._scraper_logger is not None and now - self._checked_at >= _RECHECK_SECONDS:
             self._debug = debug_is_emitted(self._scraper_logger)

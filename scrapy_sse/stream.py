@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from scrapy.utils.asyncio import call_later
 from twisted.internet.defer import Deferred
 
-from .durable import CURRENT
+from .durable import CURRENT, Slot
 from .errors import SSEEventTooLarge
 from .events import SSEComment, SSEEvent
 from .http import redact_url
@@ -408,6 +408,9 @@ class SSEStream:
         its next burst can start."""
         accept = self._count_delivered
         track = self.track
+        if track is not None:
+            slots = track.slots
+            set_current = CURRENT.set
         self.resting = False
         try:
             while True:
@@ -426,13 +429,20 @@ class SSEStream:
                             yield event  # (a comment is no delivery to resume after)
                             continue
                         # Held while the spider reads it: what it makes meanwhile is
-                        # counted against it (see scrapy_sse.durable).
-                        slot = track.open(event.id)
-                        CURRENT.set(slot)
+                        # counted against it (see scrapy_sse.durable). Track.open and
+                        # Track.settle, inlined: this runs for every event.
+                        seq = track.seq + 1
+                        track.seq = seq
+                        event_id = event.id
+                        slot = Slot(track, seq, seq, event_id, event_id)
+                        slots.append(slot)
+                        set_current(slot)
                         try:
                             yield event
                         finally:
-                            track.settle(slot)
+                            slot.pending -= 1
+                            if slot.pending <= 0 and slots[0] is slot:
+                                track.advance()
                     continue
                 if self.end_reason is not None:
                     return
