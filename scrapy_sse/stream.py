@@ -431,11 +431,14 @@ class SSEStream:
                         # Held while the spider reads it: what it makes meanwhile is
                         # counted against it (see scrapy_sse.durable). Track.open and
                         # Track.settle, inlined: this runs for every event.
-                        seq = track.seq + 1
-                        track.seq = seq
-                        event_id = event.id
-                        slot = Slot(track, seq, seq, event_id, event_id)
-                        slots.append(slot)
+                        if track.expect is None:
+                            seq = track.seq + 1
+                            track.seq = seq
+                            event_id = event.id
+                            slot = Slot(track, seq, seq, event_id, event_id)
+                            slots.append(slot)
+                        else:  # (the first event after a restart is checked)
+                            slot = track.open(event.id)
                         set_current(slot)
                         try:
                             yield event

@@ -152,3 +152,31 @@ def test_cursor_advances_with_scrapys_own_output_processing(
     assert cursors == [("30", 30)], log
     saved = json.loads((tmp_path / "job" / "sse_checkpoints.json").read_text())
     assert list(saved["last_event_ids"].values()) == ["30"]
+
+
+def test_a_stream_checks_its_first_event_against_the_stored_cursor() -> None:
+    import asyncio
+
+    from scrapy import Request
+
+    from scrapy_sse.policy import SERVER_CLOSED
+    from scrapy_sse.stream import SSEStream
+
+    def replay(first_id: str) -> Track:
+        ledger = Ledger()
+        ledger.load({"k": Cursor("5", 5, Mark(6, 0), next_id="6")})
+        stream = SSEStream(Request("https://example.com/s"), max_event_size=1000)
+        stream.track = ledger.track("k")
+        stream.feed(f"id: {first_id}\ndata: a\n\nid: 99\ndata: b\n\n".encode())
+        stream.finish(SERVER_CLOSED)
+
+        async def read() -> None:
+            async for _event in stream:
+                pass
+
+        asyncio.run(read())
+        assert stream.track.seq == 7  # (the events were numbered after the cursor)
+        return stream.track
+
+    assert replay("6").aligned  # the server resumed after id 5
+    assert not replay("1").aligned  # it started over: nothing is skipped
