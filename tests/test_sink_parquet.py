@@ -209,3 +209,28 @@ def test_a_crawl_writes_every_item_to_parquet(sse_server: SSEServer, tmp_path: P
     assert unfinished(out) == []
     assert stats["sse/sink/parquet/rows_written"] == 120
     assert stats["sse/sink/parquet/files_written"] == len(published(out)) >= 3
+
+
+def test_a_published_file_gives_its_streams_resume_point_without_cursors_json(
+    tmp_path: Path,
+) -> None:
+    # A crawl killed right after publishing a file, before it recorded the file's
+    # cursors in cursors.json: the next crawl reads them from the file's footer, or
+    # it would read the stream from the start again and store the file's rows twice.
+    from scrapy_sse.durable import Cursor, Mark
+
+    cursor = Cursor("1500", 1500, Mark(1500, 0), "1501")
+
+    async def main() -> None:
+        crashed = pipeline(tmp_path, SSE_PARQUET_ROLL_ROWS=2)
+        await crashed.open_spider()
+        await crashed.write_batch([{"i": 1499}, {"i": 1500}], {"stream": cursor})
+        assert len(published(tmp_path / "out")) == 1  # (rolled at 2 rows: published)
+        assert not (tmp_path / "spill" / "parquet" / "cursors.json").exists()
+
+        restarted = pipeline(tmp_path)
+        await restarted.open_spider()
+        assert restarted.stored == {"stream": cursor}
+        await restarted.close_spider()
+
+    run(main)

@@ -177,7 +177,7 @@ class ParquetPipeline(BatchingPipeline):
             except (OSError, self.pa.ArrowException) as exc:
                 logger.warning("Sink %s: cannot read the footer of %s (%s)", self.name, path, exc)
                 continue
-            found = metadata.get(_CURSORS_KEY)
+            found = metadata.get(_CURSORS_KEY.encode())  # (pyarrow's keys are bytes)
             if found:
                 merge_cursors(cursors, _cursors_from_json(found))
         return cursors
