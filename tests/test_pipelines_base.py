@@ -23,6 +23,7 @@ from scrapy.utils.test import get_crawler
 from scrapy_sse import SSEBatch, SSEEvent
 from scrapy_sse.pipelines.base import (
     BatchingPipeline,
+    JSONText,
     MissingDependencyError,
     dump_rows,
     load_rows,
@@ -197,8 +198,11 @@ def test_batch_items_are_buffered_in_one_call(tmp_path: Path) -> None:
             "event": "price",
             "id": "7",
             "data": '{"p": 1.5}',
-            "json": {"p": 1.5},
+            "json": '{"p": 1.5}',
         }
+        # The event's JSON text, checked and marked as JSON (a sink stores it as JSON
+        # without decoding and encoding it again); data that is not JSON: no value.
+        assert type(rows[6]["json"]) is JSONText
         assert rows[7]["json"] is None
         assert len(sink.batches) == 1
 
@@ -368,10 +372,14 @@ def test_spill_format_restores_common_python_types() -> None:
             "nested": {"when": [dt.date(2025, 1, 3)], "pair": (1, 2)},
             "text": "é€😀\n",
             "none": None,
+            "json": JSONText('{"p": 1.5}'),
         }
     ]
     expected = dict(rows[0], nested={"when": [dt.date(2025, 1, 3)], "pair": [1, 2]})
-    assert load_rows(dump_rows(rows)) == [expected]
+    loaded = load_rows(dump_rows(rows))
+    assert loaded == [expected]
+    # JSON text stays JSON text: a replay into PostgreSQL stores an object, not a string.
+    assert type(loaded[0]["json"]) is JSONText
 
 
 def test_require_names_the_extra_to_install() -> None:

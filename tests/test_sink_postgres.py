@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from scrapy.utils.test import get_crawler
 
+from scrapy_sse.events import SSEBatch, SSEEvent
+from scrapy_sse.pipelines.base import batch_rows
 from scrapy_sse.pipelines.postgres import PostgresPipeline, TableMissingError
 from tests.servers.sse_server import SSEServer
 from tests.services import (
@@ -324,3 +326,34 @@ def test_crawl_loses_nothing_when_backend_is_killed_repeatedly(
     assert log_stat(log, "sse/sink/postgres/retries") + spilled > 0, log[-3000:]
     assert log_stat(log, "sse/sink/postgres/replayed_rows") == spilled
     assert not list((tmp_path / "spill").rglob("*.jsonl"))
+
+
+def test_events_json_is_stored_as_json_also_when_replayed_from_a_spill_file(
+    postgres: PostgresTarget, tmp_path: Path
+) -> None:
+    # Batch delivery hands the events' JSON text to the jsonb column as it came (the
+    # server parses it); a batch spilled while the store was down must come back as
+    # JSON too, not as a JSON string.
+    events = [
+        SSEEvent("price", '{"p": 1.50, "s": "é"}', "1"),
+        SSEEvent("note", "[1, 2]", "2"),
+        SSEEvent("note", "7", "3"),
+        SSEEvent("note", "{not json", "4"),
+    ]
+    spilled = batch_rows(SSEBatch(events[:2]))
+    make_pipeline(postgres, tmp_path)._write_spill_file(spilled, 1, {}, None)
+
+    async def run() -> None:
+        pipeline = make_pipeline(postgres, tmp_path, SSE_POSTGRES_CREATE_TABLE=True)
+        await pipeline.open_spider()  # (writes the spilled rows first)
+        await pipeline.process_item(SSEBatch(events[2:]))
+        await pipeline.close_spider()
+
+    asyncio.run(run())
+    rows = postgres.query(f'SELECT id, json, data FROM "{postgres.table}" ORDER BY id')
+    assert rows == [
+        ("1", {"p": 1.5, "s": "é"}, '{"p": 1.50, "s": "é"}'),
+        ("2", [1, 2], "[1, 2]"),
+        ("3", 7, "7"),
+        ("4", None, "{not json"),
+    ]

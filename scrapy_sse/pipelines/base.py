@@ -109,6 +109,66 @@ def item_fields(item: Any) -> dict[str, Any]:
     return ItemAdapter(item).asdict()
 
 
+class JSONText(str):
+    """JSON text that is known to be valid (an event's ``data``): a sink stores it as
+    JSON as it came (a ``jsonb`` value, JSON text) instead of decoding it into Python
+    objects and encoding them again, which was most of a row's cost."""
+
+    __slots__ = ()
+
+
+#: Value types a row keeps as they are (a sink knows how to store each).
+_PLAIN = frozenset({str, int, float, bool, type(None), dict, list, JSONText})
+
+
+def sink_row(item: Any) -> dict[str, Any]:
+    """The row a sink stores for *item*: :func:`item_fields`, without the work a sink
+    does not need (a plain dict is copied, not walked; nested items in it are encoded
+    by the sink as JSON, as :func:`json_default` does)."""
+    if type(item) is dict:
+        row = item.copy()
+        for value in row.values():
+            if type(value) not in _PLAIN:
+                return ItemAdapter(item).asdict()
+        return row
+    if type(item) is SSEEvent:
+        return {
+            "url": item.url,
+            "event": item.event,
+            "id": item.id,
+            "data": item.data,
+            "json": event_json(item.data),
+            "received_at": time.time(),
+        }
+    return item_fields(item)
+
+
+def event_json(data: str) -> Any:
+    """The ``json`` column of an event: an object or array as :class:`JSONText` (checked,
+    not kept decoded), another JSON value decoded, ``None`` when ``data`` is not JSON."""
+    if data[:1] in ("{", "["):
+        return JSONText(data) if parse_json_or_none(data) is not None else None
+    return parse_json_or_none(data)
+
+
+def batch_rows(batch: SSEBatch) -> list[dict[str, Any]]:
+    """The rows of a batch of events (batch delivery): :func:`sink_row` of each, with
+    one clock reading and one URL lookup per batch."""
+    url = batch.url
+    now = time.time()
+    return [
+        {
+            "url": url,
+            "event": event.event,
+            "id": event.id,
+            "data": event.data,
+            "json": event_json(event.data),
+            "received_at": now,
+        }
+        for event in batch
+    ]
+
+
 def batch_members(item: Any) -> list[Any]:
     """The items carried by *item*: itself, or every member of a batch item."""
     if isinstance(item, list):
@@ -163,6 +223,7 @@ _DECODERS: dict[str, Any] = {
     "decimal": Decimal,
     "bytes": base64.b64decode,
     "uuid": uuid.UUID,
+    "json": JSONText,
 }
 
 
@@ -176,9 +237,18 @@ def _decode(obj: dict[str, Any]) -> Any:
 def dump_rows(rows: Iterable[dict[str, Any]]) -> str:
     """Rows as JSON lines (the spill format)."""
     return "".join(
-        json.dumps(row, default=_encode, ensure_ascii=False, separators=(",", ":")) + "\n"
+        json.dumps(_tag_json_text(row), default=_encode, ensure_ascii=False, separators=(",", ":"))
+        + "\n"
         for row in rows
     )
+
+
+def _tag_json_text(row: dict[str, Any]) -> dict[str, Any]:
+    """*row* with its :class:`JSONText` values tagged (``json`` writes a ``str``
+    subclass as a plain string, without asking ``default``)."""
+    if JSONText not in map(type, row.values()):
+        return row
+    return {k: {_TAG: "json", "v": str(v)} if type(v) is JSONText else v for k, v in row.items()}
 
 
 def load_rows(text: str) -> list[dict[str, Any]]:
@@ -316,8 +386,16 @@ class BatchingPipeline(abc.ABC):
         """Release the connection; called once, after the final flush (if open worked)."""
 
     def to_row(self, item: Any) -> dict[str, Any]:
-        """The row written for *item*: its fields as a dict (any item type)."""
-        return item_fields(item)
+        """The row written for *item*: its fields as a dict (any item type), see
+        :func:`sink_row`."""
+        return sink_row(item)
+
+    def to_rows(self, item: Any) -> list[dict[str, Any]]:
+        """The rows written for *item*: :meth:`to_row` of each of its members (a batch
+        of events without a :meth:`to_row` of the sink's own, in one pass)."""
+        if type(item) is SSEBatch and type(self).to_row is BatchingPipeline.to_row:
+            return batch_rows(item)
+        return [self.to_row(member) for member in batch_members(item)]
 
     @staticmethod
     def require(module: str, extra: str) -> ModuleType:
@@ -373,7 +451,7 @@ class BatchingPipeline(abc.ABC):
 
     async def process_item(self, item: Any) -> Any:
         slot = CURRENT.get()
-        rows = [self.to_row(member) for member in batch_members(item)]
+        rows = self.to_rows(item)
         waited = False
         while len(self._buffer) >= self.max_buffer:
             self._kick()
@@ -976,11 +1054,14 @@ def _crawl_state(crawler: Crawler) -> SSEExtension | None:
 
 __all__ = [
     "BatchingPipeline",
+    "JSONText",
     "MissingDependencyError",
     "batch_members",
+    "batch_rows",
     "default_sink_name",
     "dump_rows",
     "item_fields",
     "json_default",
     "load_rows",
+    "sink_row",
 ]

@@ -34,14 +34,14 @@ import json
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from scrapy.utils.asyncio import is_asyncio_available
 
 from ..durable import Cursor, Mark
-from .base import NO_CURSORS, BatchingPipeline, Cursors, dump_rows, json_default
+from .base import NO_CURSORS, BatchingPipeline, Cursors, JSONText, dump_rows, json_default
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -56,6 +56,11 @@ T = TypeVar("T")
 
 #: Seconds a connection attempt may take (unless the DSN sets ``connect_timeout``).
 CONNECT_TIMEOUT = 10
+#: A json/jsonb column takes these as they are (JSON text is parsed by the server).
+_AS_JSON_TEXT = frozenset({type(None), JSONText})
+#: Values other columns take as they are (others are checked: nested ones become JSON).
+_SCALARS = frozenset({type(None), str, JSONText, int, float, bool})
+
 #: How long to wait for the transaction of a failed attempt to end on the server
 #: (a terminated backend rolls back within milliseconds) before retrying later.
 IN_PROGRESS_WAIT = 5.0
@@ -101,7 +106,7 @@ class InDoubtBatches(Generic[T]):
 
 def postgres_type(value: Any) -> str:
     """The column type created for a column whose first non-null value is *value*."""
-    if value is None or isinstance(value, dict | list | tuple):
+    if value is None or isinstance(value, dict | list | tuple | JSONText):
         return "jsonb"  # a JSON column accepts any later value
     if isinstance(value, bool):
         return "boolean"
@@ -157,7 +162,7 @@ class PostgresPipeline(BatchingPipeline):
         self._conn: AsyncConnection[Any] | None = None
         self._columns: list[str] | None = None
         self._column_set: frozenset[str] = frozenset()
-        self._converters: list[Callable[[Any], Any]] = []
+        self._json_columns: list[bool] = []
         self._copy_sql: Composed | None = None
         self._unknown_fields_seen = False
         self._in_doubt: InDoubtBatches[int] = InDoubtBatches()
@@ -266,8 +271,8 @@ class PostgresPipeline(BatchingPipeline):
                 await cur.execute("SELECT txid_current()")
                 xid = int((await cur.fetchone() or (0,))[0])
                 async with cur.copy(self._copy_sql) as copy:
-                    for row in rows:
-                        await copy.write_row(self._values(row))
+                    for values in self._values(rows):
+                        await copy.write_row(values)
                 await self._save_cursors(cur, cursors)
         except BaseException:
             if xid is not None:
@@ -383,28 +388,38 @@ class PostgresPipeline(BatchingPipeline):
             raise ValueError(f"no field of the items is a column of the table: {wanted}")
         if missing:
             self._warn_unknown(missing)
-        json_types = {"json", "jsonb"}
-        self._converters = [
-            self._to_json if table_columns[col] in json_types else self._nested_to_json
-            for col in columns
-        ]
+        self._json_columns = [table_columns[col] in {"json", "jsonb"} for col in columns]
         self._columns = columns
         self._column_set = frozenset(columns)
         self._copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
             self._table_sql(), sql.SQL(", ").join(sql.Identifier(col) for col in columns)
         )
 
-    def _values(self, row: dict[str, Any]) -> list[Any]:
-        """The COPY values of *row*, in column order."""
+    def _values(self, rows: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
+        """The COPY values of *rows*, a tuple per row in column order, converted column
+        by column and only where a value needs it (the JSON text of events goes to a
+        ``jsonb`` column as it came: the server parses it)."""
         if not self._unknown_fields_seen:
-            self._check_fields(row)
+            for row in rows:
+                self._check_fields(row)
+                if self._unknown_fields_seen:
+                    break
         columns = self._columns or []
-        return [conv(row.get(col)) for col, conv in zip(columns, self._converters, strict=True)]
+        by_column = []
+        for column, json_column in zip(columns, self._json_columns, strict=True):
+            values = [row.get(column) for row in rows]
+            kinds = set(map(type, values))
+            if json_column and not kinds <= _AS_JSON_TEXT:
+                values = [self._to_json(v) for v in values]
+            elif not json_column and not kinds <= _SCALARS:
+                values = [self._nested_to_json(v) for v in values]
+            by_column.append(values)
+        return zip(*by_column, strict=True)
 
     def _to_json(self, value: Any) -> Any:
         """For a json/jsonb column: any value, a string included, as a JSON value."""
-        if value is None:
-            return None
+        if value is None or type(value) is JSONText:
+            return value
         assert self._psycopg is not None
         return self._psycopg.types.json.Jsonb(value)
 
