@@ -443,10 +443,12 @@ def start_server(events: int) -> tuple[subprocess.Popen[str], str]:
     return server, f"http://127.0.0.1:{line.split()[1]}/stream"
 
 
-def crawl(store: Store, mode: str, url: str, events: int, spill_dir: Path) -> Result:
+def crawl(
+    store: Store, mode: str, url: str, events: int, spill_dir: Path, extra: dict[str, str]
+) -> Result:
     name = f"bench_{uuid.uuid4().hex[:10]}"
     try:
-        settings = {**store.setup(name), "SSE_SPILL_DIR": str(spill_dir / name)}
+        settings = {**store.setup(name), "SSE_SPILL_DIR": str(spill_dir / name), **extra}
         config = {
             "pipeline": store.pipeline,
             "settings": settings,
@@ -547,6 +549,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: " + ",".join(s.key for s in STORES[1:]) + " (none always runs)",
     )
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a Scrapy setting for every crawl (repeatable), e.g. SSE_BATCH_SIZE=2000",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -556,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {k for k in args.only.split(",") if k}
     modes = [m for m in MODES if m in args.modes.split(",")]
     stores = [s for s in STORES if s.key == "none" or not wanted or s.key in wanted]
+    extra = dict(item.split("=", 1) for item in args.set)
     server, url = start_server(events)
     results: list[Row] = []
     try:
@@ -570,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 for mode in modes:
                     print(f"... {store.label}, {mode}", file=sys.stderr, flush=True)
-                    row.crawls[mode] = crawl(store, mode, url, events, Path(spill_dir))
+                    row.crawls[mode] = crawl(store, mode, url, events, Path(spill_dir), extra)
                 for mode in MODES:
                     row.crawls.setdefault(mode, Result(error="not run"))
                 print(f"... {store.label}, bare driver", file=sys.stderr, flush=True)

@@ -46,12 +46,14 @@ class MemorySink(BatchingPipeline):
         self.calls = 0
         self.gate: asyncio.Event | None = None
         self.active = self.max_active = 0
+        self.in_write = 0  # rows of the last write_batch call
 
     async def open(self) -> None:
         self.events.append("open")
 
     async def write_batch(self, rows: list[dict[str, Any]], cursors: Any = None) -> None:
         self.calls += 1
+        self.in_write = len(rows)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -133,7 +135,8 @@ def test_settings_prefix_then_generic_then_default(tmp_path: Path) -> None:
 
 def test_flush_by_count_keeps_the_rest_for_later(tmp_path: Path) -> None:
     async def main() -> None:
-        sink = await opened(tmp_path, SSE_BATCH_SIZE=5, SSE_FLUSH_INTERVAL=3600)
+        # (MAX_BUFFER = batch size: no write can take more than one batch.)
+        sink = await opened(tmp_path, SSE_BATCH_SIZE=5, SSE_MAX_BUFFER=5, SSE_FLUSH_INTERVAL=3600)
         for i in range(12):
             await sink.process_item({"i": i})
         await until(lambda: len(sink.batches) == 2)
@@ -147,6 +150,27 @@ def test_flush_by_count_keeps_the_rest_for_later(tmp_path: Path) -> None:
         assert sink.events == ["open", "close"]
         assert (stat(sink, "rows_written"), stat(sink, "batches")) == (12, 3)
         assert stat(sink, "flush_seconds_max") >= 0
+
+    run(main)
+
+
+def test_rows_that_pile_up_during_a_write_go_together_in_the_next(tmp_path: Path) -> None:
+    # Group commit: a store slower per write than the stream gets fewer, bigger
+    # writes (up to MAX_BUFFER rows), not a backlog of batch-sized ones.
+    async def main() -> None:
+        sink = await opened(tmp_path, SSE_BATCH_SIZE=5, SSE_MAX_BUFFER=12, SSE_FLUSH_INTERVAL=3600)
+        sink.gate = asyncio.Event()  # the first write hangs until the gate opens
+        for i in range(5):
+            await sink.process_item({"i": i})
+        await until(lambda: sink.active == 1)
+        for i in range(5, 17):
+            await sink.process_item({"i": i})
+        assert sink.buffered == 12  # 5 rows in the hanging write, 12 piled up behind it
+        sink.gate.set()
+        await until(lambda: len(sink.batches) == 2)
+        assert [len(batch) for batch in sink.batches] == [5, 12]
+        assert [row["i"] for row in sink.rows] == list(range(17))
+        await sink.close_spider()
 
     run(main)
 
@@ -222,19 +246,21 @@ def test_backpressure_bounds_the_buffer_while_a_flush_hangs(tmp_path: Path) -> N
             seen.append(sink.buffered)
 
         tasks = [asyncio.create_task(produce(i)) for i in range(40)]
-        # 4 rows in the hanging write, 8 (2 batches) buffered, the rest must wait.
-        await until(lambda: len(accepted) == 12)
+        # The hanging write took what was buffered when it started (a batch at least,
+        # MAX_BUFFER at most), 8 more rows are buffered, the rest must wait.
+        await until(lambda: sink.buffered == 8)
         await asyncio.sleep(0.2)  # a negative check: nobody else gets in meanwhile
-        assert len(accepted) == 12
+        assert 4 <= sink.in_write <= 8
+        assert len(accepted) == sink.in_write + 8
         assert sink.buffered == 8
-        assert stat(sink, "backpressure_waits") >= 28  # every blocked producer waited
+        assert stat(sink, "backpressure_waits") >= 40 - 16  # every blocked producer waited
         sink.gate.set()
         await asyncio.gather(*tasks)
         await sink.close_spider()
         assert sorted(row["i"] for row in sink.rows) == list(range(40))
         assert max(seen) <= sink.max_buffer == 8
         assert sink.max_active == 1  # one flush at a time
-        assert all(len(batch) <= 4 for batch in sink.batches)
+        assert all(len(batch) <= 8 for batch in sink.batches)
 
     run(main)
 
@@ -271,6 +297,7 @@ def test_a_sink_that_stays_down_spills_and_replays_when_back(
         sink = await opened(
             tmp_path,
             SSE_BATCH_SIZE=3,
+            SSE_MAX_BUFFER=3,  # (writes of one batch each)
             SSE_FLUSH_INTERVAL=3600,
             SSE_TESTSINK_RETRY_TIMES=1,
             SSE_TESTSINK_RETRY_BACKOFF=0.01,

@@ -105,7 +105,7 @@ def test_any_items_with_typed_columns_and_nested_values_as_json(tmp_path: Path) 
 
 def test_files_roll_by_rows_and_by_bytes(tmp_path: Path) -> None:
     async def main() -> None:
-        by_rows = pipeline(tmp_path, SSE_BATCH_SIZE=5, SSE_PARQUET_ROLL_ROWS=10)
+        by_rows = pipeline(tmp_path, SSE_BATCH_SIZE=5, SSE_MAX_BUFFER=5, SSE_PARQUET_ROLL_ROWS=10)
         await by_rows.open_spider()
         for seq in range(25):
             await by_rows.process_item({"seq": seq})
@@ -114,6 +114,7 @@ def test_files_roll_by_rows_and_by_bytes(tmp_path: Path) -> None:
         by_bytes = pipeline(
             tmp_path,
             SSE_BATCH_SIZE=5,
+            SSE_MAX_BUFFER=5,
             SSE_PARQUET_DIR=str(tmp_path / "bytes"),
             SSE_PARQUET_ROLL_BYTES=1,  # every batch fills a file
         )
@@ -155,7 +156,7 @@ def test_a_schema_change_starts_a_new_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
 
     async def main() -> None:
-        sink = pipeline(tmp_path, SSE_BATCH_SIZE=2)
+        sink = pipeline(tmp_path, SSE_BATCH_SIZE=2, SSE_MAX_BUFFER=2)
         await sink.open_spider()
         for item in (
             {"seq": 1, "v": 1},
@@ -197,6 +198,7 @@ def test_a_crawl_writes_every_item_to_parquet(sse_server: SSEServer, tmp_path: P
         settings={
             "ITEM_PIPELINES": {"scrapy_sse.pipelines.ParquetPipeline": 800},
             "SSE_BATCH_SIZE": 25,
+            "SSE_MAX_BUFFER": 25,
             "SSE_PARQUET_ROLL_ROWS": 50,
         },
         args={"url": url},

@@ -87,7 +87,11 @@ def test_create_table_maps_types_and_stores_values(
     async def run() -> None:
         # One row per batch: the table is typed from the first row alone.
         pipeline = make_pipeline(
-            postgres, tmp_path, SSE_POSTGRES_CREATE_TABLE=True, SSE_POSTGRES_BATCH_SIZE=1
+            postgres,
+            tmp_path,
+            SSE_POSTGRES_CREATE_TABLE=True,
+            SSE_POSTGRES_BATCH_SIZE=1,
+            SSE_POSTGRES_MAX_BUFFER=1,
         )
         await pipeline.open_spider()
         for item in items:

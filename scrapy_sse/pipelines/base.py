@@ -598,7 +598,10 @@ class BatchingPipeline(abc.ABC):
 
     async def _drain(self, *, force: bool) -> None:
         while self._buffer and (force or self._due or len(self._buffer) >= self.batch_size):
-            size = self.batch_size
+            # Group commit: what piled up while the last write ran goes in one write
+            # (up to the buffer's bound), so a store that is slower per write than the
+            # stream writes fewer, bigger transactions instead of falling behind.
+            size = self.max_buffer
             batch = self._buffer[:size]
             marks = self._marks[:size]
             del self._buffer[:size]

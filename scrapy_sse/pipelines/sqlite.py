@@ -4,13 +4,23 @@ Why these choices:
 
 * WAL journal mode, so readers (a dashboard, ``sqlite3`` in a shell) never block the
   writer and the writer never blocks them;
-* one ``executemany`` in one transaction per batch: a commit (an fsync) per batch
+* one transaction per batch, many rows per ``INSERT``: a commit (an fsync) per batch
   instead of per row is what keeps up with a busy feed;
 * the table follows the items: columns come from ``SSE_SQLITE_COLUMNS`` or from the
   first items, and a field seen later adds a column (``ALTER TABLE``), so no field is
   silently lost; a missing field is ``NULL``; nested values (dict, list) are stored as
   JSON text, dates and times as ISO 8601 text, ``Decimal`` as text (no precision loss);
-* every call into ``sqlite3`` runs in a thread, never on the reactor;
+* a batch is written on the reactor, its ``COMMIT`` (an fsync of the WAL) included:
+  the sqlite3 calls of a batch are CPU work that holds the GIL wherever it runs, and
+  in a worker thread each call waited for the GIL to come back from a busy reactor
+  (up to the 5 ms switch interval, several times per batch): a batch took 10-20 ms
+  instead of about 2, and the stream stalled behind it (a crawl with a callback per
+  event stored 0.5x as fast as it read; 0.8x or more on the reactor). The fsync is
+  about a millisecond on a local SSD. Two cases go to a worker thread instead: when
+  another connection holds the file's write lock (the batch waits for it there, up to
+  ``SSE_SQLITE_TIMEOUT``), and always with ``SSE_SQLITE_WRITE_IN_THREAD = True``
+  (a disk whose fsync takes tens of milliseconds, a network filesystem); opening,
+  reading cursors and closing run in the thread too;
 * each stream's cursor (where it resumes, and the last row stored) is upserted into
   ``SSE_SQLITE_CURSOR_TABLE`` (default ``sse_cursors``, one row per table and stream)
   in the transaction of the batch: after a crash, even a SIGKILL, the rows and the
@@ -91,18 +101,27 @@ class SQLitePipeline(BatchingPipeline):
         self.create_table = self.settings.getbool("SSE_SQLITE_CREATE_TABLE", True)
         self.columns: list[str] = self.settings.getlist("SSE_SQLITE_COLUMNS")
         self.timeout = self.settings.getfloat("SSE_SQLITE_TIMEOUT", 5.0)
+        self.write_in_thread = self.settings.getbool("SSE_SQLITE_WRITE_IN_THREAD", False)
         #: Where each stream's cursor is committed ("": nowhere, resume from JOBDIR).
         self.cursor_table = str(self.settings.get("SSE_SQLITE_CURSOR_TABLE", "sse_cursors"))
         self._conn: sqlite3.Connection | None = None
         # Lower-cased column name -> column name (SQLite names are case-insensitive);
         # None until read, and again after a rollback (which also undoes ALTER TABLE).
         self._known: dict[str, str] | None = None
+        self._pending_known: dict[str, str] | None = None  # (until the COMMIT)
 
     async def open(self) -> None:
         await run_in_thread(self._open)
 
     async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
-        await run_in_thread(self._write, rows, cursors)
+        # On the reactor, COMMIT (its fsync) included, unless another writer holds the
+        # file's lock (module doc: why).
+        if self.write_in_thread or not self._begin_now():
+            await run_in_thread(self._write, rows, cursors)
+            return
+        conn = self._connection()
+        self._statements(conn, rows, cursors)
+        self._commit(conn)
 
     async def load_cursors(self) -> dict[str, Cursor]:
         return await run_in_thread(self._load_cursors)
@@ -216,11 +235,37 @@ class SQLitePipeline(BatchingPipeline):
         )
 
     def _write(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
-        conn = self._conn
-        if conn is None:
-            raise sqlite3.ProgrammingError("The SQLite sink is not open")
-        fields = _fields(rows)
+        """The whole batch, in the worker thread (when another writer holds the lock)."""
+        conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
+        self._statements(conn, rows, cursors)
+        self._commit(conn)
+
+    def _begin_now(self) -> bool:
+        """``BEGIN IMMEDIATE`` without waiting for the write lock (on the reactor);
+        ``False`` when another connection holds it."""
+        conn = self._connection()
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        return True
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("The SQLite sink is not open")
+        return self._conn
+
+    def _statements(
+        self, conn: sqlite3.Connection, rows: list[dict[str, Any]], cursors: Cursors
+    ) -> None:
+        """The batch's statements, in the open transaction (rolled back if one fails)."""
+        fields = _fields(rows)
         try:
             known = self._read_columns(conn) if self._known is None else dict(self._known)
             if not known and fields:
@@ -240,13 +285,24 @@ class SQLitePipeline(BatchingPipeline):
                 targets.setdefault(column, []).append(field)
             self._insert(conn, rows, targets)
             self._save_cursors(conn, cursors)
+        except BaseException:
+            self._rollback(conn)
+            raise
+        self._pending_known = known
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """``COMMIT`` (and the WAL's fsync)."""
+        try:
             conn.execute("COMMIT")
         except BaseException:
-            self._known = None
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            self._rollback(conn)
             raise
-        self._known = known
+        self._known = self._pending_known
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        self._known = None  # (a rollback also undoes ALTER TABLE)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
     def _insert(
         self, conn: sqlite3.Connection, rows: list[dict[str, Any]], targets: dict[str, list[str]]
