@@ -50,7 +50,8 @@ class ProvenancePipeline:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         if context_follows_items(crawler):
-            raise NotConfigured("items are processed in the context they were made in")
+            # (No message: Scrapy would log one as a warning in every such crawl.)
+            raise NotConfigured  # items are processed in the context they were made in
         ledger = sse_state(crawler).ledger
         ledger.by_item = {}
         return cls(ledger.by_item)

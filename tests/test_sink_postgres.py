@@ -18,7 +18,7 @@ import pytest
 from scrapy.utils.test import get_crawler
 
 from scrapy_sse.events import SSEBatch, SSEEvent
-from scrapy_sse.pipelines.base import batch_rows
+from scrapy_sse.pipelines.base import JSONText, batch_rows
 from scrapy_sse.pipelines.postgres import PostgresPipeline, TableMissingError
 from tests.servers.sse_server import SSEServer
 from tests.services import (
@@ -360,4 +360,53 @@ def test_events_json_is_stored_as_json_also_when_replayed_from_a_spill_file(
         ("2", [1, 2], "[1, 2]"),
         ("3", 7, "7"),
         ("4", None, "{not json"),
+    ]
+
+
+def test_copy_text_keeps_every_character_and_type(postgres: PostgresTarget, tmp_path: Path) -> None:
+    # The batch goes as COPY text (escaped a column at a time): tabs, newlines,
+    # backslashes and a literal "\N" must come back as they were, NULL as NULL.
+    postgres.query(
+        f'CREATE TABLE "{postgres.table}" (id bigint, text text, flag boolean, n bigint, '
+        "x double precision, doc jsonb, js jsonb, note text)"
+    )
+    rows = [
+        {
+            "id": 1,
+            "text": "a\tb\nc\rd\\e \\N é",
+            "flag": True,
+            "n": 2**40,
+            "x": 1.5,
+            "doc": {"k": "v\t"},
+            "js": JSONText('{"a": "\\t"}'),
+            "note": {"nested": [1, "\n"]},
+        },
+        {"id": 2, "text": None, "flag": False, "n": None, "x": float("inf"), "doc": "s"},
+        {"id": 3, "text": "", "flag": None, "n": -1, "x": None, "doc": None, "js": None},
+    ]
+
+    async def run() -> None:
+        pipeline = make_pipeline(
+            postgres, tmp_path, SSE_POSTGRES_COLUMNS="id,text,flag,n,x,doc,js,note"
+        )
+        await pipeline.open_spider()
+        for row in rows:
+            await pipeline.process_item(row)
+        await pipeline.close_spider()
+
+    asyncio.run(run())
+    stored = postgres.query(f'SELECT * FROM "{postgres.table}" ORDER BY id')
+    assert stored == [
+        (
+            1,
+            "a\tb\nc\rd\\e \\N é",
+            True,
+            2**40,
+            1.5,
+            {"k": "v\t"},
+            {"a": "\t"},
+            '{"nested": [1, "\\n"]}',
+        ),
+        (2, None, False, None, float("inf"), "s", None, None),
+        (3, "", None, -1, None, None, None, None),
     ]

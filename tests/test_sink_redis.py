@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from scrapy.exceptions import DropItem
 from scrapy.utils.test import get_crawler
 
+from scrapy_sse.pipelines.base import JSONText
 from scrapy_sse.pipelines.redis import RedisStreamPipeline
 from tests.servers.sse_server import SSEServer
 from tests.services import (
@@ -60,34 +62,47 @@ async def feed(pipeline: RedisStreamPipeline, items: list[Any]) -> None:
     await pipeline.close_spider()
 
 
-def test_field_encoding(redis_t: RedisTarget, tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["json", "args"])
+def test_field_encoding(
+    redis_t: RedisTarget, tmp_path: Path, form: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A batch goes to the script as one JSON text, or (when a value is bytes, which
+    # JSON cannot carry) as an argument per field: both store the same entries.
     at = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
     item = {
-        "s": "é€😀",
-        "b": b"raw",
+        "s": 'é€😀 "quoted"\n\ttab \\',
+        "b": b"raw" if form == "args" else "raw",
         "i": -7,
+        "big": 2**70,
         "f": 1.25,
+        "g": 0.1 + 0.2,
         "ok": True,
         "no": False,
         "nested": {"k": [1, "é"], "at": at},
         "list": [1, 2],
         "none": None,
         "at": at,
+        "json": JSONText('{"p": 1.50}'),
     }
-    asyncio.run(feed(make_pipeline(redis_t, tmp_path), [item]))
-    assert redis_t.entries(f"{redis_t.prefix}:events") == [
-        {
-            "s": "é€😀",
-            "b": "raw",
-            "i": "-7",
-            "f": "1.25",
-            "ok": "true",
-            "no": "false",
-            "nested": '{"k":[1,"é"],"at":"2024-05-06T07:08:09+00:00"}',
-            "list": "[1,2]",
-            "at": "2024-05-06T07:08:09+00:00",
-        }
-    ]
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(feed(make_pipeline(redis_t, tmp_path), [item, {"none": None}, item]))
+    entry = {
+        "s": 'é€😀 "quoted"\n\ttab \\',
+        "b": "raw",
+        "i": "-7",
+        "big": str(2**70),
+        "f": "1.25",
+        "g": "0.30000000000000004",
+        "ok": "true",
+        "no": "false",
+        "nested": '{"k":[1,"é"],"at":"2024-05-06T07:08:09+00:00"}',
+        "list": "[1,2]",
+        "at": "2024-05-06T07:08:09+00:00",
+        "json": '{"p": 1.50}',
+    }
+    # (An item whose fields are all None has nothing to store: skipped, said once.)
+    assert redis_t.entries(f"{redis_t.prefix}:events") == [entry, entry]
+    assert caplog.text.count("rows with only null fields are skipped") == 1
 
 
 def test_stream_template_routes_and_drops_unroutable(redis_t: RedisTarget, tmp_path: Path) -> None:

@@ -241,6 +241,9 @@ def test_a_crawl_stores_every_item_exactly(sse_server: SSEServer, tmp_path: Path
     # Batched: at most the buffer's bound (2 x 16 rows) per write, rows that piled up
     # while one write ran going together into the next.
     assert 200 // 32 <= stats["sse/sink/sqlite/batches"] < 200
+    # A crawl that goes well says so quietly: no warning (a component that disables
+    # itself by design must not log one either).
+    assert not [line for line in log.splitlines() if " WARNING: " in line or " ERROR: " in line]
 
 
 def test_batch_delivery_reaches_the_sink_without_unpacking(

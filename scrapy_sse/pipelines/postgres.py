@@ -42,6 +42,7 @@ from scrapy.utils.asyncio import is_asyncio_available
 
 from ..durable import Cursor, Mark
 from .base import NO_CURSORS, BatchingPipeline, Cursors, JSONText, dump_rows, json_default
+from .tabular import Unencodable, encode_columns
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -56,6 +57,31 @@ T = TypeVar("T")
 
 #: Seconds a connection attempt may take (unless the DSN sets ``connect_timeout``).
 CONNECT_TIMEOUT = 10
+#: Types COPY's text format takes as they are: in a json/jsonb column JSON text only
+#: (a plain string there is a JSON string value), in other columns any string.
+_JSON_TEXT = frozenset({JSONText})
+_TEXT = frozenset({str, JSONText})
+
+
+def _json_text(value: Any) -> str:
+    """A value for a json/jsonb column, as JSON text."""
+    return json.dumps(value, default=json_default, ensure_ascii=False)
+
+
+def _column_text(value: Any) -> str:
+    """A value for another column, in COPY's text format."""
+    kind = type(value)
+    if kind is bool:
+        return "t" if value else "f"
+    if kind is int:
+        return str(value)
+    if kind is float:
+        return repr(value)
+    if kind is dict or kind is list or kind is tuple:
+        return _json_text(value)
+    raise Unencodable(kind.__name__)
+
+
 #: A json/jsonb column takes these as they are (JSON text is parsed by the server).
 _AS_JSON_TEXT = frozenset({type(None), JSONText})
 #: Values other columns take as they are (others are checked: nested ones become JSON).
@@ -271,8 +297,12 @@ class PostgresPipeline(BatchingPipeline):
                 await cur.execute("SELECT txid_current()")
                 xid = int((await cur.fetchone() or (0,))[0])
                 async with cur.copy(self._copy_sql) as copy:
-                    for values in self._values(rows):
-                        await copy.write_row(values)
+                    body = self._encode(rows)
+                    if body is not None:
+                        await copy.write(body.encode())
+                    else:  # (a value the text format cannot carry: psycopg's dumpers)
+                        for values in self._values(rows):
+                            await copy.write_row(values)
                 await self._save_cursors(cur, cursors)
         except BaseException:
             if xid is not None:
@@ -395,15 +425,31 @@ class PostgresPipeline(BatchingPipeline):
             self._table_sql(), sql.SQL(", ").join(sql.Identifier(col) for col in columns)
         )
 
-    def _values(self, rows: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
-        """The COPY values of *rows*, a tuple per row in column order, converted column
-        by column and only where a value needs it (the JSON text of events goes to a
-        ``jsonb`` column as it came: the server parses it)."""
+    def _encode(self, rows: list[dict[str, Any]]) -> str | None:
+        """The rows in COPY's text format, a column at a time (module
+        :mod:`~scrapy_sse.pipelines.tabular`); ``None`` when a value needs one of
+        psycopg's dumpers (dates, ``Decimal``, bytes...)."""
+        self._check_all_fields(rows)
+        columns = [[row.get(column) for row in rows] for column in self._columns or []]
+        types = [_JSON_TEXT if j else _TEXT for j in self._json_columns]
+        convert = [_json_text if j else _column_text for j in self._json_columns]
+        try:
+            return encode_columns(columns, types, convert)
+        except Unencodable:
+            return None
+
+    def _check_all_fields(self, rows: list[dict[str, Any]]) -> None:
         if not self._unknown_fields_seen:
             for row in rows:
                 self._check_fields(row)
                 if self._unknown_fields_seen:
                     break
+
+    def _values(self, rows: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
+        """The COPY values of *rows*, a tuple per row in column order, converted column
+        by column and only where a value needs it (the JSON text of events goes to a
+        ``jsonb`` column as it came: the server parses it)."""
+        self._check_all_fields(rows)
         columns = self._columns or []
         by_column = []
         for column, json_column in zip(columns, self._json_columns, strict=True):
