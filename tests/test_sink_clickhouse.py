@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from scrapy.utils.test import get_crawler
 
+from scrapy_sse.pipelines.base import JSONText
 from scrapy_sse.pipelines.clickhouse import ClickHouseError, ClickHousePipeline
 from tests.servers.sse_server import SSEServer
 from tests.services import (
@@ -162,3 +163,34 @@ def test_crawl_stores_every_event(
         assert json.loads(row["data"]) == json.loads(row["json"]) == {"seq": i, "text": "é€😀"}
         assert isinstance(row["received_at"], float)
     assert log_stat(log, "sse/sink/clickhouse/rows_written") == 300
+
+
+def test_text_values_arrive_as_they_were_in_either_format(
+    clickhouse: ClickHouseTarget, tmp_path: Path
+) -> None:
+    # Rows with the same fields go as TabSeparated (escaped a column at a time), a
+    # batch whose rows differ in their fields as JSONEachRow (a missing field takes
+    # the column's default): both store every character as it was.
+    clickhouse.query(
+        f"CREATE TABLE {clickhouse.table} (n Int64, s Nullable(String), j String) "
+        "ENGINE = MergeTree ORDER BY n"
+    )
+    text = 'tab\there\nnew line\rcr back\\slash \\N é€😀 "q"'
+    uniform = [{"n": 1, "s": text, "j": JSONText('{"p": 1.50}')}, {"n": 2, "s": None, "j": ""}]
+    mixed = [{"n": 3, "s": text, "j": "x\ty"}, {"n": 4, "s": text}]
+    pipeline = make_pipeline(clickhouse, tmp_path, SSE_CLICKHOUSE_BATCH_SIZE=2)
+
+    async def run() -> None:
+        await pipeline.open()
+        await pipeline.write_batch(uniform)
+        await pipeline.write_batch(mixed)
+        await pipeline.close()
+
+    asyncio.run(run())
+    rows = clickhouse.query(f"SELECT n, s, j FROM {clickhouse.table} ORDER BY n FORMAT JSONCompact")
+    assert json.loads(rows)["data"] == [
+        ["1", text, '{"p": 1.50}'],
+        ["2", None, ""],
+        ["3", text, "x\ty"],
+        ["4", text, ""],  # (not NULL, which a String column cannot hold)
+    ]

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy.utils.asyncio import is_asyncio_available, run_in_thread
 
-from .base import NO_CURSORS, BatchingPipeline, Cursors, json_default
+from .base import NO_CURSORS, BatchingPipeline, Cursors, JSONText, json_default
+from .tabular import Unencodable, encode_columns
 
 if TYPE_CHECKING:
     import aiohttp
@@ -81,6 +82,28 @@ def clickhouse_value(value: Any) -> Any:
             return int(value.timestamp())
         return value.isoformat(sep=" ", timespec="seconds")
     return json_default(value)
+
+
+#: Values TabSeparated takes as they are.
+_TEXT = frozenset({str, JSONText})
+
+
+def _column_text(value: Any) -> str | None:
+    """A value in ``TabSeparated`` (``None``: NULL), as :func:`clickhouse_value`
+    would store it."""
+    kind = type(value)
+    if kind is bool:
+        return "1" if value else "0"
+    if kind is int:
+        return str(value)
+    if kind is float:
+        return repr(value)
+    converted = clickhouse_value(value)
+    if converted is None or isinstance(converted, str):
+        return converted
+    if type(converted) is int:
+        return str(converted)
+    raise Unencodable(kind.__name__)
 
 
 def clickhouse_type(value: Any) -> str:
@@ -179,15 +202,45 @@ class ClickHousePipeline(BatchingPipeline):
         if self._columns is None:
             await self._create(rows)
         columns = self._columns or frozenset()
-        lines = []
-        for row in rows:
-            if not self._warned_unknown and not row.keys() <= columns:
-                self._warn_unknown([field for field in row if field not in columns])
-            values = {k: clickhouse_value(v) for k, v in row.items() if k in columns}
-            lines.append(json.dumps(values, ensure_ascii=False, separators=(",", ":")))
-        body = ("\n".join(lines) + "\n").encode()
+        if not self._warned_unknown:
+            for row in rows:
+                if not row.keys() <= columns:
+                    self._warn_unknown([field for field in row if field not in columns])
+                    break
         token = self.batch_token if self.tokens else None
-        await self._request(f"INSERT INTO {self.table_sql} FORMAT JSONEachRow", body, token)
+        names = [name for name in rows[0] if name in columns]
+        body = self._tab_separated(rows, names)
+        if body is not None:
+            fields = ", ".join(map(quote_identifier, names))
+            query = f"INSERT INTO {self.table_sql} ({fields}) FORMAT TabSeparated"
+            await self._request(query, body.encode(), token)
+            return
+        lines = [
+            json.dumps(
+                {k: clickhouse_value(v) for k, v in row.items() if k in columns},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+            for row in rows
+        ]
+        body_bytes = ("\n".join(lines) + "\n").encode()
+        await self._request(f"INSERT INTO {self.table_sql} FORMAT JSONEachRow", body_bytes, token)
+
+    @staticmethod
+    def _tab_separated(rows: list[dict[str, Any]], names: list[str]) -> str | None:
+        """The batch as ``TabSeparated`` (the format ClickHouse parses fastest of
+        those it has had since 1.1, and one we encode a column at a time, see
+        :mod:`~scrapy_sse.pipelines.tabular`); ``None`` when its rows do not all have
+        the same fields (a field missing from a row must get the column's default,
+        which only ``JSONEachRow`` says) or a value has no text form here."""
+        first = rows[0].keys()
+        if not names or any(row.keys() != first for row in rows):
+            return None
+        columns = [[row[name] for row in rows] for name in names]
+        try:
+            return encode_columns(columns, [_TEXT] * len(names), [_column_text] * len(names))
+        except Unencodable:
+            return None
 
     async def _check_deduplication(self) -> None:
         """Warn when an existing table would ignore the tokens."""
