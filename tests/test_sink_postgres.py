@@ -410,3 +410,60 @@ def test_copy_text_keeps_every_character_and_type(postgres: PostgresTarget, tmp_
         (2, None, False, None, float("inf"), "s", None, None),
         (3, "", None, -1, None, None, None, None),
     ]
+
+
+def test_a_slow_table_pauses_the_stream_and_keeps_memory_flat(
+    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path
+) -> None:
+    # A trigger makes every row cost 1 ms: the table takes about 1,000 rows/s, the
+    # server offers 100,000 events at once. The crawl must read only what the sink
+    # can hold (the socket pauses), and store at close all it read.
+    table = postgres.table
+    function = f"{table}_slow"
+    postgres.query(
+        f'CREATE TABLE "{table}" (url text, event text, id text, data text, json jsonb, '
+        "received_at double precision)"
+    )
+    postgres.query(
+        f'CREATE FUNCTION "{function}"() RETURNS trigger LANGUAGE plpgsql AS '
+        "$$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$"
+    )
+    try:
+        postgres.query(
+            f'CREATE TRIGGER slow BEFORE INSERT ON "{table}" '
+            f'FOR EACH ROW EXECUTE FUNCTION "{function}"()'
+        )
+        url = sse_server.url(f"/stream?n=100000&ascii=1&hold=30&key={unique_name('slowpg')}")
+        crawl = start_crawl(
+            url,
+            PIPELINE,
+            {
+                "SSE_POSTGRES_DSN": postgres.dsn,
+                "SSE_POSTGRES_TABLE": table,
+                "SSE_BATCH_SIZE": 200,
+                "CLOSESPIDER_TIMEOUT": 6,
+                "MEMUSAGE_CHECK_INTERVAL_SECONDS": 0.5,
+            },
+            tmp_path,
+        )
+        code, log = crawl.wait(timeout=120)
+        assert code == 0, log[-3000:]
+        stored = int(postgres.query(f'SELECT count(*) FROM "{table}"')[0][0])
+    finally:
+        postgres.query(f'DROP TABLE IF EXISTS "{table}"')
+        postgres.query(f'DROP FUNCTION IF EXISTS "{function}"()')
+    # Every item the spider made is stored at close; events read but not yet handed
+    # to the spider when it closed are not (their stream's cursor is before them).
+    assert (
+        stored
+        == log_stat(log, "sse/sink/postgres/rows_written")
+        == log_stat(log, "item_scraped_count")
+    )
+    assert 1000 < stored < 30_000  # the table's pace, not the server's
+    # Read ahead of the table: at most the stream's queue (1,000) and a read or two.
+    assert log_stat(log, "sse/events") - stored < 1000 + 3000
+    assert log_stat(log, "sse/backpressure_pauses") >= 1
+    assert log_stat(log, "sse/sink/postgres/backpressure_waits") >= 1
+    # Flat: the sink holds at most 2 x 400 rows, the stream its queue and one read.
+    growth = log_stat(log, "memusage/max") - log_stat(log, "memusage/startup")
+    assert growth < 40 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB"
