@@ -358,8 +358,10 @@ def test_a_replay_that_fails_midway_never_writes_a_row_twice(tmp_path: Path) -> 
             await first.process_item({"i": i})
         await first.close_spider()
 
-        second = MemorySink(make_crawler(tmp_path, SSE_BATCH_SIZE=2, SSE_FLUSH_INTERVAL=3600))
-        second.fail_calls = {2}  # replay chunks [0, 1] ok, [2, 3] fails
+        second = MemorySink(
+            make_crawler(tmp_path, SSE_BATCH_SIZE=2, SSE_MAX_BUFFER=2, SSE_FLUSH_INTERVAL=3600)
+        )
+        second.fail_calls = {2}  # replay chunks (of MAX_BUFFER rows) [0, 1] ok, [2, 3] fails
         await second.open_spider()
         assert [row["i"] for row in second.rows] == [0, 1]
         (left,) = spill_files(second)

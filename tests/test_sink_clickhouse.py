@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from scrapy.utils.test import get_crawler
 
+from scrapy_sse.durable import Cursor, Mark
 from scrapy_sse.pipelines.base import JSONText
 from scrapy_sse.pipelines.clickhouse import ClickHouseError, ClickHousePipeline
 from tests.servers.sse_server import SSEServer
@@ -194,3 +195,40 @@ def test_text_values_arrive_as_they_were_in_either_format(
         ["3", text, "x\ty"],
         ["4", text, ""],  # (not NULL, which a String column cannot hold)
     ]
+
+
+def test_an_encoded_batch_left_by_a_crash_is_sent_again_as_it_was(
+    clickhouse: ClickHouseTarget, tmp_path: Path
+) -> None:
+    # The journal keeps a batch as the request that writes it (encoded once): after a
+    # crash the next crawl sends that request again, with its token, and resumes the
+    # stream after it; a spilled request (the server was down) is replayed as it was.
+    clickhouse.query(
+        f"CREATE TABLE {clickhouse.table} (n Int64, s Nullable(String)) "
+        "ENGINE = MergeTree ORDER BY n"
+    )
+    cursor = Cursor("2", 2, Mark(2, 0), "3")
+
+    async def run() -> None:
+        crashed = make_pipeline(clickhouse, tmp_path)
+        await crashed.open()
+        payload = crashed.encode_batch([{"n": 1, "s": "a\tb"}, {"n": 2, "s": None}])
+        assert payload is not None and "TabSeparated" in payload.splitlines()[0]
+        crashed._write_journal([{}, {}], {"stream": cursor}, 1, "token-1", payload)
+        spilled = crashed.encode_batch([{"n": 3, "s": "c"}])
+        crashed._write_spill_file([{}], 2, {}, "token-2", spilled)
+        await crashed.close()
+
+        restarted = make_pipeline(clickhouse, tmp_path)
+        await restarted.open_spider()
+        assert restarted.stored == {"stream": cursor}
+        await restarted.close_spider()
+
+    asyncio.run(run())
+    assert [(r["n"], r["s"]) for r in clickhouse.rows("n")] == [
+        ("1", "a\tb"),
+        ("2", None),
+        ("3", "c"),
+    ]
+    spill = tmp_path / "spill" / "clickhouse"
+    assert not list(spill.rglob("*.jsonl"))

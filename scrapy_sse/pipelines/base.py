@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from itemadapter import ItemAdapter, is_item
 from scrapy.utils.asyncio import call_later, run_in_thread, sleep
@@ -375,6 +375,17 @@ class BatchingPipeline(abc.ABC):
         and replays.
         """
 
+    def encode_batch(self, rows: list[dict[str, Any]]) -> str | None:
+        """For a :attr:`write_ahead` sink: *rows* as the request that writes them,
+        encoded once, for the journal and for :meth:`write_encoded` (``None``:
+        journal the rows, write them with :meth:`write_batch`)."""
+        return None
+
+    async def write_encoded(self, payload: str) -> None:
+        """Write a batch :meth:`encode_batch` encoded (a journal's or a spill file's
+        too). Raise on failure, as :meth:`write_batch`."""
+        raise NotImplementedError
+
     async def load_cursors(self) -> dict[str, Cursor]:
         """The cursors the store holds (called at open, after spilled batches were
         replayed). A sink that cannot hold cursors returns none: its streams resume
@@ -437,7 +448,7 @@ class BatchingPipeline(abc.ABC):
                 cursors[key] = _most_advanced(cursors.get(key), cursor)
         for path in await run_in_thread(self._spill_files):
             try:
-                spilled = (await run_in_thread(_read_spill, path))[1]
+                spilled = (await run_in_thread(_read_spill, path)).cursors
             except (OSError, ValueError):
                 continue  # (reported when it is replayed)
             for key, cursor in spilled.items():
@@ -618,14 +629,18 @@ class BatchingPipeline(abc.ABC):
         started = time.monotonic()
         cursors, settling = _cursors(marks)
         journal = None
+        payload = None
         if self.write_ahead:
             self.batch_token = uuid.uuid4().hex
+            payload = self.encode_batch(rows)
             if cursors:
                 self._spill_seq += 1
-                journal = await run_in_thread(
-                    self._write_journal, rows, cursors, self._spill_seq, self.batch_token
+                # (On the reactor: a write to the page cache, shorter than the hop to a
+                # worker thread, which waits for the GIL behind a busy reactor.)
+                journal = self._write_journal(
+                    rows, cursors, self._spill_seq, self.batch_token, payload
                 )
-        error = await self._write_with_retries(rows, cursors)
+        error = await self._write_with_retries(rows, cursors, payload)
         if self.crawler.stats is not None:
             self.crawler.stats.max_value(
                 f"sse/sink/{self.name}/flush_seconds_max", round(time.monotonic() - started, 6)
@@ -633,7 +648,9 @@ class BatchingPipeline(abc.ABC):
         if error is not None:
             # A spill file is durable too (written whole, fsynced), and its cursors
             # count at the next start: the streams may resume past its rows.
-            if await self._spill(rows, error, cursors):
+            # (A write-ahead sink's encoded batch is spilled as it is: its replay is
+            # then the very request that may have reached the store, same token.)
+            if await self._spill(rows, error, cursors, payload):
                 if journal is not None:
                     await run_in_thread(journal.unlink, missing_ok=True)
                 settle(settling)
@@ -647,14 +664,18 @@ class BatchingPipeline(abc.ABC):
             await self._replay_spills()
 
     async def _write_with_retries(
-        self, rows: list[dict[str, Any]], cursors: Cursors
+        self, rows: list[dict[str, Any]], cursors: Cursors, payload: str | None = None
     ) -> BaseException | None:
-        """Write *rows*; the last error if every attempt failed, else ``None``."""
+        """Write *rows* (as *payload* when the sink encoded them); the last error if
+        every attempt failed, else ``None``."""
         attempts = 1 if self._sink_down else self.retry_times + 1
         error: BaseException | None = None
         for attempt in range(attempts):
             try:
-                await self.write_batch(rows, cursors)
+                if payload is not None:
+                    await self.write_encoded(payload)
+                else:
+                    await self.write_batch(rows, cursors)
             except Exception as exc:
                 error = exc
                 if attempt + 1 == attempts:
@@ -735,13 +756,18 @@ class BatchingPipeline(abc.ABC):
         return self.spill_dir / "journal"
 
     def _write_journal(
-        self, rows: list[dict[str, Any]], cursors: Cursors, seq: int, token: str | None
+        self,
+        rows: list[dict[str, Any]],
+        cursors: Cursors,
+        seq: int,
+        token: str | None,
+        payload: str | None = None,
     ) -> Path:
         self._journal_dir.mkdir(parents=True, exist_ok=True)
         path = self._journal_dir / f"{time.time_ns():020d}-{os.getpid()}-{seq:06d}.jsonl"
         # (Not fsynced: it covers a crash of the crawl, as cursors.json does.)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(_spill_text(rows, cursors, token), encoding="utf-8")
+        tmp.write_text(_spill_text(rows, cursors, token, payload), encoding="utf-8")
         os.replace(tmp, path)
         return path
 
@@ -752,10 +778,14 @@ class BatchingPipeline(abc.ABC):
         if not journal.is_dir():
             return
         for path in sorted(journal.glob("*.jsonl")):
-            rows, cursors, token = await run_in_thread(_read_spill, path)
-            self.batch_token = token or uuid.uuid4().hex
+            spilled = await run_in_thread(_read_spill, path)
+            rows, cursors = spilled.rows, spilled.cursors
+            self.batch_token = spilled.token or uuid.uuid4().hex
             try:
-                await self.write_batch(rows, cursors)
+                if spilled.payload is not None:
+                    await self.write_encoded(spilled.payload)
+                else:
+                    await self.write_batch(rows, cursors)
             except Exception as exc:
                 self.spill_dir.mkdir(parents=True, exist_ok=True)
                 await run_in_thread(os.replace, path, self.spill_dir / path.name)
@@ -776,7 +806,7 @@ class BatchingPipeline(abc.ABC):
             logger.info(
                 "Sink %s: wrote again the batch of %d rows a crash left in %s",
                 self.name,
-                len(rows),
+                spilled.row_count,
                 path,
             )
 
@@ -818,7 +848,11 @@ class BatchingPipeline(abc.ABC):
     # -- spill and replay ------------------------------------------------------------
 
     async def _spill(
-        self, rows: list[dict[str, Any]], error: BaseException | str, cursors: Cursors
+        self,
+        rows: list[dict[str, Any]],
+        error: BaseException | str,
+        cursors: Cursors,
+        payload: str | None = None,
     ) -> bool:
         """Keep *rows* in a spill file; ``False`` when even that failed (they are lost
         to this crawl, and their events keep holding their streams' resume points, so
@@ -827,7 +861,7 @@ class BatchingPipeline(abc.ABC):
         self._spill_seq += 1
         try:
             path = await run_in_thread(
-                self._write_spill_file, rows, self._spill_seq, cursors, self.batch_token
+                self._write_spill_file, rows, self._spill_seq, cursors, self.batch_token, payload
             )
         except Exception:
             self._stat_inc("lost_rows", len(rows))
@@ -856,12 +890,17 @@ class BatchingPipeline(abc.ABC):
         return True
 
     def _write_spill_file(
-        self, rows: list[dict[str, Any]], seq: int, cursors: Cursors, token: str | None
+        self,
+        rows: list[dict[str, Any]],
+        seq: int,
+        cursors: Cursors,
+        token: str | None,
+        payload: str | None = None,
     ) -> Path:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         # Names sort in spill order, so replays keep the order of the stream.
         path = self.spill_dir / f"{time.time_ns():020d}-{os.getpid()}-{seq:06d}.jsonl"
-        _atomic_write(path, _spill_text(rows, cursors, token))
+        _atomic_write(path, _spill_text(rows, cursors, token, payload))
         return path
 
     def _spill_files(self) -> list[Path]:
@@ -880,15 +919,22 @@ class BatchingPipeline(abc.ABC):
         """
         for path in await run_in_thread(self._spill_files):
             try:
-                rows, cursors, token = await run_in_thread(_read_spill, path)
+                spilled = await run_in_thread(_read_spill, path)
             except (OSError, ValueError) as exc:
                 logger.error(
                     "Sink %s: cannot read spill file %s (%s); left in place", self.name, path, exc
                 )
                 continue
+            rows, cursors, token = spilled.rows, spilled.cursors, spilled.token
             done = 0
             try:
-                for number, chunk in enumerate(_chunks(rows, self.batch_size)):
+                if spilled.payload is not None:  # a journaled batch: one request, as it was
+                    self.batch_token = token or uuid.uuid4().hex
+                    await self.write_encoded(spilled.payload)
+                    done = spilled.row_count
+                # (Chunks of MAX_BUFFER rows: a batch this crawl spilled is replayed
+                # whole, as the write that failed, with its token.)
+                for number, chunk in enumerate(_chunks(rows, self.max_buffer)):
                     last = done + len(chunk) >= len(rows)
                     # (A write-ahead sink's spilled batch may have been stored by an
                     # attempt that lost its reply: the same token stores it once.)
@@ -912,15 +958,17 @@ class BatchingPipeline(abc.ABC):
                     self.name,
                     path,
                     done,
-                    len(rows),
+                    spilled.row_count,
                     type(exc).__name__,
                     exc,
                 )
                 return
             await self.replayed(cursors)
             await run_in_thread(path.unlink, missing_ok=True)
-            self._stat_inc("replayed_rows", len(rows))
-            logger.info("Sink %s: replayed %d spilled rows from %s", self.name, len(rows), path)
+            self._stat_inc("replayed_rows", spilled.row_count)
+            logger.info(
+                "Sink %s: replayed %d spilled rows from %s", self.name, spilled.row_count, path
+            )
         self._spill_pending = False
 
     # -- helpers -------------------------------------------------------------------
@@ -976,7 +1024,17 @@ _NO_POSITION = -1
 _SPILL_HEADER = "__sse_spill__"
 
 
-def _spill_text(rows: list[dict[str, Any]], cursors: Cursors, token: str | None) -> str:
+def _spill_text(
+    rows: list[dict[str, Any]], cursors: Cursors, token: str | None, payload: str | None = None
+) -> str:
+    if payload is not None:  # (the batch as the sink encoded it, and its row count)
+        header = {
+            _SPILL_HEADER: 2,
+            "token": token,
+            "cursors": {key: c.as_list() for key, c in cursors.items()},
+            "payload": len(rows),
+        }
+        return json.dumps(header, ensure_ascii=False) + "\n" + payload
     if not cursors and token is None:
         return dump_rows(rows)
     header = {
@@ -987,17 +1045,34 @@ def _spill_text(rows: list[dict[str, Any]], cursors: Cursors, token: str | None)
     return json.dumps(header, ensure_ascii=False) + "\n" + dump_rows(rows)
 
 
-def _read_spill(path: Path) -> tuple[list[dict[str, Any]], dict[str, Cursor], str | None]:
+class _Spilled(NamedTuple):
+    """A spill or journal file: its rows (or the batch as the sink encoded it, and
+    how many rows that is), cursors and batch token."""
+
+    rows: list[dict[str, Any]]
+    cursors: dict[str, Cursor]
+    token: str | None
+    payload: str | None = None
+    payload_rows: int = 0
+
+    @property
+    def row_count(self) -> int:
+        return self.payload_rows if self.payload is not None else len(self.rows)
+
+
+def _read_spill(path: Path) -> _Spilled:
     """A spill file's rows, cursors and batch token."""
-    rows = load_rows(path.read_text(encoding="utf-8"))
-    cursors: dict[str, Cursor] = {}
-    token = None
-    if rows and _SPILL_HEADER in rows[0]:
-        header = rows.pop(0)
-        token = header.get("token")
-        for key, values in header["cursors"].items():
-            cursors[key] = Cursor.from_list(values)
-    return rows, cursors, token
+    text = path.read_text(encoding="utf-8")
+    first, _, rest = text.partition("\n")
+    if first.startswith("{") and _SPILL_HEADER in first:
+        header = json.loads(first)
+        if _SPILL_HEADER in header:
+            cursors = {k: Cursor.from_list(v) for k, v in header["cursors"].items()}
+            token = header.get("token")
+            if "payload" in header:
+                return _Spilled([], cursors, token, rest, int(header["payload"]))
+            return _Spilled(load_rows(rest), cursors, token)
+    return _Spilled(load_rows(text), {}, None)
 
 
 def _cursors(

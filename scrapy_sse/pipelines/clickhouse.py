@@ -201,30 +201,44 @@ class ClickHousePipeline(BatchingPipeline):
             return
         if self._columns is None:
             await self._create(rows)
-        columns = self._columns or frozenset()
+        payload = self.encode_batch(rows)
+        if payload is not None:
+            await self.write_encoded(payload)
+
+    def encode_batch(self, rows: list[dict[str, Any]]) -> str | None:
+        """The INSERT (its query on the first line, as JSON text) and its data: what
+        the journal keeps and :meth:`write_encoded` sends, encoded once. ``None``
+        before the table's columns are known (the first batch creates the table)."""
+        columns = self._columns
+        if columns is None or not rows:
+            return None
         if not self._warned_unknown:
             for row in rows:
                 if not row.keys() <= columns:
                     self._warn_unknown([field for field in row if field not in columns])
                     break
-        token = self.batch_token if self.tokens else None
         names = [name for name in rows[0] if name in columns]
         body = self._tab_separated(rows, names)
         if body is not None:
             fields = ", ".join(map(quote_identifier, names))
             query = f"INSERT INTO {self.table_sql} ({fields}) FORMAT TabSeparated"
-            await self._request(query, body.encode(), token)
-            return
-        lines = [
-            json.dumps(
-                {k: clickhouse_value(v) for k, v in row.items() if k in columns},
-                ensure_ascii=False,
-                separators=(",", ":"),
+        else:
+            query = f"INSERT INTO {self.table_sql} FORMAT JSONEachRow"
+            body = "".join(
+                json.dumps(
+                    {k: clickhouse_value(v) for k, v in row.items() if k in columns},
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                )
+                + "\n"
+                for row in rows
             )
-            for row in rows
-        ]
-        body_bytes = ("\n".join(lines) + "\n").encode()
-        await self._request(f"INSERT INTO {self.table_sql} FORMAT JSONEachRow", body_bytes, token)
+        return json.dumps(query, ensure_ascii=False) + "\n" + body
+
+    async def write_encoded(self, payload: str) -> None:
+        first, _, body = payload.partition("\n")
+        token = self.batch_token if self.tokens else None
+        await self._request(json.loads(first), body.encode(), token)
 
     @staticmethod
     def _tab_separated(rows: list[dict[str, Any]], names: list[str]) -> str | None:
