@@ -35,6 +35,8 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -1083,11 +1085,12 @@ def _cursors(
     rows of each delivery it holds."""
     settling: dict[Slot, int] = {}
     last: dict[Track, Mark] = {}
-    for entry in marks:
-        if entry is None:
-            continue
-        slot, seq, item = entry
-        settling[slot] = settling.get(slot, 0) + 1
+    # A run of rows from one delivery at a time (a batch of events is one run): the
+    # rows of a run are in position order, so its last row is its furthest.
+    for slot, run in groupby(filter(None, marks), key=itemgetter(0)):
+        entries = list(run)
+        settling[slot] = settling.get(slot, 0) + len(entries)
+        _, seq, item = entries[-1]
         mark = Mark(0, _NO_POSITION) if item == _NO_POSITION else Mark(seq, item)
         track = slot.track
         known = last.get(track)
