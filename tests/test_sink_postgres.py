@@ -347,13 +347,17 @@ def test_events_json_is_stored_as_json_also_when_replayed_from_a_spill_file(
     spilled = batch_rows(SSEBatch(events[:2]))
     make_pipeline(postgres, tmp_path)._write_spill_file(spilled, 1, {}, None)
 
+    pipeline = make_pipeline(postgres, tmp_path, SSE_POSTGRES_CREATE_TABLE=True)
+
     async def run() -> None:
-        pipeline = make_pipeline(postgres, tmp_path, SSE_POSTGRES_CREATE_TABLE=True)
         await pipeline.open_spider()  # (writes the spilled rows first)
         await pipeline.process_item(SSEBatch(events[2:]))
         await pipeline.close_spider()
 
     asyncio.run(run())
+    # The batch left its JSON to the server to check; "{not json" made it refuse the
+    # batch once, and the batch went again checked in Python.
+    assert sink_stat(pipeline, "json_rechecked_batches") == 1
     rows = postgres.query(f'SELECT id, json, data FROM "{postgres.table}" ORDER BY id')
     assert rows == [
         ("1", {"p": 1.5, "s": "é"}, '{"p": 1.50, "s": "é"}'),

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from scrapy.utils.test import get_crawler
 
+from scrapy_sse.events import SSEBatch, SSEEvent
+from scrapy_sse.pipelines.base import batch_rows
 from scrapy_sse.pipelines.sqlite import SQLitePipeline
 
 from .servers.sse_server import SSEServer
@@ -356,3 +358,40 @@ def test_crawls_opening_one_new_file_at_once_all_open_it(tmp_path: Path) -> None
         for sink in sinks:
             assert sink._conn is not None
             sink._conn.close()
+
+
+@pytest.mark.parametrize("in_store", [True, False], ids=["json_valid", "python"])
+def test_events_json_is_checked_by_sqlite_or_by_python_alike(
+    tmp_path: Path, in_store: bool
+) -> None:
+    # Batch delivery leaves an event's JSON unchecked for this sink: SQLite checks it
+    # (json_valid) as it inserts, or Python does where SQLite cannot. Valid JSON is
+    # stored as sent, anything else as NULL, and a batch spilled on the way keeps it so.
+    db = tmp_path / "db" / "items.sqlite3"
+    datas = ['{"p": 1.50}', "[1, 2]", "[DONE]", "{not json", "7", '"abc"', "plain"]
+    events = [SSEEvent("m", data, str(i)) for i, data in enumerate(datas, 1)]
+
+    async def main() -> None:
+        sink = pipeline(tmp_path)
+        await sink.open_spider()
+        sink._json_valid = in_store
+        await sink.process_item(SSEBatch(events[:4]))
+        await sink.close_spider()
+        # A batch spilled while the file was locked, replayed by the next crawl.
+        spilled = pipeline(tmp_path)
+        spilled._write_spill_file(batch_rows(SSEBatch(events[4:]), check_json=False), 1, {}, None)
+        replay = pipeline(tmp_path)
+        await replay.open_spider()
+        await replay.close_spider()
+
+    run(main)
+    rows = query(db, "SELECT id, json FROM items ORDER BY CAST(id AS INTEGER)")
+    assert rows == [
+        ("1", '{"p": 1.50}'),
+        ("2", "[1, 2]"),
+        ("3", None),
+        ("4", None),
+        ("5", 7),
+        ("6", "abc"),
+        ("7", None),
+    ]

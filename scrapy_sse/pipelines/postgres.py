@@ -41,7 +41,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from scrapy.utils.asyncio import is_asyncio_available
 
 from ..durable import Cursor, Mark
-from .base import NO_CURSORS, BatchingPipeline, Cursors, JSONText, dump_rows, json_default
+from .base import (
+    NO_CURSORS,
+    BatchingPipeline,
+    Cursors,
+    JSONText,
+    UncheckedJSON,
+    checked_json,
+    dump_rows,
+    json_default,
+)
 from .tabular import Unencodable, encode_columns
 
 if TYPE_CHECKING:
@@ -60,17 +69,22 @@ CONNECT_TIMEOUT = 10
 #: Types COPY's text format takes as they are: in a json/jsonb column JSON text only
 #: (a plain string there is a JSON string value), in other columns any string.
 _JSON_TEXT = frozenset({JSONText})
+_JSON_OR_UNCHECKED = frozenset({JSONText, UncheckedJSON})
 _TEXT = frozenset({str, JSONText})
 
 
-def _json_text(value: Any) -> str:
+def _json_text(value: Any) -> str | None:
     """A value for a json/jsonb column, as JSON text."""
+    if type(value) is UncheckedJSON:
+        return checked_json(value)  # type: ignore[no-any-return]
     return json.dumps(value, default=json_default, ensure_ascii=False)
 
 
-def _column_text(value: Any) -> str:
+def _column_text(value: Any) -> str | None:
     """A value for another column, in COPY's text format."""
     kind = type(value)
+    if kind is UncheckedJSON:
+        return checked_json(value)  # type: ignore[no-any-return]
     if kind is bool:
         return "t" if value else "f"
     if kind is int:
@@ -132,7 +146,7 @@ class InDoubtBatches(Generic[T]):
 
 def postgres_type(value: Any) -> str:
     """The column type created for a column whose first non-null value is *value*."""
-    if value is None or isinstance(value, dict | list | tuple | JSONText):
+    if value is None or isinstance(value, dict | list | tuple | JSONText | UncheckedJSON):
         return "jsonb"  # a JSON column accepts any later value
     if isinstance(value, bool):
         return "boolean"
@@ -167,6 +181,7 @@ class PostgresPipeline(BatchingPipeline):
 
     setting_prefix = "SSE_POSTGRES"
     holds_cursors = True
+    checks_json = True
     extra = "postgres"
 
     def __init__(self, crawler: Crawler) -> None:
@@ -192,6 +207,7 @@ class PostgresPipeline(BatchingPipeline):
         self._copy_sql: Composed | None = None
         self._unknown_fields_seen = False
         self._in_doubt: InDoubtBatches[int] = InDoubtBatches()
+        self._sent_unchecked = False  # the last COPY left JSON for the server to check
 
     # -- BatchingPipeline ------------------------------------------------------------
 
@@ -290,26 +306,54 @@ class PostgresPipeline(BatchingPipeline):
                 )
                 return
         await self._prepare(conn, rows)
+        try:
+            await self._copy(conn, rows, cursors, key, check_json=False)
+        except Exception as exc:
+            if not (self._sent_unchecked and self._refused(exc)):
+                raise
+            # An event's data that starts like JSON but is not: the server refused the
+            # batch (and rolled it back). Checked in Python, the batch goes again.
+            logger.debug("Sink %s: a batch held JSON the server refused (%s)", self.name, exc)
+            self._stat_inc("json_rechecked_batches")
+            await self._copy(conn, rows, cursors, key, check_json=True)
+
+    async def _copy(
+        self,
+        conn: AsyncConnection[Any],
+        rows: list[dict[str, Any]],
+        cursors: Cursors,
+        key: str,
+        *,
+        check_json: bool,
+    ) -> None:
+        """The batch's transaction: its ``COPY`` and its cursors."""
         assert self._copy_sql is not None
+        self._sent_unchecked = False
         xid = None
         try:
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.execute("SELECT txid_current()")
                 xid = int((await cur.fetchone() or (0,))[0])
                 async with cur.copy(self._copy_sql) as copy:
-                    body = self._encode(rows)
+                    body = self._encode(rows, check_json=check_json)
                     if body is not None:
                         await copy.write(body.encode())
                     else:  # (a value the text format cannot carry: psycopg's dumpers)
                         for values in self._values(rows):
                             await copy.write_row(values)
                 await self._save_cursors(cur, cursors)
-        except BaseException:
-            if xid is not None:
+        except BaseException as exc:
+            # (Data the server refused was rolled back: not in doubt.)
+            if xid is not None and not self._refused(exc):
                 self._in_doubt.add(key or fingerprint(rows), xid)
             if conn.broken or conn.closed:
                 await self._drop_connection()
             raise
+
+    def _refused(self, exc: BaseException) -> bool:
+        """Whether *exc* is the server refusing a value (SQLSTATE class 22)."""
+        psycopg = self._psycopg
+        return psycopg is not None and isinstance(exc, psycopg.errors.DataError)
 
     async def close(self) -> None:
         await self._drop_connection()
@@ -425,17 +469,26 @@ class PostgresPipeline(BatchingPipeline):
             self._table_sql(), sql.SQL(", ").join(sql.Identifier(col) for col in columns)
         )
 
-    def _encode(self, rows: list[dict[str, Any]]) -> str | None:
+    def _encode(self, rows: list[dict[str, Any]], *, check_json: bool) -> str | None:
         """The rows in COPY's text format, a column at a time (module
         :mod:`~scrapy_sse.pipelines.tabular`); ``None`` when a value needs one of
         psycopg's dumpers (dates, ``Decimal``, bytes...)."""
         self._check_all_fields(rows)
         columns = [[row.get(column) for row in rows] for column in self._columns or []]
-        types = [_JSON_TEXT if j else _TEXT for j in self._json_columns]
+        # Events' unchecked JSON goes to a json/jsonb column as it is: the server checks
+        # it (and refuses the batch when it is not JSON, see write_batch).
+        as_json = _JSON_TEXT if check_json else _JSON_OR_UNCHECKED
+        types = [as_json if j else _TEXT for j in self._json_columns]
         convert = [_json_text if j else _column_text for j in self._json_columns]
+        if not check_json:
+            self._sent_unchecked = any(
+                json_column and UncheckedJSON in set(map(type, values))
+                for json_column, values in zip(self._json_columns, columns, strict=True)
+            )
         try:
             return encode_columns(columns, types, convert)
         except Unencodable:
+            self._sent_unchecked = False  # (psycopg's dumpers: checked, see _to_json)
             return None
 
     def _check_all_fields(self, rows: list[dict[str, Any]]) -> None:
@@ -464,6 +517,8 @@ class PostgresPipeline(BatchingPipeline):
 
     def _to_json(self, value: Any) -> Any:
         """For a json/jsonb column: any value, a string included, as a JSON value."""
+        if type(value) is UncheckedJSON:
+            return checked_json(value)
         if value is None or type(value) is JSONText:
             return value
         assert self._psycopg is not None
@@ -471,6 +526,8 @@ class PostgresPipeline(BatchingPipeline):
 
     def _nested_to_json(self, value: Any) -> Any:
         """For other columns: nested values as JSON text, the rest as is."""
+        if type(value) is UncheckedJSON:
+            return checked_json(value)
         if isinstance(value, dict | list | tuple):
             assert self._psycopg is not None
             return self._psycopg.types.json.Jsonb(value)

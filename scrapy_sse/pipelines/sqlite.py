@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import json
 import sqlite3
 import time
@@ -47,7 +48,15 @@ from itemadapter import is_item
 from scrapy.utils.asyncio import run_in_thread
 
 from ..durable import Cursor, Mark
-from .base import NO_CURSORS, BatchingPipeline, Cursors, JSONText, json_default
+from .base import (
+    NO_CURSORS,
+    BatchingPipeline,
+    Cursors,
+    JSONText,
+    UncheckedJSON,
+    checked_json,
+    json_default,
+)
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -81,10 +90,16 @@ def sql_value(value: Any) -> Any:
 
 def _fields(rows: Iterable[dict[str, Any]]) -> list[str]:
     """Field names of *rows*, in first-seen order."""
-    seen: dict[str, None] = {}
-    for row in rows:
-        seen.update(dict.fromkeys(row))
-    return list(seen)
+    return list(dict.fromkeys(chain.from_iterable(rows)))
+
+
+def _has_json_valid(conn: sqlite3.Connection) -> bool:
+    """Whether this SQLite has ``json_valid`` (built in since 3.38, an option before)."""
+    try:
+        conn.execute("SELECT json_valid('{}')").fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return True
 
 
 class SQLitePipeline(BatchingPipeline):
@@ -92,6 +107,7 @@ class SQLitePipeline(BatchingPipeline):
 
     setting_prefix = "SSE_SQLITE"
     holds_cursors = True
+    checks_json = True
     extra = None
 
     def __init__(self, crawler: Crawler) -> None:
@@ -109,6 +125,7 @@ class SQLitePipeline(BatchingPipeline):
         # None until read, and again after a rollback (which also undoes ALTER TABLE).
         self._known: dict[str, str] | None = None
         self._pending_known: dict[str, str] | None = None  # (until the COMMIT)
+        self._json_valid = False  # whether this SQLite has json_valid (set at open)
 
     async def open(self) -> None:
         await run_in_thread(self._open)
@@ -147,6 +164,7 @@ class SQLitePipeline(BatchingPipeline):
         )
         try:
             self._use_wal(conn)
+            self._json_valid = _has_json_valid(conn)
             known = self._read_columns(conn)
             if not known:
                 if not self.create_table:
@@ -313,22 +331,33 @@ class SQLitePipeline(BatchingPipeline):
             return
         columns = list(targets)
         names = ", ".join(quote_identifier(c) for c in columns)
-        values = list(
-            chain.from_iterable(zip(*(_column(rows, targets[c]) for c in columns), strict=True))
-        )
+        by_column = [self._column(rows, targets[c]) for c in columns]
+        # Columns of events' JSON left for SQLite to check (json_valid, in C): their
+        # cell is "the value if it is JSON, else NULL".
+        checked = tuple(type(values) is _InStore for values in by_column)
+        values = list(chain.from_iterable(zip(*by_column, strict=True)))
         # Many rows per statement: one sqlite3_step (and one release of the GIL) per
         # chunk instead of per row. Per row, the reactor thread wins the GIL back at
         # every step and the writer waits for it (the convoy effect): a batch then
         # took ten times as long as the same INSERTs from an idle process.
         width = len(columns)
         per_chunk = max(1, min(MAX_ROWS_PER_INSERT, self._max_variables(conn) // width))
-        row_sql = "(" + ", ".join("?" * width) + ")"
         for start in range(0, len(rows), per_chunk):
             count = min(per_chunk, len(rows) - start)
             conn.execute(
-                f"INSERT INTO {table} ({names}) VALUES " + ", ".join([row_sql] * count),
+                f"INSERT INTO {table} ({names}) VALUES " + _values_sql(count, checked),
                 values[start * width : (start + count) * width],
             )
+
+    def _column(self, rows: list[dict[str, Any]], fields: list[str]) -> list[Any]:
+        """:func:`_column`, with events' unchecked JSON checked here when SQLite
+        cannot check it (no ``json_valid``, or other values in the column)."""
+        values = _column(rows, fields)
+        if UncheckedJSON not in set(map(type, values)):
+            return values
+        if self._json_valid and set(map(type, values)) <= _CHECKABLE:
+            return _InStore(values)
+        return [checked_json(v) for v in values]
 
     @staticmethod
     def _max_variables(conn: sqlite3.Connection) -> int:
@@ -338,8 +367,35 @@ class SQLitePipeline(BatchingPipeline):
 #: Rows per INSERT statement (SQLite also caps the statement's ``?`` parameters).
 MAX_ROWS_PER_INSERT = 500
 
+#: Columns SQLite checks with ``json_valid``: unchecked JSON, NULL, and numbers (valid
+#: JSON, kept as they are); a text column could not tell ``"abc"`` (the JSON string,
+#: decoded) from text that is not JSON.
+_CHECKABLE = frozenset({UncheckedJSON, type(None), int, float})
+
+
+class _InStore(list[Any]):
+    """A column whose JSON SQLite checks (see ``SQLitePipeline._insert``)."""
+
+    __slots__ = ()
+
+
+@functools.lru_cache(maxsize=32)
+def _values_sql(count: int, checked: tuple[bool, ...]) -> str:
+    """``(?1, ?2, ...), (...)`` for *count* rows, a checked column's cell as
+    ``CASE WHEN json_valid(?n) THEN ?n END`` (each parameter numbered, used twice)."""
+    width = len(checked)
+    rows = []
+    for r in range(count):
+        cells = []
+        for c, check in enumerate(checked):
+            n = r * width + c + 1
+            cells.append(f"CASE WHEN json_valid(?{n}) THEN ?{n} END" if check else f"?{n}")
+        rows.append("(" + ", ".join(cells) + ")")
+    return ", ".join(rows)
+
+
 #: Types SQLite stores as they are (ints only within 64 bits: checked apart).
-_AS_IS = frozenset({str, float, bytes, type(None), JSONText})
+_AS_IS = frozenset({str, float, bytes, type(None), JSONText, UncheckedJSON})
 
 
 def _column(rows: list[dict[str, Any]], fields: list[str]) -> list[Any]:
