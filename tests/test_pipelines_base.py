@@ -119,10 +119,10 @@ def test_settings_prefix_then_generic_then_default(tmp_path: Path) -> None:
                 SSE_TESTSINK_RETRY_TIMES=5,
             )
         )
-        assert (sink.batch_size, sink.flush_interval, sink.max_buffer) == (7, 2.5, 14)
+        assert (sink.batch_size, sink.flush_interval, sink.max_buffer) == (7, 2.5, 28)
         assert (sink.retry_times, sink.retry_backoff) == (5, 0.5)
         default = MemorySink(make_crawler(tmp_path))
-        assert (default.batch_size, default.flush_interval, default.max_buffer) == (500, 1.0, 1000)
+        assert (default.batch_size, default.flush_interval, default.max_buffer) == (500, 1.0, 2000)
         assert default.name == "testsink"
         assert default.spill_dir == tmp_path / "spill" / "testsink"
 
@@ -236,7 +236,7 @@ def test_batch_items_are_buffered_in_one_call(tmp_path: Path) -> None:
 
 def test_backpressure_bounds_the_buffer_while_a_flush_hangs(tmp_path: Path) -> None:
     async def main() -> None:
-        sink = await opened(tmp_path, SSE_BATCH_SIZE=4, SSE_FLUSH_INTERVAL=3600)
+        sink = await opened(tmp_path, SSE_BATCH_SIZE=4, SSE_MAX_BUFFER=8, SSE_FLUSH_INTERVAL=3600)
         sink.gate = asyncio.Event()  # the sink hangs until the gate opens
         accepted: list[int] = []
         seen: list[int] = []

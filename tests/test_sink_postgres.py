@@ -468,6 +468,6 @@ def test_a_slow_table_pauses_the_stream_and_keeps_memory_flat(
     assert log_stat(log, "sse/events") - stored < 1000 + 3000
     assert log_stat(log, "sse/backpressure_pauses") >= 1
     assert log_stat(log, "sse/sink/postgres/backpressure_waits") >= 1
-    # Flat: the sink holds at most 2 x 400 rows, the stream its queue and one read.
+    # Flat: the sink holds at most 2 x 800 rows, the stream its queue and one read.
     growth = log_stat(log, "memusage/max") - log_stat(log, "memusage/startup")
     assert growth < 40 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB"

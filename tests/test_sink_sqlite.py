@@ -240,9 +240,9 @@ def test_a_crawl_stores_every_item_exactly(sse_server: SSEServer, tmp_path: Path
     assert {r[3] for r in rows} == {"dict", "dataclass", "attrs", "scrapy"}
     assert json.loads(rows[41][4]) == {"seq": 42, "tags": ["a", "b"]}
     assert stats["sse/sink/sqlite/rows_written"] == 200 == stats["item_scraped_count"]
-    # Batched: at most the buffer's bound (2 x 16 rows) per write, rows that piled up
+    # Batched: at most the buffer's bound (4 x 16 rows) per write, rows that piled up
     # while one write ran going together into the next.
-    assert 200 // 32 <= stats["sse/sink/sqlite/batches"] < 200
+    assert 200 // 64 <= stats["sse/sink/sqlite/batches"] < 200
     # A crawl that goes well says so quietly: no warning (a component that disables
     # itself by design must not log one either).
     assert not [line for line in log.splitlines() if " WARNING: " in line or " ERROR: " in line]

@@ -8,9 +8,14 @@ batch (:meth:`BatchingPipeline.write_batch`):
 * rows are buffered and written in batches of ``<prefix>_BATCH_SIZE`` or after
   ``<prefix>_FLUSH_INTERVAL`` seconds, whichever comes first, one flush at a time;
 * flushes run in the background, so ``process_item`` returns at once; only when the
-  buffer holds ``<prefix>_MAX_BUFFER`` rows (2 batches by default) does it wait for the
-  running flush: memory stays bounded and the stream slows down (TCP backpressure)
-  instead of the process growing without limit;
+  buffer holds ``<prefix>_MAX_BUFFER`` rows (4 batches by default) does it wait for the
+  running flush: memory stays bounded (at most twice that many rows: the buffer and
+  the write in flight) and the stream slows down (TCP backpressure) instead of the
+  process growing without limit;
+* group commit: a flush takes what piled up while the previous one ran, up to
+  ``<prefix>_MAX_BUFFER`` rows, so a store slower per write than the stream gets
+  fewer, bigger transactions (fewer commits, round trips and fsyncs per row) instead
+  of a backlog of batch-sized ones;
 * a failed write is retried with exponential backoff; when the sink stays down the
   batch is spilled to a JSON-lines file under ``SSE_SPILL_DIR``, and spilled files are
   replayed into the sink (then removed) after the next successful write and at open;
@@ -339,7 +344,7 @@ class BatchingPipeline(abc.ABC):
         self.batch_size = max(1, self._int("BATCH_SIZE", "SSE_BATCH_SIZE", 500))
         self.flush_interval = self._float("FLUSH_INTERVAL", "SSE_FLUSH_INTERVAL", 1.0)
         self.max_buffer = max(
-            self.batch_size, self._int("MAX_BUFFER", "SSE_MAX_BUFFER", 2 * self.batch_size)
+            self.batch_size, self._int("MAX_BUFFER", "SSE_MAX_BUFFER", 4 * self.batch_size)
         )
         self.retry_times = max(0, self._int("RETRY_TIMES", "SSE_SINK_RETRY_TIMES", 3))
         self.retry_backoff = max(0.0, self._float("RETRY_BACKOFF", "SSE_SINK_RETRY_BACKOFF", 0.5))
