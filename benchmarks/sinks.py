@@ -24,7 +24,9 @@ rows are then counted in the store: a run that stored the wrong number gets no s
 A store whose server is not reachable on 127.0.0.1 is skipped with the reason.
 
     python -m benchmarks.sinks                          # 100,000 events per crawl
-    python -m benchmarks.sinks --events 300000 --only sqlite,postgres
+    python -m benchmarks.sinks --events 300000 --only sqlite,postgres --repeats 3
+    python -m benchmarks.sinks --baseline /tmp/before   # and a checkout of an earlier
+                                                        # commit, each crawl run again
 """
 
 from __future__ import annotations
@@ -417,9 +419,13 @@ class Result:
 
 @dataclass
 class Row:
+    """One store's results: per mode, a crawl per repeat (and per repeat, with
+    ``--baseline``, the same crawl with the baseline's package)."""
+
     store: Store
     skipped: str = ""
-    crawls: dict[str, Result] = field(default_factory=dict)
+    crawls: dict[str, list[Result]] = field(default_factory=dict)
+    before: dict[str, list[Result]] = field(default_factory=dict)
     bare: Result | None = None
 
 
@@ -445,8 +451,16 @@ def start_server(events: int) -> tuple[subprocess.Popen[str], str]:
 
 
 def crawl(
-    store: Store, mode: str, url: str, events: int, *, spill_dir: Path, extra: dict[str, str]
+    store: Store,
+    mode: str,
+    url: str,
+    events: int,
+    *,
+    spill_dir: Path,
+    extra: dict[str, str],
+    package: Path = ROOT,
 ) -> Result:
+    """One crawl into *store*, with the ``scrapy_sse`` package found in *package*."""
     name = f"bench_{uuid.uuid4().hex[:10]}"
     try:
         settings = {**store.setup(name), "SSE_SPILL_DIR": str(spill_dir / name), **extra}
@@ -457,13 +471,14 @@ def crawl(
             "mode": mode,
             "sink_name": store.sink_name,
         }
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        paths = [str(package), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks.sinks", "--child", json.dumps(config)],
             capture_output=True,
             text=True,
             timeout=CRAWL_TIMEOUT,
-            cwd=ROOT,
+            cwd=package,  # (``-m`` puts the working folder first on the path)
             env=env,
             check=False,
         )
@@ -509,36 +524,75 @@ def _cell(result: Result | None) -> str:
     return f"{result.rate:,.0f}"
 
 
-def table(rows: list[Row], events: int) -> str:
-    ceiling = {mode: rows[0].crawls[mode].rate for mode in MODES} if rows else {}
+def _median_result(results: list[Result]) -> Result:
+    """The run with the median rate (the first error, if any)."""
+    failed = [r for r in results if r.error]
+    if failed or not results:
+        return failed[0] if failed else Result(error="not run")
+    return sorted(results, key=lambda r: r.rate)[len(results) // 2]
+
+
+def _paired(results: list[Result], against: list[Result]) -> float | None:
+    """The median of per-repeat ratios (each repeat's two crawls ran back to back)."""
+    ratios = sorted(
+        a.rate / b.rate for a, b in zip(results, against, strict=False) if a.rate and b.rate
+    )
+    if not ratios or len(ratios) < len(results):
+        return None
+    return ratios[len(ratios) // 2]
+
+
+def table(rows: list[Row], events: int, repeats: int, baseline: str) -> str:
+    ceiling = rows[0].crawls if rows else {}
     lines = [
-        f"Sinks: {events:,} `ticker` events per crawl, one crawl per sink and mode, "
-        f"{os.cpu_count()} cores, default sink settings ({BATCH} rows / 1 s).",
-        "Committed rows per second, engine start to spider closed; x: share of the "
-        "crawl with no sink in the same mode (target in brackets).",
+        f"Sinks: {events:,} `ticker` events per crawl, {repeats} repeat(s), "
+        f"{os.cpu_count()} cores, default sink settings ({BATCH} rows per batch, "
+        "up to 2,000 per write, 1 s).",
+        "Committed rows per second, engine start to spider closed (median run); x: median "
+        "of the ratios to the crawl with no sink run just before, same mode (target in "
+        "brackets)" + (f"; x before: against {baseline}, run just after." if baseline else "."),
         "",
-        "| sink | batch delivery rows/s | x | per-event rows/s | x | bare driver rows/s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| sink | batch delivery rows/s | x | "
+        + ("x before | " if baseline else "")
+        + "per-event rows/s | x | "
+        + ("x before | " if baseline else "")
+        + "bare driver rows/s |",
+        "|---|" + "---:|" * (5 + (2 if baseline else 0)),
     ]
     for row in rows:
         if row.skipped:
-            lines.append(f"| {row.store.label} | {row.skipped} | | | | |")
+            lines.append(f"| {row.store.label} | {row.skipped} |" + " |" * (4 + 2 * bool(baseline)))
             continue
         cells = [row.store.label]
         for mode in MODES:
-            result = row.crawls[mode]
-            cells.append(_cell(result))
-            if result.error or not ceiling.get(mode):
+            results = row.crawls.get(mode, [])
+            cells.append(_cell(_median_result(results)))
+            ratio = _paired(results, ceiling.get(mode, []))
+            if ratio is None:
                 cells.append("—")
-                continue
-            ratio = f"{result.rate / ceiling[mode]:.2f}"
-            target = TARGETS.get((mode, row.store.key))
-            if target is not None:
-                ratio += f" ({'≥' if result.rate / ceiling[mode] >= target else '<'}{target})"
-            cells.append(ratio)
+            else:
+                target = TARGETS.get((mode, row.store.key))
+                mark = "" if target is None else f" ({'≥' if ratio >= target else '<'}{target})"
+                cells.append(f"{ratio:.2f}{mark}")
+            if baseline:
+                before = _paired(results, row.before.get(mode, []))
+                cells.append("—" if before is None else f"{before:.2f}")
         cells.append(_cell(row.bare))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _skipped(store: Store) -> str:
+    reason = store.probe()
+    return f"skipped: {reason}" if reason else ""
+
+
+def _baseline_package(tree: Path, into: Path) -> Path:
+    """A folder whose only entry is *tree*'s ``scrapy_sse`` (first on the crawl's path)."""
+    package = into / "baseline"
+    package.mkdir()
+    (package / "scrapy_sse").symlink_to(tree.resolve() / "scrapy_sse")
+    return package
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -557,6 +611,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a Scrapy setting for every crawl (repeatable), e.g. SSE_BATCH_SIZE=2000",
     )
+    parser.add_argument("--repeats", type=int, default=1, help="crawls per sink and mode")
+    parser.add_argument(
+        "--baseline",
+        default="",
+        metavar="CHECKOUT",
+        help="another checkout (an earlier commit): each crawl runs again with its package",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -567,37 +628,55 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in MODES if m in args.modes.split(",")]
     stores = [s for s in STORES if s.key == "none" or not wanted or s.key in wanted]
     extra = dict(item.split("=", 1) for item in args.set)
+    repeats = max(1, args.repeats)
     server, url = start_server(events)
-    results: list[Row] = []
+    results = [
+        Row(store, skipped=f"skipped: {r}" if (r := store.probe()) else "") for store in stores
+    ]
     try:
         rows = _rows(events)
         with tempfile.TemporaryDirectory(prefix="scrapy_sse_bench_") as spill_dir:
-            for store in stores:
-                row = Row(store)
-                results.append(row)
-                reason = store.probe()
-                if reason:
-                    row.skipped = f"skipped: {reason}"
-                    continue
+            spill = Path(spill_dir)
+            baseline = _baseline_package(Path(args.baseline), spill) if args.baseline else None
+            for repeat in range(repeats):
                 for mode in modes:
-                    print(f"... {store.label}, {mode}", file=sys.stderr, flush=True)
-                    row.crawls[mode] = crawl(
-                        store, mode, url, events, spill_dir=Path(spill_dir), extra=extra
-                    )
-                for mode in MODES:
-                    row.crawls.setdefault(mode, Result(error="not run"))
-                print(f"... {store.label}, bare driver", file=sys.stderr, flush=True)
-                row.bare = bare(store, rows)
+                    for row in results:
+                        if row.skipped:
+                            continue
+                        print(
+                            f"... {row.store.label}, {mode}, {repeat + 1}/{repeats}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        row.crawls.setdefault(mode, []).append(
+                            crawl(row.store, mode, url, events, spill_dir=spill, extra=extra)
+                        )
+                        if baseline is not None and row.store.key != "none":
+                            row.before.setdefault(mode, []).append(
+                                crawl(
+                                    row.store,
+                                    mode,
+                                    url,
+                                    events,
+                                    spill_dir=spill,
+                                    extra=extra,
+                                    package=baseline,
+                                )
+                            )
+            for row in results:
+                if not row.skipped:
+                    print(f"... {row.store.label}, bare driver", file=sys.stderr, flush=True)
+                    row.bare = bare(row.store, rows)
     finally:
         if server.stdin is not None:
             server.stdin.close()  # the server stops when its stdin closes
         server.wait(timeout=30)
-    print(table(results, events))
+    print(table(results, events, repeats, args.baseline))
     errors = [
         r
         for row in results
-        for r in (*row.crawls.values(), row.bare)
-        if r is not None and r.error and r.error != "not run"
+        for r in (*(x for runs in row.crawls.values() for x in runs), row.bare)
+        if r is not None and r.error
     ]
     return 1 if errors else 0
 

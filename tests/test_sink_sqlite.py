@@ -28,7 +28,7 @@ from scrapy_sse.pipelines.sqlite import SQLitePipeline
 
 from .servers.sse_server import SSEServer
 from .sink_spiders import AttrsItem, DataclassItem, ScrapyItem, SinkCrawl, run_sink_crawl
-from .test_pipelines_base import run, until
+from .test_pipelines_base import run, stat, until
 
 SINK = {"scrapy_sse.pipelines.SQLitePipeline": 800}
 
@@ -395,3 +395,37 @@ def test_events_json_is_checked_by_sqlite_or_by_python_alike(
         ("6", "abc"),
         ("7", None),
     ]
+
+
+def test_a_locked_file_is_waited_for_in_a_thread_not_on_the_reactor(tmp_path: Path) -> None:
+    # Another connection holds the write lock until the reactor tells it to let go: a
+    # sink that waited for the lock on the reactor would never let that happen (until
+    # its lock timeout, then retries and a spill).
+    db = tmp_path / "db" / "items.sqlite3"
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold() -> None:
+        with exclusive_lock(db):
+            holding.set()
+            release.wait(20)
+
+    async def main() -> None:
+        sink = pipeline(tmp_path, SSE_BATCH_SIZE=1, SSE_SQLITE_TIMEOUT=10)
+        await sink.open_spider()
+        await sink.process_item({"seq": 1})
+        await until(lambda: stat(sink, "rows_written") == 1)
+        holder = threading.Thread(target=hold)
+        holder.start()
+        await until(holding.is_set)
+        await sink.process_item({"seq": 2})  # its write waits for the lock
+        await asyncio.sleep(0.3)
+        assert stat(sink, "rows_written") == 1
+        release.set()  # (only possible while the reactor turns)
+        await until(lambda: stat(sink, "rows_written") == 2)
+        holder.join()
+        await sink.close_spider()
+        assert stat(sink, "retries") == stat(sink, "spilled_rows") == 0
+
+    run(main)
+    assert query(db, "SELECT seq FROM items ORDER BY seq") == [(1,), (2,)]
