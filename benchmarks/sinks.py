@@ -546,8 +546,8 @@ def table(rows: list[Row], events: int, repeats: int, baseline: str) -> str:
     ceiling = rows[0].crawls if rows else {}
     lines = [
         f"Sinks: {events:,} `ticker` events per crawl, {repeats} repeat(s), "
-        f"{os.cpu_count()} cores, default sink settings ({BATCH} rows per batch, "
-        "up to 2,000 per write, 1 s).",
+        f"{os.cpu_count()} cores, default sink settings (batches of 500 rows, SQLite "
+        "2,000, ClickHouse 5,000; a write takes up to 4 batches; 1 s).",
         "Committed rows per second, engine start to spider closed (median run); x: median "
         "of the ratios to the crawl with no sink run just before, same mode (target in "
         "brackets)" + (f"; x before: against {baseline}, run just after." if baseline else "."),

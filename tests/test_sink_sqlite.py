@@ -429,3 +429,11 @@ def test_a_locked_file_is_waited_for_in_a_thread_not_on_the_reactor(tmp_path: Pa
 
     run(main)
     assert query(db, "SELECT seq FROM items ORDER BY seq") == [(1,), (2,)]
+
+
+def test_sqlite_batches_default_to_2000_rows_unless_set(tmp_path: Path) -> None:
+    # (A commit is an fsync: fewer, bigger ones at busy rates; the interval still
+    # commits a quiet feed every second.)
+    assert pipeline(tmp_path).batch_size == 2000
+    assert pipeline(tmp_path, SSE_BATCH_SIZE=100).batch_size == 100
+    assert pipeline(tmp_path, SSE_BATCH_SIZE=100, SSE_SQLITE_BATCH_SIZE=7).batch_size == 7

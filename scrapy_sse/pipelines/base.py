@@ -326,6 +326,10 @@ class BatchingPipeline(abc.ABC):
     #: stores it once (ClickHouse's insert deduplication token).
     write_ahead: ClassVar[bool] = False
 
+    #: Rows per batch unless ``<prefix>_BATCH_SIZE`` or ``SSE_BATCH_SIZE`` say otherwise:
+    #: a store whose every write costs a lot (an fsync, a part to merge) takes more.
+    default_batch_size: ClassVar[int] = 500
+
     #: Whether the sink stores an :class:`UncheckedJSON` value as JSON when it is valid
     #: and as NULL otherwise, checking it in the store: batch delivery then leaves
     #: events' JSON unchecked for it.
@@ -341,7 +345,7 @@ class BatchingPipeline(abc.ABC):
         prefix = self.setting_prefix
         #: Name in stats (``sse/sink/<name>/...``), logs and the spill folder.
         self.name: str = self.settings.get(f"{prefix}_SINK_NAME") or default_sink_name(prefix)
-        self.batch_size = max(1, self._int("BATCH_SIZE", "SSE_BATCH_SIZE", 500))
+        self.batch_size = max(1, self._int("BATCH_SIZE", "SSE_BATCH_SIZE", self.default_batch_size))
         self.flush_interval = self._float("FLUSH_INTERVAL", "SSE_FLUSH_INTERVAL", 1.0)
         self.max_buffer = max(
             self.batch_size, self._int("MAX_BUFFER", "SSE_MAX_BUFFER", 4 * self.batch_size)

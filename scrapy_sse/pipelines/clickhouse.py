@@ -129,6 +129,10 @@ class ClickHousePipeline(BatchingPipeline):
     setting_prefix = "SSE_CLICKHOUSE"
     extra = None  # aiohttp comes with Scrapy
     write_ahead = True
+    #: Each insert becomes a part the server merges in the background, on the cores the
+    #: crawl needs; ClickHouse asks for inserts of thousands of rows (per-event crawls:
+    #: 0.69x of the crawl alone with 500, 0.85x with 5,000).
+    default_batch_size = 5000
 
     def __init__(self, crawler: Crawler) -> None:
         super().__init__(crawler)

@@ -108,6 +108,10 @@ class SQLitePipeline(BatchingPipeline):
     setting_prefix = "SSE_SQLITE"
     holds_cursors = True
     checks_json = True
+    #: Each batch is a commit, and a commit an fsync on the reactor: at busy rates,
+    #: fewer of them (batch delivery: 0.44x -> 0.51x of the crawl alone); a quiet
+    #: feed still commits every SSE_FLUSH_INTERVAL.
+    default_batch_size = 2000
     extra = None
 
     def __init__(self, crawler: Crawler) -> None:
