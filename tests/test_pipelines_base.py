@@ -404,9 +404,15 @@ def test_spill_format_restores_common_python_types() -> None:
             "none": None,
             "json": JSONText('{"p": 1.5}'),
             "unchecked": UncheckedJSON("[1, 2"),
+            "item": {"inner": DataclassItem(seq=1, text="t", event_id="1", kind="k")},
         }
     ]
-    expected = dict(rows[0], nested={"when": [dt.date(2025, 1, 3)], "pair": [1, 2]})
+    expected = dict(
+        rows[0],
+        nested={"when": [dt.date(2025, 1, 3)], "pair": [1, 2]},
+        # (A nested item keeps its fields, as the sink itself would store them.)
+        item={"inner": {"seq": 1, "text": "t", "event_id": "1", "kind": "k", "payload": {}}},
+    )
     loaded = load_rows(dump_rows(rows))
     assert loaded == [expected]
     # JSON text stays JSON text: a replay into PostgreSQL stores an object, not a string.
@@ -484,3 +490,39 @@ def test_a_replayed_spill_file_keeps_its_cursors(tmp_path: Path) -> None:
         await reopened.close_spider()
 
     run(main)
+
+
+def test_a_batch_cursor_marks_its_furthest_row_whatever_came_after() -> None:
+    # A batch callback that yields the SSEBatch and then an item of its own: the
+    # item's row has no position of its own (it comes last, at the batch's first
+    # event), and the cursor must still say the batch's 500 rows are stored.
+    from scrapy_sse.durable import Mark, Track
+    from scrapy_sse.pipelines.base import _cursors
+
+    track = Track("k")
+    slot = track.open("500", 500, "1")
+    marks: list[Any] = [(slot, slot.first + i, 0) for i in range(500)]
+    marks.append((slot, slot.first, -1))
+    cursors, settling = _cursors(marks)
+    assert cursors["k"].stored == Mark(500, 0)
+    assert settling == {slot: 501}
+
+
+def test_a_batch_the_sink_cannot_encode_is_written_as_rows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Unencodable(JournalingSink):
+        def encode_batch(self, rows: list[dict[str, Any]]) -> str | None:
+            raise ValueError("no encoding for this value")
+
+    async def main() -> None:
+        sink = Unencodable.from_crawler(make_crawler(tmp_path, SSE_BATCH_SIZE=2))
+        await sink.open_spider()
+        for i in range(2):
+            await sink.process_item({"i": i})
+        await sink.close_spider()
+        assert sink.rows == [{"i": 0}, {"i": 1}]  # not lost with the encoding
+
+    with caplog.at_level(logging.ERROR):
+        run(main)
+    assert "encoding a batch failed" in caplog.text

@@ -5,7 +5,7 @@ falls behind, and a sink that is down for a minute must neither stop the stream 
 lose rows. This class holds the parts every sink needs so that a sink only writes one
 batch (:meth:`BatchingPipeline.write_batch`):
 
-* rows are buffered and written in batches of ``<prefix>_BATCH_SIZE`` or after
+* rows are buffered and a write starts at ``<prefix>_BATCH_SIZE`` rows or after
   ``<prefix>_FLUSH_INTERVAL`` seconds, whichever comes first, one flush at a time;
 * flushes run in the background, so ``process_item`` returns at once; only when the
   buffer holds ``<prefix>_MAX_BUFFER`` rows (4 batches by default) does it wait for the
@@ -92,7 +92,9 @@ def default_sink_name(prefix: str) -> str:
 
 def item_fields(item: Any) -> dict[str, Any]:
     """The fields of any item as a dict; an ``SSEEvent`` (batch mode) as an
-    ``SSEEventItem`` would have them, so both modes store the same columns."""
+    ``SSEEventItem`` would have them, so both modes store the same columns. (Sinks
+    take :func:`sink_row`: the same columns, an event's ``json`` kept as the text it
+    came as, where per-event items give theirs as a pipeline may have changed it.)"""
     if isinstance(item, SSEEvent):
         return {
             "url": item.url,
@@ -188,7 +190,7 @@ def batch_rows(batch: SSEBatch, *, check_json: bool = True) -> list[dict[str, An
     now = time.time()
     return [
         {
-            "url": url,
+            "url": url if url is not None else event.url,
             "event": event.event,
             "id": event.id,
             "data": event.data,
@@ -229,6 +231,8 @@ _TAG = "__sse_type__"
 
 def _encode(value: Any) -> Any:
     """``json.dumps`` default: tag the types JSON has not, so a replay restores them."""
+    if is_item(value):  # (a nested item in a dict row: its fields, as json_default)
+        return ItemAdapter(value).asdict()
     if isinstance(value, dt.datetime):
         return {_TAG: "datetime", "v": value.isoformat()}
     if isinstance(value, dt.date):
@@ -680,7 +684,12 @@ class BatchingPipeline(abc.ABC):
         payload = None
         if self.write_ahead:
             self.batch_token = uuid.uuid4().hex
-            payload = self.encode_batch(rows)
+            try:
+                payload = self.encode_batch(rows)
+            except Exception:
+                # (Written as rows instead: a failure there is retried, then spilled.)
+                logger.exception("Sink %s: encoding a batch failed", self.name)
+                payload = None
             if cursors:
                 self._spill_seq += 1
                 # (On the reactor: a write to the page cache, shorter than the hop to a
@@ -1067,6 +1076,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 #: The ordinal of a row whose position a replay could not match (see ``_take``).
 _NO_POSITION = -1
+#: A mark's position: (seq, ordinal).
+_POSITION = itemgetter(1, 2)
 
 #: The first line of a spill file: its cursors (files without one hold only rows).
 _SPILL_HEADER = "__sse_spill__"
@@ -1131,12 +1142,12 @@ def _cursors(
     rows of each delivery it holds."""
     settling: dict[Slot, int] = {}
     last: dict[Track, Mark] = {}
-    # A run of rows from one delivery at a time (a batch of events is one run): the
-    # rows of a run are in position order, so its last row is its furthest.
+    # A run of rows from one delivery at a time (a batch of events is one run), its
+    # furthest row found in C (rows without a position sort first within a delivery).
     for slot, run in groupby(filter(None, marks), key=itemgetter(0)):
         entries = list(run)
         settling[slot] = settling.get(slot, 0) + len(entries)
-        _, seq, item = entries[-1]
+        _, seq, item = max(entries, key=_POSITION)
         mark = Mark(0, _NO_POSITION) if item == _NO_POSITION else Mark(seq, item)
         track = slot.track
         known = last.get(track)

@@ -1,5 +1,8 @@
-"""ClickHouse sink over its HTTP interface: a batch is one ``INSERT ... FORMAT
-JSONEachRow`` request whose body is the rows as JSON lines.
+"""ClickHouse sink over its HTTP interface: a batch is one ``INSERT`` request, in
+``TabSeparated`` when its rows share their fields (encoded a column at a time, the
+format the server parses fastest of those every version has), else in ``JSONEachRow``
+(a field missing from a row then takes the column's default). The request is encoded
+once: the journal keeps it as it is sent.
 
 HTTP needs no driver: aiohttp (which Scrapy already depends on) posts the batch when an
 asyncio loop runs (Scrapy's default reactor, or reactorless mode); under another
@@ -10,7 +13,7 @@ that text is the exception message, so the log says *why* (unknown table, bad va
 An insert of one batch is one block, which ClickHouse writes atomically, so a failed
 batch is all-or-nothing. ClickHouse cannot commit a cursor with a block, so the
 stream positions travel another way: each batch is journaled on local disk before
-its insert (the base class's write-ahead journal) and carries an
+its insert (the base class's write-ahead journal) and carries a
 random ``insert_deduplication_token`` kept with it; the cursors are kept
 beside the spill files once the insert is acknowledged. A batch in flight when the
 crawl is killed is sent again, whole and with the same token, at the next start, and
@@ -22,7 +25,9 @@ at a crash may then be stored twice, and the sink says so at open.
 
 Values: nested values (dict, list) become JSON text for ``String`` columns, aware
 datetimes are sent as Unix seconds (unambiguous whatever the server's time zone),
-naive ones as ``YYYY-MM-DD hh:mm:ss`` (the server's time zone), other values as JSON.
+naive ones as ``YYYY-MM-DD hh:mm:ss`` (the server's time zone), booleans as 1/0
+(``TabSeparated``) or JSON ``true``/``false`` (``JSONEachRow``: a ``UInt8`` column
+stores 1/0 either way), other values as JSON.
 Only fields that are columns of the table are sent (a warning names the others once),
 so an extra item field does not fail every batch.
 """

@@ -337,7 +337,7 @@ class PostgresPipeline(BatchingPipeline):
                 async with cur.copy(self._copy_sql) as copy:
                     body = self._encode(rows, check_json=check_json)
                     if body is not None:
-                        await copy.write(body.encode())
+                        await copy.write(body)  # (in the connection's encoding)
                     else:  # (a value the text format cannot carry: psycopg's dumpers)
                         for values in self._values(rows):
                             await copy.write_row(values)

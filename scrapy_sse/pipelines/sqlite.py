@@ -365,7 +365,10 @@ class SQLitePipeline(BatchingPipeline):
 
     @staticmethod
     def _max_variables(conn: sqlite3.Connection) -> int:
-        return int(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        getlimit = getattr(conn, "getlimit", None)  # (Python 3.11+)
+        if getlimit is None:
+            return 999  # the lowest limit any SQLite build has had (before 3.32)
+        return int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
 
 
 #: Rows per INSERT statement (SQLite also caps the statement's ``?`` parameters).
