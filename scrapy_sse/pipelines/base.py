@@ -96,14 +96,7 @@ def item_fields(item: Any) -> dict[str, Any]:
     take :func:`sink_row`: the same columns, an event's ``json`` kept as the text it
     came as, where per-event items give theirs as a pipeline may have changed it.)"""
     if isinstance(item, SSEEvent):
-        return {
-            "url": item.url,
-            "event": item.event,
-            "id": item.id,
-            "data": item.data,
-            "json": parse_json_or_none(item.data),
-            "received_at": time.time(),
-        }
+        return _event_row(item, parse_json_or_none(item.data))
     if type(item) is SSEEventItem:
         # A plain field copy: ItemAdapter.asdict() walks into the parsed ``json``
         # value of every event, which was half of a sink's per-row cost.
@@ -160,15 +153,20 @@ def sink_row(item: Any) -> dict[str, Any]:
                 return ItemAdapter(item).asdict()
         return row
     if type(item) is SSEEvent:
-        return {
-            "url": item.url,
-            "event": item.event,
-            "id": item.id,
-            "data": item.data,
-            "json": event_json(item.data),
-            "received_at": time.time(),
-        }
+        return _event_row(item, event_json(item.data))
     return item_fields(item)
+
+
+def _event_row(event: SSEEvent, json_value: Any) -> dict[str, Any]:
+    """An event's row (the fields of an ``SSEEventItem``), received now."""
+    return {
+        "url": event.url,
+        "event": event.event,
+        "id": event.id,
+        "data": event.data,
+        "json": json_value,
+        "received_at": time.time(),
+    }
 
 
 def event_json(data: str, *, check: bool = True) -> Any:

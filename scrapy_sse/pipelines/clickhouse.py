@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.utils.asyncio import is_asyncio_available, run_in_thread
 
 from .base import NO_CURSORS, BatchingPipeline, Cursors, JSONText, json_default
-from .tabular import Unencodable, encode_columns
+from .tabular import Unencodable, encode_columns, number_text
 
 if TYPE_CHECKING:
     import aiohttp
@@ -96,19 +96,15 @@ _TEXT = frozenset({str, JSONText})
 def _column_text(value: Any) -> str | None:
     """A value in ``TabSeparated`` (``None``: NULL), as :func:`clickhouse_value`
     would store it."""
-    kind = type(value)
-    if kind is bool:
-        return "1" if value else "0"
-    if kind is int:
-        return str(value)
-    if kind is float:
-        return repr(value)
+    text = number_text(value, "1", "0")
+    if text is not None:
+        return text
     converted = clickhouse_value(value)
     if converted is None or isinstance(converted, str):
         return converted
     if type(converted) is int:
         return str(converted)
-    raise Unencodable(kind.__name__)
+    raise Unencodable(type(value).__name__)
 
 
 def clickhouse_type(value: Any) -> str:

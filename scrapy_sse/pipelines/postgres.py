@@ -51,7 +51,7 @@ from .base import (
     dump_rows,
     json_default,
 )
-from .tabular import Unencodable, encode_columns
+from .tabular import Unencodable, encode_columns, number_text
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -85,12 +85,9 @@ def _column_text(value: Any) -> str | None:
     kind = type(value)
     if kind is UncheckedJSON:
         return checked_json(value)  # type: ignore[no-any-return]
-    if kind is bool:
-        return "t" if value else "f"
-    if kind is int:
-        return str(value)
-    if kind is float:
-        return repr(value)
+    text = number_text(value, "t", "f")
+    if text is not None:
+        return text
     if kind is dict or kind is list or kind is tuple:
         return _json_text(value)
     raise Unencodable(kind.__name__)

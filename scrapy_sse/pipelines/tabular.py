@@ -18,11 +18,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Unencodable", "encode_columns"]
+__all__ = ["Unencodable", "encode_columns", "number_text"]
 
 _SPECIAL = ("\\", "\t", "\n", "\r")
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 NULL = "\\N"
+
+
+def number_text(value: Any, true: str, false: str) -> str | None:
+    """A bool (as *true*/*false*), int or float as text; ``None`` for anything else."""
+    kind = type(value)
+    if kind is bool:
+        return true if value else false
+    if kind is int:
+        return str(value)
+    if kind is float:
+        return repr(value)  # (shortest round trip; inf and nan as both stores read them)
+    return None
 
 
 class Unencodable(TypeError):
