@@ -257,14 +257,21 @@ class PostgresPipeline(BatchingPipeline):
 
     async def _save_cursors(self, cur: Any, cursors: Cursors) -> None:
         """Upsert the cursors, keeping the most advanced part of each (a replayed
-        spill carries older ones)."""
+        spill carries older ones).
+
+        One statement for all of them: psycopg's ``executemany`` runs in pipeline mode,
+        and a connection killed mid-pipeline can be left stuck in that mode while it
+        still looks open (every later query failed with "cannot exit pipeline mode
+        while busy" until the crawl ended, each batch spilled).
+        """
         if not cursors or not self.cursor_parts:
             return
         sql = self._sql()
-        await cur.executemany(
+        values = sql.SQL(", ").join([sql.SQL("(%s, %s, %s, %s, %s, %s, %s, now())")] * len(cursors))
+        await cur.execute(
             sql.SQL(
                 "INSERT INTO {} AS c (sink, stream_key, event_id, seq, stored_seq, stored_item, "
-                "next_id, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now()) "
+                "next_id, updated_at) VALUES {} "
                 "ON CONFLICT (sink, stream_key) DO UPDATE SET "
                 "event_id = CASE WHEN excluded.seq >= c.seq THEN excluded.event_id "
                 "ELSE c.event_id END, "
@@ -275,10 +282,19 @@ class PostgresPipeline(BatchingPipeline):
                 "(c.stored_seq, c.stored_item) THEN excluded.stored_item ELSE c.stored_item END, "
                 "stored_seq = GREATEST(c.stored_seq, excluded.stored_seq), "
                 "updated_at = now()"
-            ).format(sql.Identifier(*self.cursor_parts)),
+            ).format(sql.Identifier(*self.cursor_parts), values),
             [
-                (self._sink_name, key, c.event_id, c.seq, c.stored.seq, c.stored.item, c.next_id)
+                value
                 for key, c in cursors.items()
+                for value in (
+                    self._sink_name,
+                    key,
+                    c.event_id,
+                    c.seq,
+                    c.stored.seq,
+                    c.stored.item,
+                    c.next_id,
+                )
             ],
         )
 
@@ -291,7 +307,11 @@ class PostgresPipeline(BatchingPipeline):
             key = fingerprint(rows)
             earlier = self._in_doubt.get(key)
             # If the check fails (the connection broke again), the batch stays in doubt.
-            committed = earlier is not None and await self._committed(conn, earlier)
+            try:
+                committed = earlier is not None and await self._committed(conn, earlier)
+            except BaseException:
+                await self._drop_unless_clean(conn)
+                raise
             self._in_doubt.discard(key)
             if committed:
                 self._stat_inc("in_doubt_batches_skipped")
@@ -343,9 +363,22 @@ class PostgresPipeline(BatchingPipeline):
             # (Data the server refused was rolled back: not in doubt.)
             if xid is not None and not self._refused(exc):
                 self._in_doubt.add(key or fingerprint(rows), xid)
-            if conn.broken or conn.closed:
-                await self._drop_connection()
+            await self._drop_unless_clean(conn)
             raise
+
+    async def _drop_unless_clean(self, conn: AsyncConnection[Any]) -> None:
+        """After a failed attempt: keep *conn* only if it is open, idle and out of
+        pipeline mode (the server refused a value and rolled back); any other state
+        left by a connection that broke mid-exchange is not worth recovering."""
+        psycopg = self._psycopg
+        assert psycopg is not None
+        clean = (
+            not (conn.broken or conn.closed)
+            and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            and conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+        )
+        if not clean:
+            await self._drop_connection()
 
     def _refused(self, exc: BaseException) -> bool:
         """Whether *exc* is the server refusing a value (SQLSTATE class 22)."""
