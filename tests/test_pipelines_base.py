@@ -332,7 +332,9 @@ def test_a_sink_that_stays_down_spills_and_replays_when_back(
     assert "accepts writes again" in caplog.text
 
 
-def test_spilled_rows_of_a_previous_crawl_are_replayed_at_open(tmp_path: Path) -> None:
+def test_spilled_rows_of_a_previous_crawl_are_replayed_at_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def main() -> None:
         first = await opened(tmp_path, SSE_BATCH_SIZE=10, SSE_TESTSINK_RETRY_TIMES=0)
         first.down = True
@@ -341,6 +343,10 @@ def test_spilled_rows_of_a_previous_crawl_are_replayed_at_open(tmp_path: Path) -
         await first.close_spider()  # the final flush fails: spilled, not lost
         assert first.events == ["open", "close"]
         assert len(spill_files(first)) == 1
+        # The crawl ends normally; the close says what it leaves behind, and where.
+        assert stat(first, "spilled_rows_left") == 2
+        (closing,) = [r.getMessage() for r in caplog.records if "closes with" in r.getMessage()]
+        assert f"2 rows in 1 spill file(s) under {first.spill_dir.resolve()}" in closing
 
         second = await opened(tmp_path, SSE_BATCH_SIZE=10)
         assert [row["i"] for row in second.rows] == [0, 1]

@@ -546,7 +546,31 @@ class BatchingPipeline(abc.ABC):
                     settle(settling)
             return
         await self._exclusive(self._drain(force=True))
+        if self._spill_pending:
+            await self._report_spill_left()
         await self.close()
+
+    async def _report_spill_left(self) -> None:
+        """At close, with spill files not yet written to the store: say so once, with
+        where they are and what brings them in (the crawl's exit status does not)."""
+        files = await run_in_thread(self._spill_files)
+        if not files:
+            return
+        rows = 0
+        for path in files:
+            try:
+                rows += (await run_in_thread(_read_spill, path)).row_count
+            except (OSError, ValueError):
+                continue  # (reported when it is replayed)
+        self._stat_inc("spilled_rows_left", rows)
+        logger.error(
+            "Sink %s closes with %d rows in %d spill file(s) under %s that it could not "
+            "write: the next crawl with this sink and SSE_SPILL_DIR writes them first",
+            self.name,
+            rows,
+            len(files),
+            self.spill_dir.resolve(),
+        )
 
     def buffer_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         """Buffer rows that are already rows (no :meth:`to_row`), without waiting.
