@@ -51,6 +51,25 @@ def user_errback(errback: Any) -> Callable[[Failure], Any] | None:
     return errback  # type: ignore[no-any-return]
 
 
+def assign_stream_key(crawler: Crawler, request: Request) -> str:
+    """The request's stream key (``meta["sse_stream_key"]``), set if it has none: the
+    fingerprint of the request that first opens the stream."""
+    key = request.meta.get(STREAM_KEY)
+    if not key:
+        assert crawler.request_fingerprinter is not None
+        # Fingerprint a throwaway copy: Scrapy caches a fingerprint for as long as
+        # its request lives, and a stream's request lives as long as the stream
+        # (about 500 bytes per open stream for a value needed once, here).
+        key = request.meta[STREAM_KEY] = crawler.request_fingerprinter.fingerprint(
+            request.replace()
+        ).hex()
+    return str(key)
+
+
+def _parked(failure: Failure) -> None:
+    """The errback of a stream request a cluster worker parked: not an error."""
+
+
 class SSEDownloaderMiddleware:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
@@ -76,17 +95,15 @@ class SSEDownloaderMiddleware:
             if request.headers.get(b"Accept") == self._default_accept:
                 del request.headers[b"Accept"]
             apply_stream_defaults(request)
-        meta = request.meta
-        if STREAM_KEY not in meta:
-            assert self.crawler.request_fingerprinter is not None
-            # Fingerprint a throwaway copy: Scrapy caches a fingerprint for as long as
-            # its request lives, and a stream's request lives as long as the stream
-            # (about 500 bytes per open stream for a value needed once, here).
-            fingerprint = self.crawler.request_fingerprinter.fingerprint(request.replace())
-            meta[STREAM_KEY] = fingerprint.hex()
+        key = assign_stream_key(self.crawler, request)
+        cluster = self.state.cluster
+        if cluster is not None and not cluster.holds(key):
+            # A worker of a cluster opens a stream only while it holds its lease.
+            cluster.park(key, request)
+            request.errback = _parked
+            raise IgnoreRequest(f"SSE stream {key} is parked until this worker holds it")
         if request.headers.get(b"Last-Event-ID"):
             return
-        key = meta[STREAM_KEY]
         ledger = self.state.ledger
         if key in ledger.tracks:
             return  # (already read in this crawl: it reconnects with its own id)

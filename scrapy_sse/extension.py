@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from typing_extensions import Self
 
+    from .cluster.worker import ClusterWorker
     from .deadletter import DeadLetters
+    from .pipelines.base import BatchingPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,14 @@ class SSEExtension:
         self.ledger = Ledger()
         self.registry.tracks = self.ledger.tracks
         self._dead_letters: DeadLetters | None = None
+        #: The crawl's batching sinks, as each opens (the cluster claims streams in them).
+        self.sinks: list[BatchingPipeline] = []
+        #: This crawl as a worker of a cluster (``SSE_CLUSTER_URL``), else ``None``.
+        self.cluster: ClusterWorker | None = None
+        if crawler.settings.get("SSE_CLUSTER_URL"):
+            from .cluster.worker import ClusterWorker
+
+            self.cluster = ClusterWorker(crawler, self)
         #: The errback for a stream connection that never opened (set by the spider
         #: middleware, which owns reconnection; see the downloader middleware).
         self.connection_failed: Callable[..., AsyncIterator[Any]] | None = None
@@ -181,7 +191,12 @@ class SSEExtension:
         # idle spider and close it.
         # (A stream that ended while resting has left the registry, but its last
         # burst, which reconnects or calls the errback, is still to run.)
-        if self.registry.streams or self._pending_bursts:
+        # A cluster worker also waits for the streams it may still have to take over.
+        if (
+            self.registry.streams
+            or self._pending_bursts
+            or (self.cluster is not None and self.cluster.has_work())
+        ):
             raise DontCloseSpider
 
     async def _closing(self, reason: str) -> None:

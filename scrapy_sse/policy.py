@@ -28,13 +28,14 @@ READ_TIMEOUT = "read_timeout"  # nothing received for SSE_READ_TIMEOUT seconds
 HTTP_ERROR = "http_error"  # the server answered, but not with a usable stream
 NETWORK_ERROR = "network_error"  # no response at all (refused, DNS, TLS, timeout)
 CLOSING = "closing"  # refused or dropped before it opened: the spider is closing
+HANDED_OVER = "handed_over"  # a cluster worker closed it: another worker holds it now
 
 RECONNECT = "reconnect"
 GIVE_UP = "give_up"
 STOP = "stop"
 
 #: Ends that a user or the server asked for: never reconnected.
-FINAL_ENDS = frozenset({COMPLETED, NO_CONTENT, CLOSED, SPIDER_CLOSED, CALLBACK_DONE})
+FINAL_ENDS = frozenset({COMPLETED, NO_CONTENT, CLOSED, SPIDER_CLOSED, CALLBACK_DONE, HANDED_OVER})
 
 
 @dataclass(frozen=True, slots=True)

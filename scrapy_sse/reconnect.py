@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from .dispatch import callback_output
 from .errors import SSEResponseError, SSEStreamError
 from .handler import SKIP_KEY, meta_flag
-from .http import SSERequest, redact_url
+from .http import STREAM_KEY, SSERequest, redact_url
 from .policy import GIVE_UP, RECONNECT, Decision, History, Outcome, decide, parse_retry_after
 from .stream import FINGERPRINT_SALT
 
@@ -101,6 +101,13 @@ class StreamEnds:
             now=time(),
             rng=self._rng,
         )
+        cluster = self.state.cluster
+        if cluster is not None:
+            key = request.meta.get(STREAM_KEY, "")
+            if decision.action != RECONNECT:
+                cluster.stream_ended(key, decision.reason)
+            elif not cluster.holds(key):
+                return  # (handed over or lost: another worker of the cluster reads it)
         if decision.action == RECONNECT:
             async for value in self._reconnect(stream, errback, decision, outcome):
                 yield value

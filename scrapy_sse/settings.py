@@ -62,6 +62,14 @@ DEFAULTS: dict[str, Any] = {
     "SSE_RESEND_POST": False,
     # Record events whose callback raised, and items pipelines dropped, as dead letters.
     "SSE_DEAD_LETTERS": False,
+    # Redis URL of the cluster this crawl is a worker of (None: a crawl on its own).
+    "SSE_CLUSTER_URL": None,
+    # Name of the cluster (workers with the same name share streams); "": the spider's.
+    "SSE_CLUSTER_NAME": "",
+    # Seconds a worker's lease on a stream lasts unless renewed (every TTL / 3).
+    "SSE_LEASE_TTL": 10.0,
+    # This worker's share of the cluster's streams, relative to the other workers'.
+    "SSE_CLUSTER_WEIGHT": 1.0,
 }
 
 

@@ -75,6 +75,16 @@ Cursors = Mapping[str, Cursor]
 NO_CURSORS: Cursors = MappingProxyType({})
 
 
+class Fenced(Exception):
+    """The store refused a batch: for the streams ``keys``, another worker of the
+    cluster has claimed a newer fencing token (it took them over while this one was
+    paused or cut off). Their rows are not this worker's to write any more."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = frozenset(keys)
+        super().__init__(f"fenced off streams: {sorted(self.keys)}")
+
+
 class MissingDependencyError(ImportError):
     """A sink's driver is not installed; the message names the pip extra to install.
 
@@ -337,6 +347,10 @@ class BatchingPipeline(abc.ABC):
     #: events' JSON unchecked for it.
     checks_json: ClassVar[bool] = False
 
+    #: Whether the sink can fence (see :meth:`claim`): required of every sink that
+    #: stores stream rows when the crawl is a worker of a cluster (``SSE_CLUSTER_URL``).
+    fences_streams: ClassVar[bool] = False
+
     #: For :attr:`write_ahead` sinks, in :meth:`write_batch`: the batch's random token,
     #: the same for every attempt, the journal's replay and a spill file's replay.
     batch_token: str | None = None
@@ -377,6 +391,10 @@ class BatchingPipeline(abc.ABC):
         self._waiters: list[Deferred[None]] = []
         self._drain_d: Deferred[None] | None = None
         self._local_cursors: dict[str, Cursor] | None = None
+        #: In a cluster (``SSE_CLUSTER_URL``): per stream key, the fencing token of this
+        #: worker's lease, which :meth:`write_batch` writes with the stream's cursor;
+        #: ``None`` outside a cluster (nothing is fenced).
+        self.fences: dict[str, int] | None = {} if self.settings.get("SSE_CLUSTER_URL") else None
 
     # -- for subclasses ------------------------------------------------------------
 
@@ -442,6 +460,38 @@ class BatchingPipeline(abc.ABC):
         from ``JOBDIR``, at-least-once across a crash."""
         return {}
 
+    async def claim_fence(self, key: str, token: int) -> Cursor | None:
+        """In the store, in one transaction: make ``token`` the fencing token of the
+        stream ``key`` unless a newer one is there (then raise :class:`Fenced`), and
+        read the stream's cursor (``None``: nothing stored yet). From then on a batch
+        written with an older token is refused. Sinks with :attr:`fences_streams`
+        implement it."""
+        raise NotImplementedError(f"sink {self.name} cannot fence streams")
+
+    def fence_for(self, key: str) -> int | None:
+        """The token to write with the cursor of stream ``key`` (``None``: no fence)."""
+        fences = self.fences
+        return None if fences is None else fences.get(key, 0)
+
+    async def claim(self, key: str, token: int) -> Cursor | None:
+        """Claim stream ``key`` for this worker (:meth:`claim_fence`, between two
+        writes), and forget what the store held for it before: the cursor read now is
+        where its rows end."""
+        assert self.fences is not None
+        result: list[Cursor | None] = []
+
+        async def run() -> None:
+            result.append(await self.claim_fence(key, token))
+
+        await self._exclusive(run())
+        self.fences[key] = token
+        cursor = result[0]
+        if cursor is None:
+            self.stored.pop(key, None)
+        else:
+            self.stored[key] = cursor
+        return cursor
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the connection; called once, after the final flush (if open worked)."""
@@ -474,6 +524,9 @@ class BatchingPipeline(abc.ABC):
     async def open_spider(self) -> None:
         await self.open()
         self._opened = True
+        state = _crawl_state(self.crawler)
+        if state is not None:
+            state.sinks.append(self)
         logger.info(
             "Sink %s: batches of %d rows, flushed at least every %.3g s",
             self.name,
@@ -719,7 +772,15 @@ class BatchingPipeline(abc.ABC):
                 journal = self._write_journal(
                     rows, cursors, self._spill_seq, self.batch_token, payload
                 )
-        error = await self._write_with_retries(rows, cursors, payload)
+        try:
+            error = await self._write_with_retries(rows, cursors, payload)
+        except Fenced as fenced:
+            if journal is not None:
+                await run_in_thread(journal.unlink, missing_ok=True)
+            rows, marks = self._drop_fenced(fenced.keys, rows, marks)
+            if rows:
+                await self._flush(rows, marks)  # (the other streams' rows)
+            return
         if self.crawler.stats is not None:
             self.crawler.stats.max_value(
                 f"sse/sink/{self.name}/flush_seconds_max", round(time.monotonic() - started, 6)
@@ -729,7 +790,7 @@ class BatchingPipeline(abc.ABC):
             # count at the next start: the streams may resume past its rows.
             # (A write-ahead sink's encoded batch is spilled as it is: its replay is
             # then the very request that may have reached the store, same token.)
-            if await self._spill(rows, error, cursors, payload):
+            if await self._spill(rows, error, cursors, payload, _stream_runs(marks)):
                 if journal is not None:
                     await run_in_thread(journal.unlink, missing_ok=True)
                 settle(settling)
@@ -755,6 +816,8 @@ class BatchingPipeline(abc.ABC):
                     await self.write_encoded(payload)
                 else:
                     await self.write_batch(rows, cursors)
+            except Fenced:
+                raise  # (a definite refusal: neither retried nor spilled)
             except Exception as exc:
                 error = exc
                 if attempt + 1 == attempts:
@@ -779,6 +842,36 @@ class BatchingPipeline(abc.ABC):
                 return None
         self._sink_down = True
         return error
+
+    def _drop_fenced(
+        self,
+        keys: frozenset[str],
+        rows: list[dict[str, Any]],
+        marks: list[tuple[Slot, int, int] | None],
+    ) -> tuple[list[dict[str, Any]], list[tuple[Slot, int, int] | None]]:
+        """Leave out the rows of streams another worker took over (the store refused
+        them): that worker resumed each stream from the cursor it found, before these
+        rows, and writes them itself. Their deliveries settle here (this worker's
+        resume points for those streams no longer matter)."""
+        if self.fences is not None:
+            for key in keys:
+                self.fences.pop(key, None)
+        keep = [i for i, m in enumerate(marks) if m is None or m[0].track.key not in keys]
+        kept = set(keep)
+        dropped = [mark for i, mark in enumerate(marks) if i not in kept]
+        settle(_cursors(dropped)[1])
+        self._stat_inc("fenced_rows", len(dropped))
+        logger.info(
+            "Sink %s: %d rows of stream(s) %s not written: another worker of the cluster "
+            "holds them now (a newer fencing token) and resumed them from its stored cursor",
+            self.name,
+            len(dropped),
+            ", ".join(sorted(keys)),
+        )
+        state = _crawl_state(self.crawler)
+        if state is not None and state.cluster is not None:
+            state.cluster.fenced(keys)
+        return [rows[i] for i in keep], [marks[i] for i in keep]
 
     async def committed(self, cursors: Cursors, settling: dict[Slot, int]) -> None:
         """A batch is committed: keep its cursors (if the store does not) and let its
@@ -932,6 +1025,7 @@ class BatchingPipeline(abc.ABC):
         error: BaseException | str,
         cursors: Cursors,
         payload: str | None = None,
+        streams: list[list[Any]] | None = None,
     ) -> bool:
         """Keep *rows* in a spill file; ``False`` when even that failed (they are lost
         to this crawl, and their events keep holding their streams' resume points, so
@@ -940,7 +1034,13 @@ class BatchingPipeline(abc.ABC):
         self._spill_seq += 1
         try:
             path = await run_in_thread(
-                self._write_spill_file, rows, self._spill_seq, cursors, self.batch_token, payload
+                self._write_spill_file,
+                rows,
+                self._spill_seq,
+                cursors,
+                self.batch_token,
+                payload,
+                streams=streams,
             )
         except Exception:
             self._stat_inc("lost_rows", len(rows))
@@ -975,11 +1075,13 @@ class BatchingPipeline(abc.ABC):
         cursors: Cursors,
         token: str | None,
         payload: str | None = None,
+        *,
+        streams: list[list[Any]] | None = None,
     ) -> Path:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         # Names sort in spill order, so replays keep the order of the stream.
         path = self.spill_dir / f"{time.time_ns():020d}-{os.getpid()}-{seq:06d}.jsonl"
-        _atomic_write(path, _spill_text(rows, cursors, token, payload))
+        _atomic_write(path, _spill_text(rows, cursors, token, payload, streams))
         return path
 
     def _spill_files(self) -> list[Path]:
@@ -1012,8 +1114,10 @@ class BatchingPipeline(abc.ABC):
                     await self.write_encoded(spilled.payload)
                     done = spilled.row_count
                 # (Chunks of MAX_BUFFER rows: a batch this crawl spilled is replayed
-                # whole, as the write that failed, with its token.)
-                for number, chunk in enumerate(_chunks(rows, self.max_buffer)):
+                # whole, as the write that failed, with its token. In a cluster, any
+                # file whole: each write must carry the cursors its fence is checked by.)
+                size = self.max_buffer if self.fences is None else max(1, len(rows))
+                for number, chunk in enumerate(_chunks(rows, size)):
                     last = done + len(chunk) >= len(rows)
                     # (A write-ahead sink's spilled batch may have been stored by an
                     # attempt that lost its reply: the same token stores it once.)
@@ -1025,6 +1129,9 @@ class BatchingPipeline(abc.ABC):
                     # (The file's cursors go with its last rows.)
                     await self.write_batch(chunk, cursors if last else NO_CURSORS)
                     done += len(chunk)
+            except Fenced as fenced:
+                await self._replay_fenced(path, spilled, fenced.keys)
+                return await self._replay_spills()  # (the file again, without them)
             except Exception as exc:
                 if done:  # never write the same rows twice
                     await run_in_thread(
@@ -1049,6 +1156,43 @@ class BatchingPipeline(abc.ABC):
                 "Sink %s: replayed %d spilled rows from %s", self.name, spilled.row_count, path
             )
         self._spill_pending = False
+
+    async def _replay_fenced(self, path: Path, spilled: _Spilled, keys: frozenset[str]) -> None:
+        """A spill file holds rows of streams another worker took over since (it
+        resumed them from its stored cursor, before these rows): rewrite the file
+        without them, or set it aside when its rows do not say their streams."""
+        if self.fences is not None:
+            for key in keys:
+                self.fences.pop(key, None)
+        cursors = {k: c for k, c in spilled.cursors.items() if k not in keys}
+        if spilled.payload is not None or spilled.streams is None:
+            aside = self.spill_dir / "fenced" / path.name
+            await run_in_thread(aside.parent.mkdir, parents=True, exist_ok=True)
+            await run_in_thread(os.replace, path, aside)
+            self._stat_inc("fenced_rows", spilled.row_count)
+            logger.error(
+                "Sink %s: spill file %s holds rows of stream(s) %s, which another worker "
+                "holds now, and does not say which rows: set aside as %s, not written",
+                self.name,
+                path,
+                ", ".join(sorted(keys)),
+                aside,
+            )
+            return
+        rows, runs, dropped = _without_streams(keys, spilled.rows, spilled.streams)
+        self._stat_inc("fenced_rows", dropped)
+        logger.info(
+            "Sink %s: %d spilled rows of stream(s) %s not written: another worker holds "
+            "them now and resumed them from its stored cursor",
+            self.name,
+            dropped,
+            ", ".join(sorted(keys)),
+        )
+        if rows:
+            text = _spill_text(rows, cursors, None, None, runs)  # (other rows: a new token)
+            await run_in_thread(_atomic_write, path, text)
+        else:
+            await run_in_thread(path.unlink, missing_ok=True)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -1106,24 +1250,58 @@ _SPILL_HEADER = "__sse_spill__"
 
 
 def _spill_text(
-    rows: list[dict[str, Any]], cursors: Cursors, token: str | None, payload: str | None = None
+    rows: list[dict[str, Any]],
+    cursors: Cursors,
+    token: str | None,
+    payload: str | None = None,
+    streams: list[list[Any]] | None = None,
 ) -> str:
+    """A spill file: a header (cursors, batch token; which stream each run of rows
+    came from, ``[[key or None, count], ...]``, when some did) and the rows."""
     if payload is not None:  # (the batch as the sink encoded it, and its row count)
-        header = {
+        header: dict[str, Any] = {
             _SPILL_HEADER: 2,
             "token": token,
             "cursors": {key: c.as_list() for key, c in cursors.items()},
             "payload": len(rows),
         }
         return json.dumps(header, ensure_ascii=False) + "\n" + payload
-    if not cursors and token is None:
+    if not cursors and token is None and not streams:
         return dump_rows(rows)
     header = {
         _SPILL_HEADER: 2,
         "token": token,
         "cursors": {key: c.as_list() for key, c in cursors.items()},
     }
+    if streams:
+        header["streams"] = streams
     return json.dumps(header, ensure_ascii=False) + "\n" + dump_rows(rows)
+
+
+def _stream_runs(marks: list[tuple[Slot, int, int] | None]) -> list[list[Any]] | None:
+    """Which stream each row of a batch came from, as runs ``[key or None, count]``
+    (``None`` when no row came from a stream)."""
+    runs: list[list[Any]] = []
+    for key, group in groupby(m[0].track.key if m is not None else None for m in marks):
+        runs.append([key, sum(1 for _ in group)])
+    return None if all(key is None for key, _ in runs) else runs
+
+
+def _without_streams(
+    keys: frozenset[str], rows: list[dict[str, Any]], runs: list[list[Any]]
+) -> tuple[list[dict[str, Any]], list[list[Any]], int]:
+    """*rows* (described by *runs*) without those of the streams *keys*; the runs
+    left, and how many rows were left out."""
+    kept: list[dict[str, Any]] = []
+    kept_runs: list[list[Any]] = []
+    at = 0
+    for key, count in runs:
+        if key not in keys:
+            kept.extend(rows[at : at + count])
+            kept_runs.append([key, count])
+        at += count
+    kept.extend(rows[at:])  # (rows the runs do not describe)
+    return kept, kept_runs, len(rows) - len(kept)
 
 
 class _Spilled(NamedTuple):
@@ -1135,6 +1313,7 @@ class _Spilled(NamedTuple):
     token: str | None
     payload: str | None = None
     payload_rows: int = 0
+    streams: list[list[Any]] | None = None
 
     @property
     def row_count(self) -> int:
@@ -1152,7 +1331,7 @@ def _read_spill(path: Path) -> _Spilled:
             token = header.get("token")
             if "payload" in header:
                 return _Spilled([], cursors, token, rest, int(header["payload"]))
-            return _Spilled(load_rows(rest), cursors, token)
+            return _Spilled(load_rows(rest), cursors, token, streams=header.get("streams"))
     return _Spilled(load_rows(text), {}, None)
 
 

@@ -45,6 +45,7 @@ from .base import (
     NO_CURSORS,
     BatchingPipeline,
     Cursors,
+    Fenced,
     JSONText,
     UncheckedJSON,
     checked_json,
@@ -178,6 +179,7 @@ class PostgresPipeline(BatchingPipeline):
 
     setting_prefix = "SSE_POSTGRES"
     holds_cursors = True
+    fences_streams = True
     checks_json = True
     extra = "postgres"
 
@@ -228,9 +230,20 @@ class PostgresPipeline(BatchingPipeline):
                     "CREATE TABLE IF NOT EXISTS {} (sink text NOT NULL, stream_key text NOT NULL, "
                     "event_id text NOT NULL, seq bigint NOT NULL, stored_seq bigint NOT NULL, "
                     "stored_item bigint NOT NULL, next_id text NOT NULL, "
-                    "updated_at timestamptz NOT NULL, "
+                    "updated_at timestamptz NOT NULL, fence bigint, "
                     "PRIMARY KEY (sink, stream_key))"
                 ).format(sql.Identifier(*self.cursor_parts))
+            )
+            if self.fences is not None:  # (a cursor table from before fencing)
+                await conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS fence bigint").format(
+                        sql.Identifier(*self.cursor_parts)
+                    )
+                )
+        elif self.fences is not None:
+            raise ValueError(
+                "PostgresPipeline in a cluster (SSE_CLUSTER_URL) needs its cursor table "
+                "(SSE_POSTGRES_CURSOR_TABLE must not be empty): it holds the fences"
             )
 
     async def load_cursors(self) -> dict[str, Cursor]:
@@ -250,6 +263,33 @@ class PostgresPipeline(BatchingPipeline):
             for key, event_id, seq, s, i, next_id in await cur.fetchall()
         }
 
+    async def claim_fence(self, key: str, token: int) -> Cursor | None:
+        conn = await self._connection()
+        sql = self._sql()
+        try:
+            cur = await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} AS c (sink, stream_key, event_id, seq, stored_seq, "
+                    "stored_item, next_id, updated_at, fence) "
+                    "VALUES (%s, %s, '', 0, 0, 0, '', now(), %s) "
+                    "ON CONFLICT (sink, stream_key) DO UPDATE SET "
+                    "fence = GREATEST(COALESCE(c.fence, 0), excluded.fence) "
+                    "RETURNING event_id, seq, stored_seq, stored_item, next_id, fence"
+                ).format(sql.Identifier(*self.cursor_parts)),
+                (self._sink_name, key, token),
+            )
+            row = await cur.fetchone()
+        except BaseException:
+            await self._drop_unless_clean(conn)
+            raise
+        assert row is not None
+        event_id, seq, stored_seq, stored_item, next_id, fence = row
+        if int(fence) > token:
+            raise Fenced([key])
+        if not seq and not event_id:
+            return None  # (nothing stored yet: the row only holds the fence)
+        return Cursor(event_id, int(seq), Mark(int(stored_seq), int(stored_item)), next_id)
+
     @property
     def _sink_name(self) -> str:
         """The cursors' ``sink`` column: the table the rows go to."""
@@ -265,6 +305,9 @@ class PostgresPipeline(BatchingPipeline):
         while busy" until the crawl ended, each batch spilled).
         """
         if not cursors or not self.cursor_parts:
+            return
+        if self.fences is not None:
+            await self._save_fenced_cursors(cur, cursors)
             return
         sql = self._sql()
         values = sql.SQL(", ").join([sql.SQL("(%s, %s, %s, %s, %s, %s, %s, now())")] * len(cursors))
@@ -297,6 +340,50 @@ class PostgresPipeline(BatchingPipeline):
                 )
             ],
         )
+
+    async def _save_fenced_cursors(self, cur: Any, cursors: Cursors) -> None:
+        """In a cluster: the same upsert, only where the stored fence is not newer
+        than this worker's token for the stream; a stream refused fences off the whole
+        batch (raised inside its transaction: nothing of it is committed)."""
+        sql = self._sql()
+        values = sql.SQL(", ").join(
+            [sql.SQL("(%s, %s, %s, %s, %s, %s, %s, now(), %s)")] * len(cursors)
+        )
+        await cur.execute(
+            sql.SQL(
+                "INSERT INTO {} AS c (sink, stream_key, event_id, seq, stored_seq, stored_item, "
+                "next_id, updated_at, fence) VALUES {} "
+                "ON CONFLICT (sink, stream_key) DO UPDATE SET "
+                "event_id = CASE WHEN excluded.seq >= c.seq THEN excluded.event_id "
+                "ELSE c.event_id END, "
+                "next_id = CASE WHEN excluded.seq >= c.seq THEN excluded.next_id "
+                "ELSE c.next_id END, "
+                "seq = GREATEST(c.seq, excluded.seq), "
+                "stored_item = CASE WHEN (excluded.stored_seq, excluded.stored_item) > "
+                "(c.stored_seq, c.stored_item) THEN excluded.stored_item ELSE c.stored_item END, "
+                "stored_seq = GREATEST(c.stored_seq, excluded.stored_seq), "
+                "updated_at = now(), fence = excluded.fence "
+                "WHERE COALESCE(c.fence, 0) <= excluded.fence "
+                "RETURNING stream_key"
+            ).format(sql.Identifier(*self.cursor_parts), values),
+            [
+                value
+                for key, c in cursors.items()
+                for value in (
+                    self._sink_name,
+                    key,
+                    c.event_id,
+                    c.seq,
+                    c.stored.seq,
+                    c.stored.item,
+                    c.next_id,
+                    self.fence_for(key),
+                )
+            ],
+        )
+        written = {key for (key,) in await cur.fetchall()}
+        if len(written) < len(cursors):
+            raise Fenced(key for key in cursors if key not in written)
 
     async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
         if not rows:
@@ -360,8 +447,8 @@ class PostgresPipeline(BatchingPipeline):
                             await copy.write_row(values)
                 await self._save_cursors(cur, cursors)
         except BaseException as exc:
-            # (Data the server refused was rolled back: not in doubt.)
-            if xid is not None and not self._refused(exc):
+            # (Data the server refused, or a fenced batch, was rolled back: not in doubt.)
+            if xid is not None and not self._refused(exc) and not isinstance(exc, Fenced):
                 self._in_doubt.add(key or fingerprint(rows), xid)
             await self._drop_unless_clean(conn)
             raise

@@ -1,0 +1,352 @@
+"""This crawl as one worker of a cluster: which streams it opens, takes over, hands on.
+
+Scrapy glue around :mod:`~scrapy_sse.cluster.leases` (the shared state in Redis) and
+:mod:`~scrapy_sse.cluster.balance` (the pure share computation). Set
+``SSE_CLUSTER_URL`` and every worker runs the same spider:
+
+* A stream request (from ``start()`` or a callback) is not sent at once: it is
+  *parked* (kept here, a few hundred bytes) and declared to the cluster. The worker
+  opens a parked stream only once it holds the stream's lease.
+* Every ``SSE_LEASE_TTL / 3`` seconds a tick renews the leases held, reads the live
+  workers, and takes free streams up to this worker's share or hands the excess over.
+* Taking a stream: the lease's fencing token is claimed in every sink (one
+  transaction that also reads the stream's stored cursor), then the request is
+  scheduled and resumes after the stored cursor. From then on the store refuses
+  batches of that stream from any earlier holder.
+* Handing a stream over (balance, Ctrl-C): the stream is closed, its delivered events
+  are written and committed, then the lease is released: the next holder resumes at
+  that cursor. A worker that learns it lost a lease (it was paused past the TTL, or a
+  sink was fenced) closes the stream and writes nothing more of it.
+* A stream that completes is marked done for the whole cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import CloseSpider
+from scrapy.utils.asyncio import call_later, create_looping_call, is_asyncio_available
+from scrapy.utils.defer import deferred_from_coro
+
+from ..http import STREAM_KEY, redact_url
+from ..policy import HANDED_OVER, SPIDER_CLOSED
+from .balance import plan
+from .leases import LeaseStore
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+
+    from ..extension import SSEExtension
+    from ..stream import SSEStream
+
+logger = logging.getLogger(__name__)
+
+#: Default seconds a lease lasts without renewal (``SSE_LEASE_TTL``).
+DEFAULT_TTL = 10.0
+
+
+class ClusterWorker:
+    """The crawl's membership in the cluster (one per crawler, on its extension)."""
+
+    def __init__(self, crawler: Crawler, state: SSEExtension) -> None:
+        self.crawler = crawler
+        self.state = state
+        settings = crawler.settings
+        self.url: str = settings.get("SSE_CLUSTER_URL")
+        self.name: str = settings.get("SSE_CLUSTER_NAME") or ""
+        self.ttl = max(0.3, settings.getfloat("SSE_LEASE_TTL", DEFAULT_TTL))
+        self.weight = settings.getfloat("SSE_CLUSTER_WEIGHT", 1.0)
+        self.worker = LeaseStore.new_worker_id()
+        #: Every stream request this worker knows, by stream key, as the spider made it.
+        self.requests: dict[str, Request] = {}
+        #: Streams held: key -> fencing token.
+        self.held: dict[str, int] = {}
+        #: Held streams being handed over (closed, waiting for their rows' commit).
+        self.handing_over: set[str] = set()
+        self.store: LeaseStore | None = None
+        self._undeclared: dict[str, dict[str, Any]] = {}
+        self._loop: Any = None
+        self._ticking = False
+        self._tick_soon: Any = None
+        self._closing = False
+        self._started = time.time()
+        self._rng = random.Random()
+        crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
+
+    # -- what the rest of scrapy-sse asks --------------------------------------------
+
+    def holds(self, key: str) -> bool:
+        """Whether this worker may open (or reconnect) the stream ``key``."""
+        return key in self.held and key not in self.handing_over
+
+    def has_work(self) -> bool:
+        """Streams held, or parked that another worker may leave: keep the spider open."""
+        return bool(self.held or self.requests) and not self._closing
+
+    def park(self, key: str, request: Request) -> None:
+        """A stream request this worker does not hold (yet): keep it, declare it."""
+        if key in self.requests:
+            return  # (known: the spider's own request is kept, not a reconnect's)
+        self.requests[key] = request
+        self._undeclared[key] = {"url": redact_url(request.url), "method": request.method}
+        self._schedule_tick()
+
+    def fenced(self, keys: frozenset[str]) -> None:
+        """A sink's store refused rows of ``keys``: a newer holder took them over."""
+        for key in keys:
+            if key in self.held:
+                self._lost(key, "a sink refused its rows (a newer fencing token)")
+
+    def stream_ended(self, key: str, reason: str) -> None:
+        """The stream ``key`` ended without a reconnect (``reason``): unless this
+        worker closed it to hand it over or because the spider closes, it completed:
+        no worker of the cluster opens it again."""
+        if reason in (HANDED_OVER, SPIDER_CLOSED) or key not in self.held:
+            return
+        self.held.pop(key, None)
+        self.requests.pop(key, None)
+        self._stat("completed")
+        logger.info("SSE cluster: stream %s completed (%s); no worker reopens it", key, reason)
+        if self.store is not None:
+            deferred_from_coro(self.store.complete(key)).addErrback(self._log_failure)
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def _spider_opened(self) -> None:
+        spider = self.crawler.spider
+        assert spider is not None
+        if not is_asyncio_available():
+            raise CloseSpider("SSE_CLUSTER_URL needs the asyncio reactor (Scrapy's default)")
+        sinks = self.state.sinks
+        unfit = [type(s).__name__ for s in sinks if not s.fences_streams]
+        if not sinks or unfit:
+            message = (
+                "SSE_CLUSTER_URL: every item pipeline that stores stream rows must commit "
+                "each stream's cursor with its rows and fence off earlier holders "
+                f"(PostgresPipeline does); {', '.join(unfit) or 'no such sink'} cannot, so "
+                "another worker taking a stream over could store events twice"
+            )
+            logger.error(message)
+            raise CloseSpider("sse_cluster_unfit_sink")
+        self.name = self.name or spider.name
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(self.url)
+        self.store = LeaseStore(client, self.name, self.worker, self.ttl)
+        await self.store.heartbeat(self.weight, 0, self._started)
+        logger.info(
+            "SSE cluster %r: worker %s joined (leases of %.3g s, weight %g)",
+            self.name,
+            self.worker,
+            self.ttl,
+            self.weight,
+        )
+        self._loop = create_looping_call(self._tick_now)
+        self._loop.start(self.ttl / 3, now=False)
+
+    async def _spider_closed(self) -> None:
+        """The item pipelines have closed (their rows are committed): every stream
+        still held is handed over at once."""
+        self._closing = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._tick_soon is not None:
+            self._tick_soon.cancel()
+        store = self.store
+        if store is None:
+            return
+        try:
+            held = list(self.held)
+            released = await store.release(held)
+            await store.leave()
+            if held:
+                logger.info(
+                    "SSE cluster %r: worker %s left; %d stream(s) handed over",
+                    self.name,
+                    self.worker,
+                    released,
+                )
+        finally:
+            await store.client.aclose()
+
+    # -- ticks ---------------------------------------------------------------------------
+
+    def _schedule_tick(self) -> None:
+        """A tick soon (new streams to declare and maybe take), not at the next period."""
+        if self.store is None or self._closing or self._tick_soon is not None:
+            return
+        self._tick_soon = call_later(0.05, self._tick_due)
+
+    def _tick_due(self) -> None:
+        self._tick_soon = None
+        if self._ticking:
+            self._schedule_tick()  # (after the running one)
+        else:
+            self._tick_now()
+
+    def _tick_now(self) -> None:
+        if self._ticking or self._closing:
+            return
+        deferred_from_coro(self._tick()).addErrback(self._log_failure)
+
+    async def _tick(self) -> None:
+        store = self.store
+        assert store is not None
+        self._ticking = True
+        try:
+            if self._undeclared:
+                declared, self._undeclared = self._undeclared, {}
+                await store.declare(declared)
+            await store.heartbeat(self.weight, len(self.held), self._started)
+            for key in await store.renew(list(self.held)):
+                self._lost(key, "its lease expired (this worker was paused or cut off)")
+            parked = [key for key in self.requests if key not in self.held]
+            for key in await store.done_among(parked):
+                self.requests.pop(key, None)
+            weights = await store.live_workers()
+            weights.setdefault(self.worker, self.weight)
+            keeping = [key for key in self.held if key not in self.handing_over]
+            free = [key for key in self.requests if key not in self.held]
+            step = plan(
+                worker=self.worker,
+                weights=weights,
+                streams=await store.open_streams(),
+                held=keeping,
+                free=len(free),
+            )
+            for key in step.hand_over:
+                deferred_from_coro(self._hand_over(key)).addErrback(self._log_failure)
+            if step.take:
+                self._rng.shuffle(free)
+                for key, token in (await store.acquire(free, step.take)).items():
+                    await self._take(key, token)
+            await store.report(self._status())
+        except Exception as exc:  # Redis unreachable: the leases run out, fencing holds
+            self._stat("tick_errors")
+            logger.warning("SSE cluster %r: a lease tick failed (%s)", self.name, exc)
+        finally:
+            self._ticking = False
+
+    # -- taking, losing, handing over ----------------------------------------------------
+
+    async def _take(self, key: str, token: int) -> None:
+        """Claim ``key``'s fencing token in every sink, then open it after the cursor
+        the sinks hold."""
+        from ..pipelines.base import Fenced
+
+        cursor = None
+        try:
+            for sink in self.state.sinks:
+                claimed = await sink.claim(key, token)
+                if claimed is not None and (cursor is None or claimed.seq > cursor.seq):
+                    cursor = claimed
+        except Fenced:
+            # (A holder with a newer token wrote meanwhile: never ours after all.)
+            assert self.store is not None
+            await self.store.release([key])
+            return
+        ledger = self.state.ledger
+        if cursor is None:
+            ledger.stored.pop(key, None)
+        else:
+            ledger.stored[key] = cursor
+        ledger.fallback.pop(key, None)
+        ledger.tracks.pop(key, None)  # (from an earlier holding: resume from the store)
+        self.held[key] = token
+        request = self.requests[key]
+        self._stat("taken")
+        if cursor is not None:
+            self._stat("takeovers")
+            logger.info(
+                "SSE cluster: took over stream %s (%s) after its stored id %r",
+                key,
+                redact_url(request.url),
+                cursor.event_id,
+            )
+        else:
+            logger.info("SSE cluster: opened stream %s (%s)", key, redact_url(request.url))
+        engine = self.crawler.engine
+        assert engine is not None
+        engine.crawl(request.replace(dont_filter=True))
+
+    def _lost(self, key: str, why: str) -> None:
+        self.held.pop(key, None)
+        self.handing_over.discard(key)
+        for sink in self.state.sinks:
+            if sink.fences is not None:
+                sink.fences.pop(key, None)
+        stream = self._stream(key)
+        if stream is not None:
+            stream.close(HANDED_OVER)
+        self._stat("lost")
+        logger.info("SSE cluster: lost stream %s: %s; another worker resumes it", key, why)
+
+    async def _hand_over(self, key: str) -> None:
+        """Close the stream, wait (bounded) until what it delivered is committed, then
+        release the lease: the next holder resumes where the stored rows end."""
+        self.handing_over.add(key)
+        stream = self._stream(key)
+        if stream is not None:
+            stream.close(HANDED_OVER)
+        deadline = time.monotonic() + self.ttl
+        # (Past the deadline the lease goes anyway: the next holder's claim fences off
+        # what this worker would still commit, and it re-reads those events.)
+        while time.monotonic() < deadline and key in self.held:
+            track = self.state.ledger.tracks.get(key)
+            if self._stream(key) is None and (track is None or not track.slots):
+                break
+            await asyncio.sleep(0.05)
+        if key not in self.held:
+            return  # (lost meanwhile)
+        store = self.store
+        assert store is not None
+        await store.release([key])
+        self.held.pop(key, None)
+        self.handing_over.discard(key)
+        track = self.state.ledger.tracks.get(key)
+        self._stat("handed_over")
+        logger.info(
+            "SSE cluster: handed stream %s over after its stored id %r",
+            key,
+            track.resume_id if track is not None else "",
+        )
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _stream(self, key: str) -> SSEStream | None:
+        for stream in self.state.registry.streams:
+            if stream.request.meta.get(STREAM_KEY) == key:
+                return stream
+        return None
+
+    def _status(self) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        status = {}
+        for key, token in self.held.items():
+            track = self.state.ledger.tracks.get(key)
+            stream = self._stream(key)
+            status[key] = {
+                "holder": self.worker,
+                "token": token,
+                "url": redact_url(self.requests[key].url) if key in self.requests else "",
+                "stored_id": track.resume_id if track is not None else "",
+                "events": track.seq if track is not None else 0,
+                "last_id": stream.last_delivered_id if stream is not None else "",
+                "open": stream is not None,
+                "at": now,
+            }
+        return status
+
+    def _stat(self, name: str) -> None:
+        if self.crawler.stats is not None:
+            self.crawler.stats.inc_value(f"sse/cluster/{name}")
+
+    def _log_failure(self, failure: Any) -> None:
+        logger.error("SSE cluster %r: %s", self.name, failure.getErrorMessage())
