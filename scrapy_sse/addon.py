@@ -54,6 +54,14 @@ class SSEAddon:
             "DOWNLOADER_MIDDLEWARES", SSEDownloaderMiddleware, 950
         )
         settings.set_in_component_priority_dict("EXTENSIONS", SSEExtension, 500)
+        if settings.get("SSE_CLUSTER_URL"):
+            from .cluster.spidermw import ClusterSpiderMiddleware
+
+            # (Further from the engine than SSESpiderMiddleware: it sees the spider's
+            # start requests, never the reconnects that one adds.)
+            settings.set_in_component_priority_dict(
+                "SPIDER_MIDDLEWARES", ClusterSpiderMiddleware, 30
+            )
         # (It disables itself where items are processed in the context of their event.)
         settings.set_in_component_priority_dict("ITEM_PIPELINES", ProvenancePipeline, PRIORITY)
         if settings.get("LOG_FORMATTER") == DEFAULT_LOG_FORMATTER:

@@ -285,10 +285,17 @@ class Crawl:
         return self.process.poll() is None
 
 
-def start_crawl(url: str, pipeline: str, settings: dict[str, Any], tmp_path: Path) -> Crawl:
+def start_crawl(
+    url: str,
+    pipeline: str,
+    settings: dict[str, Any],
+    tmp_path: Path,
+    spider: str = "service_spiders.py",
+) -> Crawl:
     """Start a crawl of ``url`` (``|``-separated for several streams) with the add-on
     and ``pipeline`` as the only item pipeline; ``settings`` go on the command line.
-    Spill files go under ``tmp_path`` unless ``settings`` say otherwise."""
+    Spill files go under ``tmp_path`` unless ``settings`` say otherwise. ``spider``:
+    the spider file under ``tests/``."""
     log_dir = Path(tempfile.mkdtemp(dir=tmp_path))
     settings = {"SSE_SPILL_DIR": str(tmp_path / "spill"), **settings}
     cmd = [
@@ -296,7 +303,7 @@ def start_crawl(url: str, pipeline: str, settings: dict[str, Any], tmp_path: Pat
         "-m",
         "scrapy",
         "runspider",
-        str(ROOT / "tests" / "service_spiders.py"),
+        str(ROOT / "tests" / spider),
         "-a",
         f"url={url}",
         "-s",

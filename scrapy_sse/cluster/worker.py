@@ -23,6 +23,7 @@ Scrapy glue around :mod:`~scrapy_sse.cluster.leases` (the shared state in Redis)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy import signals
 from scrapy.exceptions import CloseSpider
 from scrapy.utils.asyncio import call_later, create_looping_call, is_asyncio_available
-from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 
 from ..http import STREAM_KEY, redact_url
 from ..policy import HANDED_OVER, SPIDER_CLOSED
@@ -41,6 +42,7 @@ from .leases import LeaseStore
 if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
+    from twisted.internet.defer import Deferred
 
     from ..extension import SSEExtension
     from ..stream import SSEStream
@@ -73,6 +75,7 @@ class ClusterWorker:
         self._undeclared: dict[str, dict[str, Any]] = {}
         self._loop: Any = None
         self._ticking = False
+        self._tick_d: Deferred[None] | None = None
         self._tick_soon: Any = None
         self._closing = False
         self._started = time.time()
@@ -162,6 +165,10 @@ class ClusterWorker:
         store = self.store
         if store is None:
             return
+        if self._ticking and self._tick_d is not None:
+            # (A tick half done would use a closed client.)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(maybe_deferred_to_future(self._tick_d), self.ttl)
         try:
             held = list(self.held)
             released = await store.release(held)
@@ -194,7 +201,8 @@ class ClusterWorker:
     def _tick_now(self) -> None:
         if self._ticking or self._closing:
             return
-        deferred_from_coro(self._tick()).addErrback(self._log_failure)
+        self._tick_d = deferred_from_coro(self._tick())
+        self._tick_d.addErrback(self._log_failure)
 
     async def _tick(self) -> None:
         store = self.store
@@ -214,6 +222,8 @@ class ClusterWorker:
             weights.setdefault(self.worker, self.weight)
             keeping = [key for key in self.held if key not in self.handing_over]
             free = [key for key in self.requests if key not in self.held]
+            if self._closing:
+                return
             step = plan(
                 worker=self.worker,
                 weights=weights,

@@ -1,0 +1,177 @@
+"""Many workers, real processes: SIGKILL one, add one, SIGSTOP one past its leases.
+
+Real Redis (the leases), real PostgreSQL (rows, cursors and fences), real ``scrapy
+runspider`` workers reading 24 paced streams from the fault-injecting SSE server.
+Every event of every stream must be stored exactly once, orphaned streams must be
+reopened within two lease periods, and the streams must spread over the live workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers.sse_server import SSEServer
+from tests.services import (
+    REDIS_URL,
+    Crawl,
+    PostgresTarget,
+    log_stat,
+    postgres_target,
+    redis_target,
+    start_crawl,
+    unique_name,
+    wait_until,
+)
+
+PIPELINE = "scrapy_sse.pipelines.postgres.PostgresPipeline"
+TTL = 1.5
+STREAMS = 24
+EVENTS = 700  # per stream, 20 ms apart: 14 s per stream read without a break
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresTarget]:
+    with postgres_target() as target:
+        yield target
+
+
+class Cluster:
+    """The cluster's keys in Redis, read the way ``scrapy sse-cluster`` reads them."""
+
+    def __init__(self, name: str) -> None:
+        import redis
+
+        self.name = name
+        self.client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+
+    def holders(self) -> dict[str, str]:
+        """Stream key -> the worker id holding its lease."""
+        prefix = f"sse:{{{self.name}}}:lease:"
+        keys = list(self.client.scan_iter(match=prefix + "*", count=1000))
+        values = self.client.mget(keys) if keys else []
+        return {k[len(prefix) :]: v for k, v in zip(keys, values, strict=True) if v}
+
+    def held_by_pid(self) -> Counter[int]:
+        return Counter(int(worker.split(":")[1]) for worker in self.holders().values())
+
+    def done(self) -> int:
+        return int(self.client.scard(f"sse:{{{self.name}}}:done"))
+
+    def delete(self) -> None:
+        for key in self.client.scan_iter(match=f"sse:{{{self.name}}}:*", count=1000):
+            self.client.delete(key)
+
+
+def test_workers_killed_added_and_paused_store_every_event_once(
+    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path
+) -> None:
+    with redis_target():  # (skips, or fails in CI, when Redis is not running)
+        pass
+    name = unique_name("cluster")
+    cluster = Cluster(name)
+    tag = unique_name("s")
+    urls = "|".join(
+        sse_server.url(f"/stream?n={EVENTS}&delay=0.02&ascii=1&done=1&key={tag}-{i}")
+        for i in range(STREAMS)
+    )
+    settings = {
+        "SSE_POSTGRES_DSN": postgres.dsn,
+        "SSE_POSTGRES_TABLE": postgres.table,
+        "SSE_POSTGRES_CREATE_TABLE": "True",
+        "SSE_POSTGRES_CURSOR_TABLE": f"{postgres.table}_cursors",
+        "SSE_CLUSTER_URL": REDIS_URL,
+        "SSE_CLUSTER_NAME": name,
+        "SSE_LEASE_TTL": TTL,
+        "SSE_FLUSH_INTERVAL": 0.2,
+    }
+
+    def worker(number: int) -> Crawl:
+        spill = {"SSE_SPILL_DIR": str(tmp_path / f"spill{number}")}
+        return start_crawl(
+            urls, PIPELINE, {**settings, **spill}, tmp_path, spider="cluster_spider.py"
+        )
+
+    workers = [worker(n) for n in range(3)]
+    try:
+        pids = [w.process.pid for w in workers]
+        # All 24 streams open, spread over the three workers.
+        assert wait_until(lambda: len(cluster.holders()) == STREAMS, timeout=30), cluster.holders()
+        assert wait_until(lambda: postgres.count() >= 1000, timeout=30)
+
+        # SIGKILL the first worker: each of its streams is reopened by another worker
+        # within two lease periods.
+        orphans = {k for k, w in cluster.holders().items() if int(w.split(":")[1]) == pids[0]}
+        assert orphans
+        workers[0].process.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        def adopted() -> bool:
+            holders = cluster.holders()
+            return all(k in holders and int(holders[k].split(":")[1]) != pids[0] for k in orphans)
+
+        assert wait_until(adopted, timeout=2 * TTL + 1)
+        takeover = time.monotonic() - killed_at
+        assert takeover <= 2 * TTL, takeover
+        before_new = cluster.held_by_pid()
+        assert max(before_new.values()) > math.ceil(STREAMS / 3) + 1  # (unbalanced now)
+
+        # A fourth worker gets its share within two lease periods; then no live worker
+        # holds more than ceil(streams / live workers) + 1.
+        workers.append(worker(3))
+        pids.append(workers[3].process.pid)
+        bound = math.ceil(STREAMS / 3) + 1
+
+        def balanced() -> bool:
+            held = cluster.held_by_pid()
+            return held[pids[3]] > 0 and max(held.values()) <= bound
+
+        assert wait_until(balanced, timeout=30), cluster.held_by_pid()
+
+        # SIGSTOP the second worker for three lease periods: others take its streams
+        # over; when it wakes it must write nothing of them.
+        paused = {k for k, w in cluster.holders().items() if int(w.split(":")[1]) == pids[1]}
+        workers[1].process.send_signal(signal.SIGSTOP)
+        time.sleep(3 * TTL)
+        holders = cluster.holders()
+        assert all(int(holders.get(k, "x:0").split(":")[1]) != pids[1] for k in paused)
+        workers[1].process.send_signal(signal.SIGCONT)
+
+        codes_logs = [w.wait(timeout=120) for w in workers[1:]]
+    finally:
+        for w in workers:
+            if w.running:
+                os.kill(w.process.pid, signal.SIGCONT)
+                w.process.kill()
+        try:
+            postgres.query(f'DROP TABLE IF EXISTS "{postgres.table}_cursors"')
+        finally:
+            cluster.delete()
+
+    for code, log in codes_logs:
+        assert code == 0, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+    # Each stream completed (its last holder read its [DONE]) for the whole cluster.
+    completed = sum(log_stat(log, "sse/cluster/completed") for _, log in codes_logs)
+    assert completed >= STREAMS
+    rows = postgres.query(f'SELECT url, id FROM "{postgres.table}"')
+    counts = Counter(rows)
+    twice = {k: n for k, n in counts.items() if n > 1}
+    assert not twice, f"{len(twice)} events stored more than once"
+    expected = {
+        (sse_server.url(f"/stream?n={EVENTS}&delay=0.02&ascii=1&done=1&key={tag}-{i}"), str(j))
+        for i in range(STREAMS)
+        for j in range(1, EVENTS + 1)
+    }
+    missing = expected - set(counts)
+    assert not missing, f"{len(missing)} events missing, e.g. {sorted(missing)[:3]}"
+    # The paused worker's late batches were refused by the store, not written.
+    paused_log = codes_logs[0][1]
+    assert log_stat(paused_log, "sse/cluster/lost") >= 1, paused_log[-3000:]
