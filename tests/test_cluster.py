@@ -1,0 +1,263 @@
+"""The cluster's parts one at a time: shares (pure), leases in real Redis, fencing in
+real PostgreSQL. The whole, with real worker processes, is tests/test_cluster_crash.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scrapy_sse.cluster.balance import plan, share
+from scrapy_sse.cluster.leases import LeaseStore, cluster_keys
+from scrapy_sse.durable import CURRENT, Track
+from scrapy_sse.pipelines.base import Fenced
+from scrapy_sse.pipelines.postgres import PostgresPipeline
+from tests.services import (
+    REDIS_URL,
+    PostgresTarget,
+    postgres_target,
+    redis_target,
+    sink_stat,
+    unique_name,
+)
+from tests.test_sink_postgres import make_pipeline, wait_written
+
+# --- shares (pure) ---------------------------------------------------------------------
+
+
+def test_shares_cover_every_stream_within_one_of_even() -> None:
+    for streams in range(0, 60):
+        for workers in range(1, 8):
+            weights = {f"w{i}": 1.0 for i in range(workers)}
+            shares = [share(streams, weights, w) for w in weights]
+            assert sum(shares) >= streams  # (every stream has a worker to hold it)
+            assert max(shares, default=0) <= -(-streams // workers)  # ceil: one of even
+
+
+def test_weights_split_streams_in_proportion() -> None:
+    weights = {"big": 3.0, "small": 1.0}
+    assert (share(40, weights, "big"), share(40, weights, "small")) == (30, 10)
+    assert share(40, weights, "stranger") == 0  # (not a live worker)
+
+
+def test_a_worker_over_its_share_hands_over_its_newest_streams() -> None:
+    weights = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}
+    step = plan(worker="a", weights=weights, streams=24, held=[f"s{i}" for i in range(12)], free=0)
+    assert step.take == 0
+    assert step.hand_over == ("s6", "s7", "s8", "s9", "s10", "s11")
+
+
+def test_a_worker_under_its_share_takes_what_is_free_up_to_it() -> None:
+    weights = {"a": 1.0, "b": 1.0}
+    assert plan(worker="a", weights=weights, streams=10, held=["s1"], free=9).take == 4
+    assert plan(worker="a", weights=weights, streams=10, held=["s1"], free=2).take == 2
+    assert plan(worker="a", weights=weights, streams=10, held=["s1"] * 5, free=5).take == 0
+
+
+# --- leases (real Redis) ------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_name() -> Iterator[str]:
+    with redis_target() as target:
+        name = unique_name("cluster")
+        yield name
+        with target.client() as client:
+            for key in client.scan_iter(match=f"sse:{{{name}}}:*", count=1000):
+                client.delete(key)
+
+
+def lease_stores(name: str, ttl: float, count: int) -> list[LeaseStore]:
+    from redis.asyncio import Redis
+
+    return [LeaseStore(Redis.from_url(REDIS_URL), name, f"worker{i}", ttl) for i in range(count)]
+
+
+def test_each_stream_is_leased_to_one_worker_and_tokens_rise(cluster_name: str) -> None:
+    keys = [f"s{i}" for i in range(10)]
+
+    async def run() -> None:
+        a, b = lease_stores(cluster_name, 0.5, 2)
+        try:
+            await a.declare({k: {"url": k} for k in keys})
+            got_a, got_b = await asyncio.gather(a.acquire(keys, 10), b.acquire(keys, 10))
+            assert sorted([*got_a, *got_b]) == keys  # (each once, whoever won)
+            assert not set(got_a) & set(got_b)
+            # A renewal by another worker does not extend the lease; the holder's does.
+            holder, other = (a, b) if "s0" in got_a else (b, a)
+            first = (got_a | got_b)["s0"]
+            assert await other.renew(["s0"]) == ["s0"]
+            assert await holder.renew(["s0"]) == []
+            # Expired, it goes to the next worker with a higher fencing token.
+            await asyncio.sleep(0.6)
+            again = await other.acquire(["s0"], 1)
+            assert again["s0"] > first
+            assert await holder.renew(["s0"]) == ["s0"]  # (the old holder learns it lost it)
+            # A completed stream is leased to nobody again, and not counted as open.
+            await other.complete("s0")
+            await asyncio.sleep(0.6)
+            assert await a.acquire(["s0"], 1) == {}
+            assert await a.open_streams() == 9
+            # Only the holder releases a lease (the others expired meanwhile).
+            held_by_a = list(await a.acquire(keys, 10))
+            assert sorted(held_by_a) == keys[1:]
+            assert await b.release(held_by_a) == 0
+            assert await a.release(held_by_a) == 9
+            assert len(await b.acquire(keys, 10)) == 9
+        finally:
+            for store in (a, b):
+                await store.client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_worker_that_stops_its_heartbeat_leaves_the_live_set(cluster_name: str) -> None:
+    async def run() -> None:
+        a, b = lease_stores(cluster_name, 0.3, 2)
+        try:
+            await a.heartbeat(2.0, 0, time.time())
+            await b.heartbeat(1.0, 0, time.time())
+            assert await a.live_workers() == {"worker0": 2.0, "worker1": 1.0}
+            await asyncio.sleep(0.4)
+            await a.heartbeat(2.0, 0, time.time())
+            assert await a.live_workers() == {"worker0": 2.0}
+            await a.leave()
+            assert await b.live_workers() == {}
+        finally:
+            for store in (a, b):
+                await store.client.aclose()
+
+    asyncio.run(run())
+
+
+def test_cluster_keys_share_one_hash_tag() -> None:
+    # (Redis Cluster runs a script only on keys of one slot: one tag for all of them.)
+    assert {key.split("}")[0] for key in cluster_keys("prices").values()} == {"sse:{prices"}
+
+
+# --- fencing (real PostgreSQL) -------------------------------------------------------
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresTarget]:
+    with postgres_target() as target:
+        yield target
+        target.query(f'DROP TABLE IF EXISTS "{target.table}_cursors"')
+
+
+def worker_sink(postgres: PostgresTarget, path: Path, **settings: Any) -> PostgresPipeline:
+    return make_pipeline(
+        postgres,
+        path,
+        SSE_POSTGRES_CREATE_TABLE=True,
+        SSE_POSTGRES_CURSOR_TABLE=f"{postgres.table}_cursors",
+        SSE_CLUSTER_URL=REDIS_URL,
+        SSE_FLUSH_INTERVAL=3600,
+        **settings,
+    )
+
+
+async def deliver(sink: PostgresPipeline, track: Track, first: int, last: int) -> None:
+    """Events ``first..last`` of ``track``, an item each, as a stream delivers them."""
+    for i in range(first, last + 1):
+        slot = track.open(str(i))
+        token = CURRENT.set(slot)
+        try:
+            await sink.process_item({"stream": track.key, "id": i})
+        finally:
+            CURRENT.reset(token)
+        track.settle(slot)
+
+
+def stored(postgres: PostgresTarget) -> list[tuple[str, int]]:
+    return [
+        (stream, int(i))
+        for stream, i in postgres.query(f'SELECT stream, id FROM "{postgres.table}" ORDER BY 1, 2')
+    ]
+
+
+def test_a_new_holder_fences_off_the_old_one(postgres: PostgresTarget, tmp_path: Path) -> None:
+    """Worker A holds s1 and s2; B takes s1 over (a newer token, claimed in the store,
+    where it reads the cursor A committed). A's next batch keeps its s2 rows and loses
+    its s1 rows, which B, resuming from the cursor, writes once."""
+
+    async def run() -> tuple[PostgresPipeline, PostgresPipeline]:
+        a = worker_sink(postgres, tmp_path / "a", SSE_BATCH_SIZE=6)
+        b = worker_sink(postgres, tmp_path / "b", SSE_BATCH_SIZE=2)
+        await a.open_spider()
+        await b.open_spider()
+        assert await a.claim("s1", 10) is None  # (nothing stored yet)
+        await a.claim("s2", 10)
+        s1, s2 = Track("s1"), Track("s2")
+        await deliver(a, s1, 1, 3)
+        await deliver(a, s2, 1, 3)
+        await wait_written(a, 6)
+
+        cursor = await b.claim("s1", 11)
+        assert cursor is not None and cursor.event_id == "3"
+        with pytest.raises(Fenced):
+            await a.claim("s1", 10)  # (an older token cannot claim back)
+        await deliver(a, s1, 4, 5)  # A was paused: it still reads s1
+        await deliver(a, s2, 4, 4)
+        await a.close_spider()
+        await deliver(b, Track("s1", "3", 3), 4, 5)
+        await b.close_spider()
+        return a, b
+
+    a, _ = asyncio.run(run())
+    assert stored(postgres) == [
+        *((("s1", i)) for i in range(1, 6)),
+        *(("s2", i) for i in range(1, 5)),
+    ]
+    assert sink_stat(a, "fenced_rows") == 2
+
+
+def test_a_spill_file_replayed_after_a_takeover_keeps_only_the_streams_still_held(
+    postgres: PostgresTarget, tmp_path: Path
+) -> None:
+    """A's store refuses writes: a batch of s1 and s2 rows is spilled. B then takes
+    s1 over. When A's store works again, A replays the file without the s1 rows."""
+    refuse = f"{postgres.table}_refuse"
+
+    async def run() -> PostgresPipeline:
+        a = worker_sink(postgres, tmp_path / "a", SSE_BATCH_SIZE=4, SSE_SINK_RETRY_TIMES=0)
+        b = worker_sink(postgres, tmp_path / "b")
+        await a.open_spider()
+        await b.open_spider()
+        await a.claim("s1", 10)
+        await a.claim("s2", 10)
+        postgres.query(f'CREATE TABLE "{postgres.table}" (stream text, id bigint)')
+        postgres.query(
+            f'CREATE FUNCTION "{refuse}"() RETURNS trigger LANGUAGE plpgsql AS '
+            "$$ BEGIN RAISE EXCEPTION 'store refuses writes'; END $$"
+        )
+        postgres.query(
+            f'CREATE TRIGGER refuse BEFORE INSERT ON "{postgres.table}" '
+            f'FOR EACH ROW EXECUTE FUNCTION "{refuse}"()'
+        )
+        s1, s2 = Track("s1"), Track("s2")
+        await deliver(a, s1, 1, 2)
+        await deliver(a, s2, 1, 2)
+        for _ in range(200):
+            if sink_stat(a, "spilled_rows") == 4:
+                break
+            await asyncio.sleep(0.02)
+        assert sink_stat(a, "spilled_rows") == 4
+        postgres.query(f'DROP TRIGGER refuse ON "{postgres.table}"')
+        await b.claim("s1", 11)
+        await deliver(a, s2, 3, 6)  # a batch that works, then the replay
+        await a.close_spider()
+        await b.close_spider()
+        return a
+
+    try:
+        a = asyncio.run(run())
+    finally:
+        postgres.query(f'DROP FUNCTION IF EXISTS "{refuse}"() CASCADE')
+    assert stored(postgres) == [("s2", i) for i in range(1, 7)]
+    assert sink_stat(a, "fenced_rows") == 2
+    assert not list((tmp_path / "a").rglob("*.jsonl"))  # (nothing left to replay)
