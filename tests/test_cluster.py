@@ -4,6 +4,9 @@ real PostgreSQL. The whole, with real worker processes, is tests/test_cluster_cr
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +264,46 @@ def test_a_spill_file_replayed_after_a_takeover_keeps_only_the_streams_still_hel
     assert stored(postgres) == [("s2", i) for i in range(1, 7)]
     assert sink_stat(a, "fenced_rows") == 2
     assert not list((tmp_path / "a").rglob("*.jsonl"))  # (nothing left to replay)
+
+
+# --- scrapy sse-cluster ---------------------------------------------------------------
+
+
+def sse_cluster(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scrapy", "sse-cluster", "--url", REDIS_URL, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_sse_cluster_command_shows_workers_streams_and_completes_one(cluster_name: str) -> None:
+    keys = ["aaa111", "bbb222", "ccc333"]
+
+    async def setup() -> None:
+        (store,) = lease_stores(cluster_name, 30, 1)
+        try:
+            await store.declare({k: {"url": f"http://feed.example/{k}"} for k in keys})
+            await store.heartbeat(2.0, 2, time.time() - 60)
+            got = await store.acquire(keys[:2], 2)
+            await store.report(
+                {k: {"stored_id": f"id-{k}", "events": 7, "at": time.time()} for k in got}
+            )
+        finally:
+            await store.client.aclose()
+
+    asyncio.run(setup())
+    shown = sse_cluster(cluster_name)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "1 live worker(s); 3 stream(s): 2 held, 1 waiting, 0 completed" in out
+    assert "worker0" in out and "id-aaa111" in out and "http://feed.example/ccc333" in out
+    assert "(waiting)" in out
+
+    done = sse_cluster(cluster_name, "--complete", "ccc")
+    assert done.returncode == 0, done.stderr
+    state = json.loads(sse_cluster(cluster_name, "--json").stdout)
+    assert [s["key"] for s in state["streams"] if s["done"]] == ["ccc333"]
+    assert sse_cluster(cluster_name, "--complete", "zzz").returncode == 1  # (no such stream)

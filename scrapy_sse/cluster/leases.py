@@ -77,8 +77,9 @@ return released
 """
 
 _DONE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 redis.call('SADD', KEYS[1], ARGV[1])
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+redis.call('DEL', KEYS[2])
 return 1
 """
 
@@ -206,9 +207,12 @@ class LeaseStore:
             return 0
         return int(await self._release(keys=[self._lease(k) for k in keys], args=[self.worker]))
 
-    async def complete(self, key: str) -> None:
-        """The stream ``key`` completed: nobody reopens it; its lease is let go."""
-        await self._done(keys=[self.keys["done"], self._lease(key)], args=[key, self.worker])
+    async def complete(self, key: str) -> bool:
+        """The stream ``key`` completed: nobody reopens it; its lease is let go. Only
+        its holder can say so (``False`` otherwise): a worker that lost the lease read
+        an end that the new holder, resuming from the stored cursor, has yet to store."""
+        done = await self._done(keys=[self.keys["done"], self._lease(key)], args=[key, self.worker])
+        return bool(done)
 
     async def report(self, status: dict[str, dict[str, Any]]) -> None:
         """Publish the held streams' progress (for ``scrapy sse-cluster``)."""

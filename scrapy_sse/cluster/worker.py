@@ -111,14 +111,26 @@ class ClusterWorker:
         """The stream ``key`` ended without a reconnect (``reason``): unless this
         worker closed it to hand it over or because the spider closes, it completed:
         no worker of the cluster opens it again."""
-        if reason in (HANDED_OVER, SPIDER_CLOSED) or key not in self.held:
+        if reason in (HANDED_OVER, SPIDER_CLOSED) or not self.holds(key):
+            return
+        self.handing_over.add(key)  # (no reconnect; renewed until marked)
+        deferred_from_coro(self._complete(key, reason)).addErrback(self._log_failure)
+
+    async def _complete(self, key: str, reason: str) -> None:
+        """Once the stream's rows are committed, mark it completed for the cluster (a
+        crash before that leaves it to another worker, which reads its end again)."""
+        if not await self._settled(key, deadline=None):
+            return  # (lost meanwhile: the new holder reads the end and marks it)
+        store = self.store
+        assert store is not None
+        if not await store.complete(key):
+            logger.info("SSE cluster: stream %s ended, but its lease was lost meanwhile", key)
             return
         self.held.pop(key, None)
+        self.handing_over.discard(key)
         self.requests.pop(key, None)
         self._stat("completed")
         logger.info("SSE cluster: stream %s completed (%s); no worker reopens it", key, reason)
-        if self.store is not None:
-            deferred_from_coro(self.store.complete(key)).addErrback(self._log_failure)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -215,9 +227,12 @@ class ClusterWorker:
             await store.heartbeat(self.weight, len(self.held), self._started)
             for key in await store.renew(list(self.held)):
                 self._lost(key, "its lease expired (this worker was paused or cut off)")
-            parked = [key for key in self.requests if key not in self.held]
-            for key in await store.done_among(parked):
+            for key in await store.done_among(list(self.requests)):
                 self.requests.pop(key, None)
+                if key in self.held:  # (completed by `scrapy sse-cluster --complete`)
+                    self._drop(key)
+                    await store.release([key])
+                    logger.info("SSE cluster: stream %s was marked completed; closed", key)
             weights = await store.live_workers()
             weights.setdefault(self.worker, self.weight)
             keeping = [key for key in self.held if key not in self.handing_over]
@@ -287,6 +302,12 @@ class ClusterWorker:
         engine.crawl(request.replace(dont_filter=True))
 
     def _lost(self, key: str, why: str) -> None:
+        self._drop(key)
+        self._stat("lost")
+        logger.info("SSE cluster: lost stream %s: %s; another worker resumes it", key, why)
+
+    def _drop(self, key: str) -> None:
+        """Stop holding ``key``: close its stream; its rows are no longer written."""
         self.held.pop(key, None)
         self.handing_over.discard(key)
         for sink in self.state.sinks:
@@ -295,8 +316,6 @@ class ClusterWorker:
         stream = self._stream(key)
         if stream is not None:
             stream.close(HANDED_OVER)
-        self._stat("lost")
-        logger.info("SSE cluster: lost stream %s: %s; another worker resumes it", key, why)
 
     async def _hand_over(self, key: str) -> None:
         """Close the stream, wait (bounded) until what it delivered is committed, then
@@ -305,16 +324,10 @@ class ClusterWorker:
         stream = self._stream(key)
         if stream is not None:
             stream.close(HANDED_OVER)
-        deadline = time.monotonic() + self.ttl
         # (Past the deadline the lease goes anyway: the next holder's claim fences off
         # what this worker would still commit, and it re-reads those events.)
-        while time.monotonic() < deadline and key in self.held:
-            track = self.state.ledger.tracks.get(key)
-            if self._stream(key) is None and (track is None or not track.slots):
-                break
-            await asyncio.sleep(0.05)
-        if key not in self.held:
-            return  # (lost meanwhile)
+        if not await self._settled(key, deadline=time.monotonic() + self.ttl):
+            return  # (lost meanwhile, or the spider closes)
         store = self.store
         assert store is not None
         await store.release([key])
@@ -327,6 +340,18 @@ class ClusterWorker:
             key,
             track.resume_id if track is not None else "",
         )
+
+    async def _settled(self, key: str, deadline: float | None) -> bool:
+        """Wait until the stream ``key`` has ended and everything it delivered is
+        committed (or ``deadline``); ``False`` if its lease was lost meanwhile."""
+        while key in self.held and not self._closing:
+            track = self.state.ledger.tracks.get(key)
+            if self._stream(key) is None and (track is None or not track.slots):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return True
+            await asyncio.sleep(0.05)
+        return False  # (lost, or the spider closes: its close releases every lease)
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Scrapy commands scrapy-sse adds (entry point group ``scrapy.commands``)."""
