@@ -307,3 +307,38 @@ def test_sse_cluster_command_shows_workers_streams_and_completes_one(cluster_nam
     state = json.loads(sse_cluster(cluster_name, "--json").stdout)
     assert [s["key"] for s in state["streams"] if s["done"]] == ["ccc333"]
     assert sse_cluster(cluster_name, "--complete", "zzz").returncode == 1  # (no such stream)
+
+
+def test_a_parked_request_comes_back_whole_and_small() -> None:
+    import scrapy
+
+    from scrapy_sse import SSERequest
+    from scrapy_sse.cluster.worker import pack, unpack
+
+    class Spider(scrapy.Spider):
+        name = "prices"
+
+        def on_event(self, event: Any) -> None:
+            pass
+
+    spider = Spider()
+    request = SSERequest(
+        "https://feed.example/v1/prices?symbol=ABC",
+        callback=spider.on_event,
+        headers={"Authorization": "Bearer k"},
+        meta={"sse_stream_key": "k1", "desk": "fx"},
+        batch_size=50,
+    )
+    packed = pack(request, spider)
+    assert isinstance(packed, bytes) and len(packed) < 700
+    back = unpack(packed, spider)
+    assert (back.url, back.callback, back.meta["desk"], back.batch_size) == (
+        request.url,
+        spider.on_event,
+        "fx",
+        50,
+    )
+    assert back.headers["Authorization"] == b"Bearer k"
+    # A callback that is not a spider method cannot be named: the request is kept as is.
+    odd = SSERequest("https://feed.example/odd", callback=lambda event: None)
+    assert unpack(pack(odd, spider), spider) is odd

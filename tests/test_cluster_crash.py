@@ -62,8 +62,11 @@ class Cluster:
     def held_by_pid(self) -> Counter[int]:
         return Counter(int(worker.split(":")[1]) for worker in self.holders().values())
 
-    def done(self) -> int:
-        return int(self.client.scard(f"sse:{{{self.name}}}:done"))
+    def live_pids(self) -> set[int]:
+        workers = self.client.zrangebyscore(
+            f"sse:{{{self.name}}}:workers", time.time() * 1000, "+inf"
+        )
+        return {int(worker.split(":")[1]) for worker in workers}
 
     def delete(self) -> None:
         for key in self.client.scan_iter(match=f"sse:{{{self.name}}}:*", count=1000):
@@ -133,7 +136,11 @@ def test_workers_killed_added_and_paused_store_every_event_once(
             held = cluster.held_by_pid()
             return held[pids[3]] > 0 and max(held.values()) <= bound
 
+        assert wait_until(lambda: pids[3] in cluster.live_pids(), timeout=30)
+        joined_at = time.monotonic()
         assert wait_until(balanced, timeout=30), cluster.held_by_pid()
+        balancing = time.monotonic() - joined_at
+        assert balancing <= 2 * TTL, (balancing, cluster.held_by_pid())
 
         # SIGSTOP the second worker for three lease periods: others take its streams
         # over; when it wakes it must write nothing of them.
