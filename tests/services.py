@@ -290,12 +290,14 @@ def start_crawl(
     pipeline: str,
     settings: dict[str, Any],
     tmp_path: Path,
+    *,
     spider: str = "service_spiders.py",
+    args: dict[str, str] | None = None,
 ) -> Crawl:
     """Start a crawl of ``url`` (``|``-separated for several streams) with the add-on
     and ``pipeline`` as the only item pipeline; ``settings`` go on the command line.
     Spill files go under ``tmp_path`` unless ``settings`` say otherwise. ``spider``:
-    the spider file under ``tests/``."""
+    the spider file under ``tests/``; ``args``: more spider arguments (``-a``)."""
     log_dir = Path(tempfile.mkdtemp(dir=tmp_path))
     settings = {"SSE_SPILL_DIR": str(tmp_path / "spill"), **settings}
     cmd = [
@@ -317,6 +319,8 @@ def start_crawl(
     ]
     for name, value in settings.items():
         cmd += ["-s", f"{name}={value}"]
+    for name, value in (args or {}).items():
+        cmd += ["-a", f"{name}={value}"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     log_path = log_dir / "crawl.log"
     with log_path.open("wb") as log:

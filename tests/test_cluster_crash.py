@@ -8,6 +8,7 @@ reopened within two lease periods, and the streams must spread over the live wor
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -73,18 +74,32 @@ class Cluster:
             self.client.delete(key)
 
 
+@pytest.mark.parametrize("declared", ["start", "scrapy-redis"])
 def test_workers_killed_added_and_paused_store_every_event_once(
-    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path
+    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path, declared: str
 ) -> None:
+    """``start``: every worker's spider yields the 24 streams from ``start()``.
+    ``scrapy-redis``: a ``RedisSpider``; half the streams are pushed to its start-URL key
+    before the workers start, half while they are busy reading the first half."""
     with redis_target():  # (skips, or fails in CI, when Redis is not running)
         pass
+    if declared == "scrapy-redis":
+        pytest.importorskip("scrapy_redis")
     name = unique_name("cluster")
     cluster = Cluster(name)
     tag = unique_name("s")
-    urls = "|".join(
+    stream_urls = [
         sse_server.url(f"/stream?n={EVENTS}&delay=0.02&ascii=1&done=1&key={tag}-{i}")
         for i in range(STREAMS)
-    )
+    ]
+    start_key = f"{name}:start_urls"
+
+    def push(urls: list[str]) -> None:
+        for url in urls:
+            cluster.client.rpush(start_key, json.dumps({"url": url, "meta": {"sse": True}}))
+
+    urls = "|".join(stream_urls) if declared == "start" else ""
+    spider = "cluster_spider.py" if declared == "start" else "cluster_redis_spider.py"
     settings = {
         "SSE_POSTGRES_DSN": postgres.dsn,
         "SSE_POSTGRES_TABLE": postgres.table,
@@ -94,17 +109,27 @@ def test_workers_killed_added_and_paused_store_every_event_once(
         "SSE_CLUSTER_NAME": name,
         "SSE_LEASE_TTL": TTL,
         "SSE_FLUSH_INTERVAL": 0.2,
+        # (scrapy-redis: where the start URLs are; close once idle with nothing to hold)
+        "REDIS_URL": REDIS_URL,
+        "MAX_IDLE_TIME_BEFORE_CLOSE": 2,
     }
 
     def worker(number: int) -> Crawl:
         spill = {"SSE_SPILL_DIR": str(tmp_path / f"spill{number}")}
+        args = {"redis_key": start_key} if declared == "scrapy-redis" else {}
         return start_crawl(
-            urls, PIPELINE, {**settings, **spill}, tmp_path, spider="cluster_spider.py"
+            urls, PIPELINE, {**settings, **spill}, tmp_path, spider=spider, args=args
         )
 
+    if declared == "scrapy-redis":
+        push(stream_urls[: STREAMS // 2])
     workers = [worker(n) for n in range(3)]
     try:
         pids = [w.process.pid for w in workers]
+        if declared == "scrapy-redis":
+            assert wait_until(lambda: len(cluster.holders()) == STREAMS // 2, timeout=30)
+            assert wait_until(lambda: postgres.count() >= 300, timeout=30)
+            push(stream_urls[STREAMS // 2 :])  # (while every worker is busy)
         # All 24 streams open, spread over the three workers.
         assert wait_until(lambda: len(cluster.holders()) == STREAMS, timeout=30), cluster.holders()
         assert wait_until(lambda: postgres.count() >= 1000, timeout=30)
@@ -172,11 +197,7 @@ def test_workers_killed_added_and_paused_store_every_event_once(
     counts = Counter(rows)
     twice = {k: n for k, n in counts.items() if n > 1}
     assert not twice, f"{len(twice)} events stored more than once"
-    expected = {
-        (sse_server.url(f"/stream?n={EVENTS}&delay=0.02&ascii=1&done=1&key={tag}-{i}"), str(j))
-        for i in range(STREAMS)
-        for j in range(1, EVENTS + 1)
-    }
+    expected = {(url, str(j)) for url in stream_urls for j in range(1, EVENTS + 1)}
     missing = expected - set(counts)
     assert not missing, f"{len(missing)} events missing, e.g. {sorted(missing)[:3]}"
     # The paused worker's late batches were refused by the store, not written.

@@ -4,7 +4,11 @@ Every change that must be atomic is one server-side script (Redis runs a script 
 nothing interleaved), on keys that share the hash tag ``{<cluster>}`` so that the
 scripts also run on Redis Cluster. Keys, for a cluster named ``C``:
 
-* ``sse:{C}:streams``: hash, stream key -> JSON (URL without its query, declared at);
+* ``sse:{C}:streams``: hash, stream key -> JSON (URL without its query, declared at;
+  for a subscription pushed to a scrapy-redis start-URL key, the data pushed, from
+  which every worker can build the request);
+* ``sse:{C}:version``: counter, bumped whenever a stream is declared (workers read the
+  hash again only then);
 * ``sse:{C}:done``: set of the stream keys that completed (nobody reopens them);
 * ``sse:{C}:lease:<key>``: the holder's worker id, with the lease's TTL;
 * ``sse:{C}:fence:<key>``: the fencing token of the latest grant. A grant sets it to
@@ -52,6 +56,15 @@ end
 return got
 """
 
+_DECLARE = """
+local added = 0
+for i = 1, #ARGV, 2 do
+  added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if added > 0 then redis.call('INCR', KEYS[2]) end
+return added
+"""
+
 _RENEW = """
 local kept = {}
 for i = 1, #KEYS do
@@ -89,7 +102,16 @@ def cluster_keys(cluster: str) -> dict[str, str]:
     base = f"sse:{{{cluster}}}:"
     return {
         name: base + name
-        for name in ("streams", "done", "lease:", "fence:", "workers", "info", "status")
+        for name in (
+            "streams",
+            "version",
+            "done",
+            "lease:",
+            "fence:",
+            "workers",
+            "info",
+            "status",
+        )
     }
 
 
@@ -102,6 +124,7 @@ class LeaseStore:
         self.worker = worker
         self.ttl_ms = max(1, int(ttl * 1000))
         self.keys = cluster_keys(cluster)
+        self._declare = client.register_script(_DECLARE)
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -118,16 +141,31 @@ class LeaseStore:
     def _fence(self, key: str) -> str:
         return self.keys["fence:"] + key
 
-    async def declare(self, streams: dict[str, dict[str, Any]]) -> None:
+    async def declare(self, streams: dict[str, dict[str, Any]]) -> int:
         """Make ``streams`` (key -> what to show of it) streams of the cluster; a stream
-        declared before keeps its first record."""
+        declared before keeps its first record. How many were new."""
         if not streams:
-            return
+            return 0
         now = time.time()
-        pipe = self.client.pipeline(transaction=False)
+        args: list[str] = []
         for key, info in streams.items():
-            pipe.hsetnx(self.keys["streams"], key, json.dumps({**info, "declared": now}))
-        await pipe.execute()
+            args += [key, json.dumps({**info, "declared": now})]
+        added = await self._declare(keys=[self.keys["streams"], self.keys["version"]], args=args)
+        return int(added)
+
+    async def version(self) -> int:
+        """Bumped whenever a stream is declared."""
+        return int(await self.client.get(self.keys["version"]) or 0)
+
+    async def stream_infos(self, known: set[str] | dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The records of the declared streams not in ``known``."""
+        keys = [
+            k for k in map(_text, await self.client.hkeys(self.keys["streams"])) if k not in known
+        ]
+        if not keys:
+            return {}
+        values = await self.client.hmget(self.keys["streams"], keys)
+        return {k: json.loads(v) for k, v in zip(keys, values, strict=True) if v}
 
     async def heartbeat(self, weight: float, held: int, started: float) -> None:
         """Say this worker is alive for one more TTL, with its weight and load."""

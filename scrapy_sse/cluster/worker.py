@@ -33,14 +33,21 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
 from scrapy.exceptions import CloseSpider
-from scrapy.utils.asyncio import call_later, create_looping_call, is_asyncio_available
+from scrapy.utils.asyncio import (
+    call_later,
+    create_looping_call,
+    is_asyncio_available,
+    run_in_thread,
+)
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.request import request_from_dict
 
+from ..downloadermw import assign_stream_key
 from ..http import STREAM_KEY, redact_url
 from ..policy import HANDED_OVER, SPIDER_CLOSED
 from .balance import plan
 from .leases import LeaseStore
+from .redis_spider import divert, is_redis_spider, subscription_request
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -77,6 +84,13 @@ class ClusterWorker:
         self.handing_over: set[str] = set()
         self.store: LeaseStore | None = None
         self._undeclared: dict[str, dict[str, Any]] = {}
+        #: Streams popped from a scrapy-redis start-URL key, not yet parked.
+        self._subscribed: list[tuple[str, Request]] = []
+        self._redis_spider = False
+        self._version = -1  # (of the cluster's stream records last read)
+        #: Streams other workers declared that this one cannot build (their spiders'
+        #: own requests): known, not parked.
+        self._foreign: set[str] = set()
         self._loop: Any = None
         self._ticking = False
         self._tick_d: Deferred[None] | None = None
@@ -97,12 +111,14 @@ class ClusterWorker:
         """Streams held, or parked that another worker may leave: keep the spider open."""
         return bool(self.held or self.requests) and not self._closing
 
-    def park(self, key: str, request: Request) -> None:
-        """A stream request this worker does not hold (yet): keep it, declare it."""
+    def park(self, key: str, request: Request, data: str | None = None) -> None:
+        """A stream request this worker does not hold (yet): keep it, declare it (with
+        the scrapy-redis entry it came from, ``data``, from which any worker builds it)."""
         if key in self.requests:
             return  # (known: the spider's own request is kept, not a reconnect's)
         self.requests[key] = pack(request, self.crawler.spider)
-        self._undeclared[key] = {"url": redact_url(request.url), "method": request.method}
+        info = {"url": redact_url(request.url), "method": request.method}
+        self._undeclared[key] = info if data is None else {**info, "data": data}
         self._schedule_tick()
 
     def fenced(self, keys: frozenset[str]) -> None:
@@ -155,6 +171,9 @@ class ClusterWorker:
             logger.error(message)
             raise CloseSpider("sse_cluster_unfit_sink")
         self.name = self.name or spider.name
+        if is_redis_spider(spider):
+            divert(spider, lambda data, request: self._subscribed.append((data, request)))
+            self._redis_spider = True
         from redis.asyncio import Redis
 
         client = Redis.from_url(self.url)
@@ -225,9 +244,11 @@ class ClusterWorker:
         assert store is not None
         self._ticking = True
         try:
+            await self._read_subscriptions(store)
             if self._undeclared:
                 declared, self._undeclared = self._undeclared, {}
                 await store.declare(declared)
+            await self._learn_streams(store)
             await store.heartbeat(self.weight, len(self.held), self._started)
             for key in await store.renew(list(self.held)):
                 self._lost(key, "its lease expired (this worker was paused or cut off)")
@@ -262,6 +283,41 @@ class ClusterWorker:
             logger.warning("SSE cluster %r: a lease tick failed (%s)", self.name, exc)
         finally:
             self._ticking = False
+
+    async def _read_subscriptions(self, store: LeaseStore) -> None:
+        """Pop the spider's scrapy-redis start URLs now (the spider is busy: scrapy-redis
+        itself would not); streams among them become subscriptions of the cluster."""
+        spider = self.crawler.spider
+        if self._redis_spider:
+            requests = await run_in_thread(lambda: list(spider.next_requests()))  # type: ignore[union-attr]
+            engine = self.crawler.engine
+            assert engine is not None
+            for request in requests:
+                engine.crawl(request)
+        subscribed, self._subscribed = self._subscribed, []
+        for data, request in subscribed:
+            self.park(assign_stream_key(self.crawler, request), request, data)
+            self._stat("subscriptions")
+            logger.info("SSE cluster: new subscription %s", redact_url(request.url))
+
+    async def _learn_streams(self, store: LeaseStore) -> None:
+        """Streams other workers declared from scrapy-redis entries: parked here too, so
+        that this worker can take them over."""
+        version = await store.version()
+        if version == self._version:
+            return
+        self._version = version
+        infos = await store.stream_infos({*self.requests, *self._foreign})
+        done = await store.done_among(list(infos))
+        for key, info in infos.items():
+            request = None
+            if key not in done and "data" in info:
+                request = subscription_request(self.crawler.spider, info["data"])
+            if request is None:
+                self._foreign.add(key)
+                continue
+            request.meta[STREAM_KEY] = key
+            self.requests[key] = pack(request, self.crawler.spider)
 
     # -- taking, losing, handing over ----------------------------------------------------
 
