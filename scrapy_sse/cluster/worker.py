@@ -174,8 +174,11 @@ class ClusterWorker:
         if is_redis_spider(spider):
             divert(spider, lambda data, request: self._subscribed.append((data, request)))
             self._redis_spider = True
-        from redis.asyncio import Redis
-
+        try:
+            from redis.asyncio import Redis
+        except ImportError:
+            logger.error("SSE_CLUSTER_URL needs redis-py: pip install scrapy-sse[cluster]")
+            raise CloseSpider("sse_cluster_needs_redis") from None
         client = Redis.from_url(self.url)
         self.store = LeaseStore(client, self.name, self.worker, self.ttl)
         await self.store.heartbeat(self.weight, 0, self._started)
