@@ -203,3 +203,49 @@ def test_workers_killed_added_and_paused_store_every_event_once(
     # The paused worker's late batches were refused by the store, not written.
     paused_log = codes_logs[0][1]
     assert log_stat(paused_log, "sse/cluster/lost") >= 1, paused_log[-3000:]
+
+
+def test_a_stream_only_one_worker_can_open_is_read_even_past_its_share(
+    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path
+) -> None:
+    """Worker B (weight 1) knows stream s; worker A (weight 0: a standby worker, share
+    0) knows s and x. Nobody's share covers x, and only A can open it: A must take it
+    once it has gone unheld for a lease period, and both streams are stored once."""
+    with redis_target():
+        pass
+    name = unique_name("cluster")
+    cluster = Cluster(name)
+    tag = unique_name("s")
+    s, x = (sse_server.url(f"/stream?n=150&delay=0.01&ascii=1&done=1&key={tag}-{k}") for k in "sx")
+    settings = {
+        "SSE_POSTGRES_DSN": postgres.dsn,
+        "SSE_POSTGRES_TABLE": postgres.table,
+        "SSE_POSTGRES_CREATE_TABLE": "True",
+        "SSE_POSTGRES_CURSOR_TABLE": f"{postgres.table}_cursors",
+        "SSE_CLUSTER_URL": REDIS_URL,
+        "SSE_CLUSTER_NAME": name,
+        "SSE_LEASE_TTL": TTL,
+        "SSE_FLUSH_INTERVAL": 0.2,
+    }
+    b = start_crawl(s, PIPELINE, {**settings}, tmp_path, spider="cluster_spider.py")
+    try:
+        assert wait_until(lambda: len(cluster.holders()) == 1, timeout=30)
+        a = start_crawl(
+            f"{s}|{x}",
+            PIPELINE,
+            {**settings, "SSE_CLUSTER_WEIGHT": 0},
+            tmp_path,
+            spider="cluster_spider.py",
+        )
+        code_a, log_a = a.wait(timeout=60)
+        code_b, _ = b.wait(timeout=60)
+    finally:
+        try:
+            postgres.query(f'DROP TABLE IF EXISTS "{postgres.table}_cursors"')
+        finally:
+            cluster.delete()
+    assert (code_a, code_b) == (0, 0), log_a[-3000:]
+    assert "SSE cluster: opened stream" in log_a  # (x, by the standby worker)
+    counts = Counter(postgres.query(f'SELECT url, id FROM "{postgres.table}"'))
+    assert set(counts.values()) == {1}
+    assert set(counts) == {(url, str(i)) for url in (s, x) for i in range(1, 151)}

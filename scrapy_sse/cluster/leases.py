@@ -230,6 +230,13 @@ class LeaseStore:
         got = await self._acquire(keys=script_keys, args=[self.worker, self.ttl_ms, want, *keys])
         return {_text(key): int(token) for key, token in got}
 
+    async def unheld(self, keys: list[str]) -> list[str]:
+        """Which of ``keys`` nobody holds a lease on."""
+        if not keys:
+            return []
+        holders = await self.client.mget([self._lease(key) for key in keys])
+        return [key for key, holder in zip(keys, holders, strict=True) if holder is None]
+
     async def renew(self, keys: list[str]) -> list[str]:
         """Extend the leases on ``keys``; the keys whose lease this worker lost."""
         if not keys:

@@ -61,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 #: Default seconds a lease lasts without renewal (``SSE_LEASE_TTL``).
 DEFAULT_TTL = 10.0
+#: Ticks in a row (a lease period) a parked stream must go unheld before a worker at
+#: its share takes it anyway.
+ORPHAN_TICKS = 3
 
 
 class ClusterWorker:
@@ -91,6 +94,11 @@ class ClusterWorker:
         #: Streams other workers declared that this one cannot build (their spiders'
         #: own requests): known, not parked.
         self._foreign: set[str] = set()
+        #: Parked streams nobody held, with how many ticks in a row (see _tick).
+        self._unheld: dict[str, int] = {}
+        #: Held streams taken beyond this worker's share because nobody else took
+        #: them: kept (never handed over for balance) and not counted in the share.
+        self._orphans: set[str] = set()
         self._loop: Any = None
         self._ticking = False
         self._tick_d: Deferred[None] | None = None
@@ -147,6 +155,7 @@ class ClusterWorker:
             logger.info("SSE cluster: stream %s ended, but its lease was lost meanwhile", key)
             return
         self.held.pop(key, None)
+        self._orphans.discard(key)
         self.handing_over.discard(key)
         self.requests.pop(key, None)
         self._stat("completed")
@@ -263,7 +272,11 @@ class ClusterWorker:
                     logger.info("SSE cluster: stream %s was marked completed; closed", key)
             weights = await store.live_workers()
             weights.setdefault(self.worker, self.weight)
-            keeping = [key for key in self.held if key not in self.handing_over]
+            keeping = [
+                key
+                for key in self.held
+                if key not in self.handing_over and key not in self._orphans
+            ]
             free = [key for key in self.requests if key not in self.held]
             if self._closing:
                 return
@@ -276,10 +289,22 @@ class ClusterWorker:
             )
             for key in step.hand_over:
                 deferred_from_coro(self._hand_over(key)).addErrback(self._log_failure)
+            taken: dict[str, int] = {}
             if step.take:
                 self._rng.shuffle(free)
-                for key, token in (await store.acquire(free, step.take)).items():
-                    await self._take(key, token)
+                taken = await store.acquire(free, step.take)
+            elif free and not step.hand_over:
+                # At its share, a worker still takes a stream nobody has held for a
+                # lease period (three ticks): no other worker can build its request (a
+                # callback's, this spider's own), and a stream nobody reads loses
+                # events. (A worker of weight 0 takes only these: a standby worker.)
+                unheld = await store.unheld(free)
+                self._unheld = {key: self._unheld.get(key, 0) + 1 for key in unheld}
+                orphans = [key for key, ticks in self._unheld.items() if ticks >= ORPHAN_TICKS]
+                taken = await store.acquire(orphans, len(orphans))
+                self._orphans.update(taken)
+            for key, token in taken.items():
+                await self._take(key, token)
             await store.report(self._status())
         except Exception as exc:  # Redis unreachable: the leases run out, fencing holds
             self._stat("tick_errors")
@@ -372,6 +397,7 @@ class ClusterWorker:
     def _drop(self, key: str) -> None:
         """Stop holding ``key``: close its stream; its rows are no longer written."""
         self.held.pop(key, None)
+        self._orphans.discard(key)
         self.handing_over.discard(key)
         for sink in self.state.sinks:
             if sink.fences is not None:
