@@ -111,7 +111,7 @@ class Track:
     """One stream (by its stream key, across reconnects): its slots in order and its
     resume point."""
 
-    __slots__ = ("aligned", "expect", "key", "resume_id", "resume_seq", "seq", "slots")
+    __slots__ = ("aligned", "expect", "fence", "key", "resume_id", "resume_seq", "seq", "slots")
 
     def __init__(self, key: str, resume_id: str = "", resume_seq: int = 0) -> None:
         self.key = key
@@ -125,6 +125,10 @@ class Track:
         #: positions describe (``None``: nothing to check), and whether it had.
         self.expect: str | None = None
         self.aligned = False
+        #: In a cluster: the fencing token of the lease under which this track's
+        #: events are read (``None`` outside a cluster). Rows of a track whose token is
+        #: no longer the worker's for the stream are never written.
+        self.fence: int | None = None
 
     def open(self, event_id: str, count: int = 1, first_id: str | None = None) -> Slot:
         """A slot for the next ``count`` events (the last one's id is ``event_id``, the
@@ -175,6 +179,9 @@ class Ledger:
         self.stored: dict[str, Cursor] = {}
         #: Per stream key, a resume point kept outside the stores (``JOBDIR``).
         self.fallback: dict[str, tuple[str, int]] = {}
+        #: In a cluster: per stream key, the token of this worker's lease on it, given
+        #: to the stream's next track.
+        self.fences: dict[str, int] = {}
         #: Item id -> slot, for a crawl whose items are not processed in the context
         #: they were made in, until the first item pipeline puts it in the context
         #: (see scrapy_sse.provenance); ``None``: the context carries it throughout.
@@ -213,6 +220,7 @@ class Ledger:
         if track is None:
             event_id, seq = self.resume_point(key) or ("", 0)
             track = self.tracks[key] = Track(key, event_id, seq)
+            track.fence = self.fences.get(key)
             cursor = self.stored.get(key)
             if cursor is not None and cursor.next_id and cursor.seq == seq:
                 track.expect = cursor.next_id

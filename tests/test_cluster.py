@@ -219,6 +219,39 @@ def test_a_new_holder_fences_off_the_old_one(postgres: PostgresTarget, tmp_path:
     assert sink_stat(a, "fenced_rows") == 2
 
 
+def test_rows_of_an_earlier_holding_are_not_written_after_taking_the_stream_back(
+    postgres: PostgresTarget, tmp_path: Path
+) -> None:
+    """A reads events 1-3 of s1 (not yet written), B takes s1 over and stores 1-3
+    itself, then A takes s1 back (a newer token than B's). A's buffered rows belong to
+    its earlier holding: written now they would be stored twice."""
+
+    async def run() -> PostgresPipeline:
+        a = worker_sink(postgres, tmp_path / "a", SSE_BATCH_SIZE=100)
+        b = worker_sink(postgres, tmp_path / "b", SSE_BATCH_SIZE=3)
+        await a.open_spider()
+        await b.open_spider()
+        await a.claim("s1", 10)
+        earlier = Track("s1")
+        earlier.fence = 10
+        await deliver(a, earlier, 1, 3)  # (buffered in A)
+        assert await b.claim("s1", 11) is None
+        await deliver(b, Track("s1"), 1, 3)
+        await wait_written(b, 3)
+        cursor = await a.claim("s1", 12)
+        assert cursor is not None and cursor.event_id == "3"
+        now = Track("s1", "3", 3)
+        now.fence = 12
+        await deliver(a, now, 4, 5)
+        await a.close_spider()
+        await b.close_spider()
+        return a
+
+    a = asyncio.run(run())
+    assert stored(postgres) == [("s1", i) for i in range(1, 6)]
+    assert sink_stat(a, "fenced_rows") == 3
+
+
 def test_a_spill_file_replayed_after_a_takeover_keeps_only_the_streams_still_held(
     postgres: PostgresTarget, tmp_path: Path
 ) -> None:

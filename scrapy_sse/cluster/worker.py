@@ -372,6 +372,7 @@ class ClusterWorker:
             ledger.stored[key] = cursor
         ledger.fallback.pop(key, None)
         ledger.tracks.pop(key, None)  # (from an earlier holding: resume from the store)
+        ledger.fences[key] = token  # (the track of this holding writes with it)
         self.held[key] = token
         request = unpack(self.requests[key], self.crawler.spider)
         self._stat("taken")

@@ -754,6 +754,10 @@ class BatchingPipeline(abc.ABC):
         self, rows: list[dict[str, Any]], marks: list[tuple[Slot, int, int] | None]
     ) -> None:
         started = time.monotonic()
+        if self.fences is not None:
+            rows, marks = self._drop_stale(rows, marks)
+            if not rows:
+                return
         cursors, settling = _cursors(marks)
         journal = None
         payload = None
@@ -851,26 +855,55 @@ class BatchingPipeline(abc.ABC):
     ) -> tuple[list[dict[str, Any]], list[tuple[Slot, int, int] | None]]:
         """Leave out the rows of streams another worker took over (the store refused
         them): that worker resumed each stream from the cursor it found, before these
-        rows, and writes them itself. Their deliveries settle here (this worker's
-        resume points for those streams no longer matter)."""
+        rows, and writes them itself."""
         if self.fences is not None:
             for key in keys:
                 self.fences.pop(key, None)
-        keep = [i for i, m in enumerate(marks) if m is None or m[0].track.key not in keys]
+        state = _crawl_state(self.crawler)
+        if state is not None and state.cluster is not None:
+            state.cluster.fenced(keys)
+        return self._leave_out(rows, marks, lambda track: track.key in keys)
+
+    def _drop_stale(
+        self, rows: list[dict[str, Any]], marks: list[tuple[Slot, int, int] | None]
+    ) -> tuple[list[dict[str, Any]], list[tuple[Slot, int, int] | None]]:
+        """Leave out the rows read under a lease this worker no longer has on their
+        stream (lost, or handed over and taken back since: the holder in between
+        resumed before them and stored them)."""
+        fences = self.fences
+        assert fences is not None
+        stale = {
+            m[0].track
+            for m in marks
+            if m is not None
+            and m[0].track.fence is not None
+            and m[0].track.fence != fences.get(m[0].track.key)
+        }
+        if not stale:
+            return rows, marks
+        return self._leave_out(rows, marks, stale.__contains__)
+
+    def _leave_out(
+        self,
+        rows: list[dict[str, Any]],
+        marks: list[tuple[Slot, int, int] | None],
+        gone: Callable[[Track], bool],
+    ) -> tuple[list[dict[str, Any]], list[tuple[Slot, int, int] | None]]:
+        """*rows* without those of the tracks ``gone`` says; their deliveries settle
+        (this worker's resume points for those streams no longer matter)."""
+        keep = [i for i, m in enumerate(marks) if m is None or not gone(m[0].track)]
         kept = set(keep)
         dropped = [mark for i, mark in enumerate(marks) if i not in kept]
         settle(_cursors(dropped)[1])
+        keys = sorted({m[0].track.key for m in dropped if m is not None})
         self._stat_inc("fenced_rows", len(dropped))
         logger.info(
             "Sink %s: %d rows of stream(s) %s not written: another worker of the cluster "
             "holds them now (a newer fencing token) and resumed them from its stored cursor",
             self.name,
             len(dropped),
-            ", ".join(sorted(keys)),
+            ", ".join(keys),
         )
-        state = _crawl_state(self.crawler)
-        if state is not None and state.cluster is not None:
-            state.cluster.fenced(keys)
         return [rows[i] for i in keep], [marks[i] for i in keep]
 
     async def committed(self, cursors: Cursors, settling: dict[Slot, int]) -> None:
