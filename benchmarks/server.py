@@ -10,9 +10,12 @@ each event separately, as uvicorn does (one ``transport.write`` per event; slowe
 then clients see smaller reads).
 
 Every connection gets the same stream: N events of the corpus, then the terminating
-chunk and a close. Run as ``python -m benchmarks.server --corpus openai --events N``;
-it prints ``READY <port>`` and serves until killed, stdin closes, or ``--lifetime``
-seconds pass (so a forgotten server stops by itself).
+chunk and a close. ``--done`` ends it with ``data: [DONE]`` (a stream that completes,
+for the cluster benchmark), and a ``Last-Event-ID: K`` header resumes after the K-th
+event (the corpora number their events 1..N). Run as
+``python -m benchmarks.server --corpus openai --events N``; it prints ``READY <port>``
+and serves until killed, stdin closes, or ``--lifetime`` seconds pass (so a forgotten
+server stops by itself).
 """
 
 from __future__ import annotations
@@ -59,20 +62,25 @@ class _Server:
         self.head = head
         self.pieces = pieces
         self.body = b"".join(pieces)
+        #: Where each piece starts in the body (a resume starts there).
+        self.offsets = [0]
+        for piece in pieces:
+            self.offsets.append(self.offsets[-1] + len(piece))
         self.writes = writes
         self.served = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
             writer.write(self.head)
+            skip = _resume_after(head)
             if self.writes == "bulk":
-                body = memoryview(self.body)
+                body = memoryview(self.body)[self.offsets[min(skip, len(self.pieces) - 1)] :]
                 for start in range(0, len(body), _SLICE):
                     writer.write(body[start : start + _SLICE])
                     await writer.drain()
             else:
-                for piece in self.pieces:
+                for piece in self.pieces[min(skip, len(self.pieces) - 1) :]:
                     writer.write(piece)
                     if writer.transport.get_write_buffer_size() > _SLICE:
                         await writer.drain()
@@ -86,11 +94,23 @@ class _Server:
                 await writer.wait_closed()
 
 
+def _resume_after(head: bytes) -> int:
+    """How many events a request's ``Last-Event-ID`` says it has (0: none)."""
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"last-event-id" and value.strip().isdigit():
+            return int(value.strip())
+    return 0
+
+
 async def _serve(args: argparse.Namespace) -> None:
     corpus = build_events(args.corpus, args.events)
-    server_state = _Server(
-        response_head(args.framing), encode_body(corpus, args.framing), args.writes
-    )
+    pieces = encode_body(corpus, args.framing)
+    if args.done:
+        done = b"data: [DONE]\n\n"
+        done_piece = done if args.framing == "close" else b"%x\r\n%b\r\n" % (len(done), done)
+        pieces.insert(len(corpus.blocks), done_piece)
+    server_state = _Server(response_head(args.framing), pieces, args.writes)
     server = await asyncio.start_server(server_state.handle, "127.0.0.1", args.port)
     port = server.sockets[0].getsockname()[1]
     print(f"READY {port}", flush=True)
@@ -120,6 +140,7 @@ def main() -> None:
     parser.add_argument("--writes", choices=("bulk", "event"), default="bulk")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lifetime", type=float, default=900.0)
+    parser.add_argument("--done", action="store_true", help="end with data: [DONE]")
     asyncio.run(_serve(parser.parse_args()))
 
 
