@@ -252,6 +252,58 @@ def test_rows_of_an_earlier_holding_are_not_written_after_taking_the_stream_back
     assert sink_stat(a, "fenced_rows") == 3
 
 
+def test_a_spill_file_is_replayed_with_the_token_its_rows_were_read_under(
+    postgres: PostgresTarget, tmp_path: Path
+) -> None:
+    """A spills events 1-2 of s1 (its store refuses writes), B takes s1 over and stores
+    1-2 itself, then A takes s1 back. A's spill file must not be written under A's new
+    token: its rows belong to the earlier holding."""
+    refuse = f"{postgres.table}_refuse"
+
+    async def run() -> PostgresPipeline:
+        a = worker_sink(postgres, tmp_path / "a", SSE_BATCH_SIZE=2, SSE_SINK_RETRY_TIMES=0)
+        b = worker_sink(postgres, tmp_path / "b", SSE_BATCH_SIZE=2)
+        await a.open_spider()
+        await b.open_spider()
+        await a.claim("s1", 10)
+        postgres.query(f'CREATE TABLE "{postgres.table}" (stream text, id bigint)')
+        postgres.query(
+            f'CREATE FUNCTION "{refuse}"() RETURNS trigger LANGUAGE plpgsql AS '
+            "$$ BEGIN RAISE EXCEPTION 'store refuses writes'; END $$"
+        )
+        postgres.query(
+            f'CREATE TRIGGER refuse BEFORE INSERT ON "{postgres.table}" '
+            f'FOR EACH ROW EXECUTE FUNCTION "{refuse}"()'
+        )
+        earlier = Track("s1")
+        earlier.fence = 10
+        await deliver(a, earlier, 1, 2)
+        for _ in range(200):
+            if sink_stat(a, "spilled_rows") == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert sink_stat(a, "spilled_rows") == 2
+        postgres.query(f'DROP TRIGGER refuse ON "{postgres.table}"')
+        await b.claim("s1", 11)
+        await deliver(b, Track("s1"), 1, 2)
+        await wait_written(b, 2)
+        cursor = await a.claim("s1", 12)
+        assert cursor is not None and cursor.event_id == "2"
+        now = Track("s1", "2", 2)
+        now.fence = 12
+        await deliver(a, now, 3, 4)  # a write that works, then the replay
+        await a.close_spider()
+        await b.close_spider()
+        return a
+
+    try:
+        a = asyncio.run(run())
+    finally:
+        postgres.query(f'DROP FUNCTION IF EXISTS "{refuse}"() CASCADE')
+    assert stored(postgres) == [("s1", i) for i in range(1, 5)]
+    assert sink_stat(a, "fenced_rows") == 2
+
+
 def test_a_spill_file_replayed_after_a_takeover_keeps_only_the_streams_still_held(
     postgres: PostgresTarget, tmp_path: Path
 ) -> None:

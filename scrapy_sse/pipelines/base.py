@@ -395,6 +395,7 @@ class BatchingPipeline(abc.ABC):
         #: worker's lease, which :meth:`write_batch` writes with the stream's cursor;
         #: ``None`` outside a cluster (nothing is fenced).
         self.fences: dict[str, int] | None = {} if self.settings.get("SSE_CLUSTER_URL") else None
+        self._replay_fences: dict[str, int] | None = None  # (a spill file's, while replayed)
 
     # -- for subclasses ------------------------------------------------------------
 
@@ -469,9 +470,15 @@ class BatchingPipeline(abc.ABC):
         raise NotImplementedError(f"sink {self.name} cannot fence streams")
 
     def fence_for(self, key: str) -> int | None:
-        """The token to write with the cursor of stream ``key`` (``None``: no fence)."""
-        fences = self.fences
+        """The token to write with the cursor of stream ``key`` (``None``: no fence):
+        this worker's, or, for a spill file's rows, the one they were read under."""
+        fences = self._replay_fences if self._replay_fences is not None else self.fences
         return None if fences is None else fences.get(key, 0)
+
+    @property
+    def spill_pending(self) -> bool:
+        """Whether rows wait in spill files for the store to take them."""
+        return self._spill_pending
 
     async def claim(self, key: str, token: int) -> Cursor | None:
         """Claim stream ``key`` for this worker (:meth:`claim_fence`, between two
@@ -794,7 +801,15 @@ class BatchingPipeline(abc.ABC):
             # count at the next start: the streams may resume past its rows.
             # (A write-ahead sink's encoded batch is spilled as it is: its replay is
             # then the very request that may have reached the store, same token.)
-            if await self._spill(rows, error, cursors, payload, _stream_runs(marks)):
+            fences = None
+            if self.fences is not None:  # (the tokens the rows were read under)
+                fences = {
+                    m[0].track.key: m[0].track.fence or self.fences.get(m[0].track.key, 0)
+                    for m in marks
+                    if m is not None
+                }
+            runs = _stream_runs(marks)
+            if await self._spill(rows, error, cursors, payload, streams=runs, fences=fences):
                 if journal is not None:
                     await run_in_thread(journal.unlink, missing_ok=True)
                 settle(settling)
@@ -1058,7 +1073,9 @@ class BatchingPipeline(abc.ABC):
         error: BaseException | str,
         cursors: Cursors,
         payload: str | None = None,
+        *,
         streams: list[list[Any]] | None = None,
+        fences: dict[str, int] | None = None,
     ) -> bool:
         """Keep *rows* in a spill file; ``False`` when even that failed (they are lost
         to this crawl, and their events keep holding their streams' resume points, so
@@ -1074,6 +1091,7 @@ class BatchingPipeline(abc.ABC):
                 self.batch_token,
                 payload,
                 streams=streams,
+                fences=fences,
             )
         except Exception:
             self._stat_inc("lost_rows", len(rows))
@@ -1110,11 +1128,14 @@ class BatchingPipeline(abc.ABC):
         payload: str | None = None,
         *,
         streams: list[list[Any]] | None = None,
+        fences: dict[str, int] | None = None,
     ) -> Path:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         # Names sort in spill order, so replays keep the order of the stream.
         path = self.spill_dir / f"{time.time_ns():020d}-{os.getpid()}-{seq:06d}.jsonl"
-        _atomic_write(path, _spill_text(rows, cursors, token, payload, streams))
+        _atomic_write(
+            path, _spill_text(rows, cursors, token, payload, streams=streams, fences=fences)
+        )
         return path
 
     def _spill_files(self) -> list[Path]:
@@ -1141,6 +1162,10 @@ class BatchingPipeline(abc.ABC):
                 continue
             rows, cursors, token = spilled.rows, spilled.cursors, spilled.token
             done = 0
+            if self.fences is not None:
+                # (Written with the tokens they were read under; none recorded: a
+                # token older than any holder's, so only an unclaimed stream takes them.)
+                self._replay_fences = spilled.fences or {}
             try:
                 if spilled.payload is not None:  # a journaled batch: one request, as it was
                     self.batch_token = token or uuid.uuid4().hex
@@ -1163,13 +1188,13 @@ class BatchingPipeline(abc.ABC):
                     await self.write_batch(chunk, cursors if last else NO_CURSORS)
                     done += len(chunk)
             except Fenced as fenced:
+                self._replay_fences = None
                 await self._replay_fenced(path, spilled, fenced.keys)
                 return await self._replay_spills()  # (the file again, without them)
             except Exception as exc:
                 if done:  # never write the same rows twice
-                    await run_in_thread(
-                        _atomic_write, path, _spill_text(rows[done:], cursors, None)
-                    )
+                    text = _spill_text(rows[done:], cursors, None, fences=spilled.fences)
+                    await run_in_thread(_atomic_write, path, text)
                     self._stat_inc("replayed_rows", done)
                 logger.warning(
                     "Sink %s: replaying %s failed after %d of %d rows (%s: %s); the rest is "
@@ -1182,6 +1207,8 @@ class BatchingPipeline(abc.ABC):
                     exc,
                 )
                 return
+            finally:
+                self._replay_fences = None
             await self.replayed(cursors)
             await run_in_thread(path.unlink, missing_ok=True)
             self._stat_inc("replayed_rows", spilled.row_count)
@@ -1194,10 +1221,10 @@ class BatchingPipeline(abc.ABC):
         """A spill file holds rows of streams another worker took over since (it
         resumed them from its stored cursor, before these rows): rewrite the file
         without them, or set it aside when its rows do not say their streams."""
-        if self.fences is not None:
-            for key in keys:
-                self.fences.pop(key, None)
+        # (This worker may hold those streams again, under a newer token: the rows
+        # read under the older one were stored by the holder in between.)
         cursors = {k: c for k, c in spilled.cursors.items() if k not in keys}
+        fences = {k: t for k, t in (spilled.fences or {}).items() if k not in keys}
         if spilled.payload is not None or spilled.streams is None:
             aside = self.spill_dir / "fenced" / path.name
             await run_in_thread(aside.parent.mkdir, parents=True, exist_ok=True)
@@ -1222,7 +1249,9 @@ class BatchingPipeline(abc.ABC):
             ", ".join(sorted(keys)),
         )
         if rows:
-            text = _spill_text(rows, cursors, None, None, runs)  # (other rows: a new token)
+            text = _spill_text(
+                rows, cursors, None, streams=runs, fences=fences
+            )  # (a new batch token)
             await run_in_thread(_atomic_write, path, text)
         else:
             await run_in_thread(path.unlink, missing_ok=True)
@@ -1287,10 +1316,13 @@ def _spill_text(
     cursors: Cursors,
     token: str | None,
     payload: str | None = None,
+    *,
     streams: list[list[Any]] | None = None,
+    fences: dict[str, int] | None = None,
 ) -> str:
     """A spill file: a header (cursors, batch token; which stream each run of rows
-    came from, ``[[key or None, count], ...]``, when some did) and the rows."""
+    came from, ``[[key or None, count], ...]``, when some did; in a cluster, the
+    fencing token each stream's rows were read under) and the rows."""
     if payload is not None:  # (the batch as the sink encoded it, and its row count)
         header: dict[str, Any] = {
             _SPILL_HEADER: 2,
@@ -1299,7 +1331,7 @@ def _spill_text(
             "payload": len(rows),
         }
         return json.dumps(header, ensure_ascii=False) + "\n" + payload
-    if not cursors and token is None and not streams:
+    if not cursors and token is None and not streams and not fences:
         return dump_rows(rows)
     header = {
         _SPILL_HEADER: 2,
@@ -1308,6 +1340,8 @@ def _spill_text(
     }
     if streams:
         header["streams"] = streams
+    if fences:
+        header["fences"] = fences
     return json.dumps(header, ensure_ascii=False) + "\n" + dump_rows(rows)
 
 
@@ -1347,6 +1381,7 @@ class _Spilled(NamedTuple):
     payload: str | None = None
     payload_rows: int = 0
     streams: list[list[Any]] | None = None
+    fences: dict[str, int] | None = None
 
     @property
     def row_count(self) -> int:
@@ -1364,7 +1399,13 @@ def _read_spill(path: Path) -> _Spilled:
             token = header.get("token")
             if "payload" in header:
                 return _Spilled([], cursors, token, rest, int(header["payload"]))
-            return _Spilled(load_rows(rest), cursors, token, streams=header.get("streams"))
+            return _Spilled(
+                load_rows(rest),
+                cursors,
+                token,
+                streams=header.get("streams"),
+                fences=header.get("fences"),
+            )
     return _Spilled(load_rows(text), {}, None)
 
 
