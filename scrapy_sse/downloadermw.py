@@ -130,6 +130,11 @@ class SSEDownloaderMiddleware:
             request.last_event_id = resume
 
     def process_exception(self, request: Request, exception: Exception) -> None:
+        cluster = self.state.cluster
+        if cluster is not None and isinstance(exception, IgnoreRequest) and is_sse_request(request):
+            # (Another middleware refused a stream this worker holds, robots.txt say:
+            # no reconnect follows, so the cluster must hear of it.)
+            cluster.stream_ended(str(request.meta.get(STREAM_KEY, "")), "ignored", gave_up=True)
         connection_failed = self.state.connection_failed
         if (
             not is_sse_request(request)

@@ -105,7 +105,7 @@ class StreamEnds:
         if cluster is not None:
             key = request.meta.get(STREAM_KEY, "")
             if decision.action != RECONNECT:
-                cluster.stream_ended(key, decision.reason)
+                cluster.stream_ended(key, decision.reason, gave_up=decision.action == GIVE_UP)
             elif not cluster.holds(key):
                 return  # (handed over or lost: another worker of the cluster reads it)
         if decision.action == RECONNECT:

@@ -93,6 +93,8 @@ class StreamRegistry:
         self._per_download_slot: defaultdict[str, _Gate] = defaultdict(lambda: _Gate(max_per_slot))
         #: Open streams, each with its download slot.
         self.streams: dict[SSEStream, str] = {}
+        #: Open streams by stream key.
+        self.by_key: dict[str, SSEStream] = {}
         # One bound method for every stream's end callback (a closure per stream
         # would cost a function, a cell and a tuple each).
         self._ended_callback = self._ended
@@ -175,12 +177,18 @@ class StreamRegistry:
 
     def add(self, stream: SSEStream, download_slot: str) -> None:
         self.streams[stream] = download_slot
+        key = stream.request.meta.get(STREAM_KEY)
+        if key:
+            self.by_key[key] = stream
         stream.on_end(self._ended_callback)
         if stream.read_timeout:
             stream.last_activity = monotonic()
             self._watch(stream.read_timeout)
 
     def _ended(self, stream: SSEStream) -> None:
+        key = stream.request.meta.get(STREAM_KEY)
+        if key and self.by_key.get(key) is stream:
+            del self.by_key[key]
         download_slot = self.streams.pop(stream, None)
         if download_slot is not None:
             self.release(download_slot)

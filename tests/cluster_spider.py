@@ -7,6 +7,7 @@ one ``SSEEventItem`` per event. Streams reconnect as in production; each ends wi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,8 +19,12 @@ from scrapy_sse import SSERequest
 class ClusterEventsSpider(scrapy.Spider):
     name = "cluster_events"
     url = ""
+    #: Seconds to wait before yielding the last stream (``-a delay_last=S``).
+    delay_last = "0"
 
     async def start(self) -> AsyncIterator[Any]:
-        for url in self.url.split("|"):
-            if url:
-                yield SSERequest(url)
+        urls = [url for url in self.url.split("|") if url]
+        for i, url in enumerate(urls):
+            if i == len(urls) - 1 and float(self.delay_last):
+                await asyncio.sleep(float(self.delay_last))
+            yield SSERequest(url)

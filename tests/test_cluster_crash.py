@@ -210,7 +210,7 @@ def test_a_stream_only_one_worker_can_open_is_read_even_past_its_share(
 ) -> None:
     """Worker B (weight 1) knows stream s; worker A (weight 0: a standby worker, share
     0) knows s and x. Nobody's share covers x, and only A can open it: A must take it
-    once it has gone unheld for a lease period, and both streams are stored once."""
+    once it has gone unheld for three lease periods, and both streams are stored once."""
     with redis_target():
         pass
     name = unique_name("cluster")
@@ -249,3 +249,52 @@ def test_a_stream_only_one_worker_can_open_is_read_even_past_its_share(
     counts = Counter(postgres.query(f'SELECT url, id FROM "{postgres.table}"'))
     assert set(counts.values()) == {1}
     assert set(counts) == {(url, str(i)) for url in (s, x) for i in range(1, 151)}
+
+
+def test_a_stream_every_worker_gives_up_on_is_done_once_each_has_tried(
+    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path
+) -> None:
+    """A stream answering 404: the worker that gives up on it hands it over (maybe only
+    its own proxy or credentials are refused) and does not take it back for a while;
+    once both live workers have given up, it is done, and both workers finish."""
+    with redis_target():
+        pass
+    name = unique_name("cluster")
+    cluster = Cluster(name)
+    tag = unique_name("s")
+    good = sse_server.url(f"/stream?n=100&delay=0.01&ascii=1&done=1&key={tag}-good")
+    gone = sse_server.url(f"/status?code=404&key={tag}-gone")
+    settings = {
+        "SSE_POSTGRES_DSN": postgres.dsn,
+        "SSE_POSTGRES_TABLE": postgres.table,
+        "SSE_POSTGRES_CREATE_TABLE": "True",
+        "SSE_POSTGRES_CURSOR_TABLE": f"{postgres.table}_cursors",
+        "SSE_CLUSTER_URL": REDIS_URL,
+        "SSE_CLUSTER_NAME": name,
+        "SSE_LEASE_TTL": TTL,
+        "SSE_BACKOFF_MAX": 30,  # (the cool-down: longer than the test)
+    }
+    workers = [
+        start_crawl(
+            f"{good}|{gone}",
+            PIPELINE,
+            settings,
+            tmp_path,
+            spider="cluster_spider.py",
+            args={"delay_last": "3"},  # (both workers are live when it is first tried)
+        )
+        for _ in range(2)
+    ]
+    try:
+        assert wait_until(lambda: len(cluster.live_pids()) == 2, timeout=30)
+        results = [w.wait(timeout=60) for w in workers]
+    finally:
+        try:
+            postgres.query(f'DROP TABLE IF EXISTS "{postgres.table}_cursors"')
+        finally:
+            cluster.delete()
+    for code, log in results:
+        assert code == 0, log[-3000:]
+    assert [log_stat(log, "sse/cluster/given_up") for _, log in results] == [1, 1]
+    ids = sorted(int(i) for (i,) in postgres.query(f'SELECT id FROM "{postgres.table}"'))
+    assert ids == list(range(1, 101))

@@ -16,7 +16,8 @@ scripts also run on Redis Cluster. Keys, for a cluster named ``C``:
   rising even if Redis lost its data (as long as its clock does not go back);
 * ``sse:{C}:workers``: sorted set, worker id -> when its heartbeat expires (ms);
 * ``sse:{C}:info``: hash, worker id -> JSON (host, pid, weight, started, streams);
-* ``sse:{C}:status``: hash, stream key -> JSON (holder, token, last event, at).
+* ``sse:{C}:status``: hash, stream key -> JSON (holder, token, last event, at);
+* ``sse:{C}:giveups``: hash, stream key -> how many times a worker gave up on it.
 
 A lease alone does not make a paused worker harmless (it wakes up believing it still
 holds its streams): the token does, because the store that commits a stream's cursor
@@ -111,6 +112,7 @@ def cluster_keys(cluster: str) -> dict[str, str]:
             "workers",
             "info",
             "status",
+            "giveups",
         )
     }
 
@@ -167,9 +169,15 @@ class LeaseStore:
         values = await self.client.hmget(self.keys["streams"], keys)
         return {k: json.loads(v) for k, v in zip(keys, values, strict=True) if v}
 
+    async def _now_ms(self) -> int:
+        """The Redis server's clock: the one clock every worker shares (machines'
+        clocks differ, and liveness is compared across them)."""
+        seconds, micros = await self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     async def heartbeat(self, weight: float, held: int, started: float) -> None:
         """Say this worker is alive for one more TTL, with its weight and load."""
-        now_ms = int(time.time() * 1000)
+        now_ms = await self._now_ms()
         info = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -185,7 +193,7 @@ class LeaseStore:
 
     async def live_workers(self) -> dict[str, float]:
         """Live worker id -> weight (forgetting workers whose heartbeat expired)."""
-        now_ms = int(time.time() * 1000)
+        now_ms = await self._now_ms()
         pipe = self.client.pipeline(transaction=False)
         pipe.zrangebyscore(self.keys["workers"], "-inf", now_ms)
         pipe.zrangebyscore(self.keys["workers"], now_ms, "+inf")
@@ -251,6 +259,10 @@ class LeaseStore:
         if not keys:
             return 0
         return int(await self._release(keys=[self._lease(k) for k in keys], args=[self.worker]))
+
+    async def gave_up(self, key: str) -> int:
+        """Count one more worker giving up on ``key``; how many have."""
+        return int(await self.client.hincrby(self.keys["giveups"], key, 1))
 
     async def complete(self, key: str) -> bool:
         """The stream ``key`` completed: nobody reopens it; its lease is let go. Only

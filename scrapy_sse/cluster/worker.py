@@ -61,9 +61,13 @@ logger = logging.getLogger(__name__)
 
 #: Default seconds a lease lasts without renewal (``SSE_LEASE_TTL``).
 DEFAULT_TTL = 10.0
-#: Ticks in a row (a lease period) a parked stream must go unheld before a worker at
-#: its share takes it anyway.
-ORPHAN_TICKS = 3
+#: Workers (at most; fewer when fewer are live) that must give up on a stream before
+#: it is done for the cluster: one worker's failure may be its own proxy or credentials.
+GIVE_UP_WORKERS = 3
+#: Ticks in a row (three lease periods) a parked stream must go unheld before a worker
+#: at its share takes it anyway (long enough for a slow new worker to take what is
+#: handed over to it).
+ORPHAN_TICKS = 9
 
 
 class ClusterWorker:
@@ -99,6 +103,11 @@ class ClusterWorker:
         #: Held streams taken beyond this worker's share because nobody else took
         #: them: kept (never handed over for balance) and not counted in the share.
         self._orphans: set[str] = set()
+        #: Streams this worker gave up on, and until when it does not take them again.
+        self._cooldown: dict[str, float] = {}
+        self._cooldown_s = max(self.ttl, settings.getfloat("SSE_BACKOFF_MAX", 60.0))
+        #: Streams being taken (claimed in the sinks): renewed, not yet held.
+        self.taking: dict[str, int] = {}
         self._loop: Any = None
         self._ticking = False
         self._tick_d: Deferred[None] | None = None
@@ -117,7 +126,7 @@ class ClusterWorker:
 
     def has_work(self) -> bool:
         """Streams held, or parked that another worker may leave: keep the spider open."""
-        return bool(self.held or self.requests) and not self._closing
+        return bool(self.held or self.taking or self.requests) and not self._closing
 
     def park(self, key: str, request: Request, data: str | None = None) -> None:
         """A stream request this worker does not hold (yet): keep it, declare it (with
@@ -135,19 +144,53 @@ class ClusterWorker:
             if key in self.held:
                 self._lost(key, "a sink refused its rows (a newer fencing token)")
 
-    def stream_ended(self, key: str, reason: str) -> None:
-        """The stream ``key`` ended without a reconnect (``reason``): unless this
-        worker closed it to hand it over or because the spider closes, it completed:
-        no worker of the cluster opens it again."""
+    def stream_ended(self, key: str, reason: str, *, gave_up: bool = False) -> None:
+        """The stream ``key`` ended without a reconnect (``reason``). Unless this
+        worker closed it (hand-over, spider closing): if it completed, no worker of the
+        cluster opens it again; if this worker gave up on it (an error status, too many
+        failures: maybe this worker's proxy or credentials), it is handed over and this
+        worker does not take it again for ``SSE_BACKOFF_MAX`` seconds."""
         if reason in (HANDED_OVER, SPIDER_CLOSED) or not self.holds(key):
             return
-        self.handing_over.add(key)  # (no reconnect; renewed until marked)
-        deferred_from_coro(self._complete(key, reason)).addErrback(self._log_failure)
+        self.handing_over.add(key)  # (no reconnect; renewed until marked or let go)
+        finish = self._give_up(key, reason) if gave_up else self._complete(key, reason)
+        deferred_from_coro(finish).addErrback(self._log_failure)
+
+    async def _give_up(self, key: str, reason: str) -> None:
+        """This worker gave up on ``key``: another worker tries it (this one not for
+        ``SSE_BACKOFF_MAX`` s), until as many workers as are live (at most 3) have
+        given up on it; then it is done for the cluster."""
+        store = self.store
+        assert store is not None
+        self._stat("given_up")
+        if not await self._settled(key, deadline=time.monotonic() + self.ttl):
+            return
+        attempts = await store.gave_up(key)
+        needed = min(GIVE_UP_WORKERS, max(1, len(await store.live_workers())))
+        if attempts >= needed:
+            logger.warning(
+                "SSE cluster: %d worker(s) gave up on stream %s (last: %s); it is done",
+                attempts,
+                key,
+                reason,
+            )
+            await self._complete(key, reason)
+            return
+        self._cooldown[key] = time.monotonic() + self._cooldown_s
+        logger.warning(
+            "SSE cluster: gave up on stream %s (%s); another worker may try it, this one "
+            "not for %.0f s",
+            key,
+            reason,
+            self._cooldown_s,
+        )
+        await self._hand_over(key)
 
     async def _complete(self, key: str, reason: str) -> None:
-        """Once the stream's rows are committed, mark it completed for the cluster (a
-        crash before that leaves it to another worker, which reads its end again)."""
-        if not await self._settled(key, deadline=None):
+        """Once the stream's rows are committed (not spilled: a spill file's rows are
+        not in the store yet), mark it completed for the cluster (a crash before that
+        leaves it to another worker, which reads its end again)."""
+        if not await self._settled(key, deadline=None, committed=True):
             return  # (lost meanwhile: the new holder reads the end and marks it)
         store = self.store
         assert store is not None
@@ -180,6 +223,13 @@ class ClusterWorker:
             logger.error(message)
             raise CloseSpider("sse_cluster_unfit_sink")
         self.name = self.name or spider.name
+        if "scrapy_redis" in str(self.crawler.settings.get("SCHEDULER", "")):
+            logger.error(
+                "SSE_CLUSTER_URL: scrapy-redis's SCHEDULER shares one request queue among "
+                "the workers, so a stream a worker holds may be popped by another one and "
+                "never opened; keep Scrapy's scheduler (RedisSpider works with it)"
+            )
+            raise CloseSpider("sse_cluster_shared_scheduler")
         if is_redis_spider(spider):
             divert(spider, lambda data, request: self._subscribed.append((data, request)))
             self._redis_spider = True
@@ -258,18 +308,23 @@ class ClusterWorker:
         try:
             await self._read_subscriptions(store)
             if self._undeclared:
-                declared, self._undeclared = self._undeclared, {}
+                declared = dict(self._undeclared)
                 await store.declare(declared)
+                for key in declared:  # (kept for the next tick if Redis failed)
+                    self._undeclared.pop(key, None)
             await self._learn_streams(store)
             await store.heartbeat(self.weight, len(self.held), self._started)
-            for key in await store.renew(list(self.held)):
-                self._lost(key, "its lease expired (this worker was paused or cut off)")
+            for key in await store.renew([*self.held, *self.taking]):
+                if key in self.taking:
+                    self.taking.pop(key)  # (its _take finds out, and gives up)
+                else:
+                    self._lost(key, "its lease expired (this worker was paused or cut off)")
             for key in await store.done_among(list(self.requests)):
                 self.requests.pop(key, None)
-                if key in self.held:  # (completed by `scrapy sse-cluster --complete`)
-                    self._drop(key)
-                    await store.release([key])
-                    logger.info("SSE cluster: stream %s was marked completed; closed", key)
+                if key in self.held and key not in self.handing_over:
+                    # (`scrapy sse-cluster --complete`: closed, its rows committed, let go)
+                    logger.info("SSE cluster: stream %s was marked completed; closing it", key)
+                    deferred_from_coro(self._hand_over(key)).addErrback(self._log_failure)
             weights = await store.live_workers()
             weights.setdefault(self.worker, self.weight)
             keeping = [
@@ -277,7 +332,15 @@ class ClusterWorker:
                 for key in self.held
                 if key not in self.handing_over and key not in self._orphans
             ]
-            free = [key for key in self.requests if key not in self.held]
+            keeping += list(self.taking)
+            now = time.monotonic()
+            free = [
+                key
+                for key in self.requests
+                if key not in self.held
+                and key not in self.taking
+                and self._cooldown.get(key, 0) <= now
+            ]
             if self._closing:
                 return
             step = plan(
@@ -294,8 +357,8 @@ class ClusterWorker:
                 self._rng.shuffle(free)
                 taken = await store.acquire(free, step.take)
             elif free and not step.hand_over:
-                # At its share, a worker still takes a stream nobody has held for a
-                # lease period (three ticks): no other worker can build its request (a
+                # At its share, a worker still takes a stream nobody has held for three
+                # lease periods: no other worker can build its request (a
                 # callback's, this spider's own), and a stream nobody reads loses
                 # events. (A worker of weight 0 takes only these: a standby worker.)
                 unheld = await store.unheld(free)
@@ -304,7 +367,10 @@ class ClusterWorker:
                 taken = await store.acquire(orphans, len(orphans))
                 self._orphans.update(taken)
             for key, token in taken.items():
-                await self._take(key, token)
+                # (Each in its own task: a claim waits for the sinks' current write,
+                # and the ticks must go on renewing meanwhile.)
+                self.taking[key] = token
+                deferred_from_coro(self._take(key, token)).addErrback(self._log_failure)
             await store.report(self._status())
         except Exception as exc:  # Redis unreachable: the leases run out, fencing holds
             self._stat("tick_errors")
@@ -334,7 +400,6 @@ class ClusterWorker:
         version = await store.version()
         if version == self._version:
             return
-        self._version = version
         infos = await store.stream_infos({*self.requests, *self._foreign})
         done = await store.done_among(list(infos))
         for key, info in infos.items():
@@ -346,6 +411,7 @@ class ClusterWorker:
                 continue
             request.meta[STREAM_KEY] = key
             self.requests[key] = pack(request, self.crawler.spider)
+        self._version = version  # (only once read: a failed read is tried again)
 
     # -- taking, losing, handing over ----------------------------------------------------
 
@@ -354,16 +420,26 @@ class ClusterWorker:
         the sinks hold."""
         from ..pipelines.base import Fenced
 
+        store = self.store
+        assert store is not None
         cursor = None
         try:
             for sink in self.state.sinks:
                 claimed = await sink.claim(key, token)
                 if claimed is not None and (cursor is None or claimed.seq > cursor.seq):
                     cursor = claimed
-        except Fenced:
-            # (A holder with a newer token wrote meanwhile: never ours after all.)
-            assert self.store is not None
-            await self.store.release([key])
+        except Exception as exc:
+            # (Fenced: a holder with a newer token wrote meanwhile, never ours after
+            # all; anything else: a sink that cannot be reached, tried again later.)
+            self.taking.pop(key, None)
+            await store.release([key])
+            if not isinstance(exc, Fenced):
+                self._stat("take_errors")
+                logger.warning("SSE cluster: could not take stream %s (%s)", key, exc)
+            return
+        if self.taking.pop(key, None) != token or self._closing:
+            # (The lease ran out while the sinks were busy, or the spider closes.)
+            await store.release([key])
             return
         ledger = self.state.ledger
         if cursor is None:
@@ -431,12 +507,17 @@ class ClusterWorker:
             track.resume_id if track is not None else "",
         )
 
-    async def _settled(self, key: str, deadline: float | None) -> bool:
+    async def _settled(self, key: str, deadline: float | None, *, committed: bool = False) -> bool:
         """Wait until the stream ``key`` has ended and everything it delivered is
-        committed (or ``deadline``); ``False`` if its lease was lost meanwhile."""
+        stored (with ``committed``: and no sink holds spilled rows), or ``deadline``;
+        ``False`` if its lease was lost meanwhile or the spider closes."""
         while key in self.held and not self._closing:
             track = self.state.ledger.tracks.get(key)
-            if self._stream(key) is None and (track is None or not track.slots):
+            if (
+                self._stream(key) is None
+                and (track is None or not track.slots)
+                and not (committed and any(sink.spill_pending for sink in self.state.sinks))
+            ):
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return True
@@ -446,10 +527,7 @@ class ClusterWorker:
     # -- helpers -----------------------------------------------------------------------
 
     def _stream(self, key: str) -> SSEStream | None:
-        for stream in self.state.registry.streams:
-            if stream.request.meta.get(STREAM_KEY) == key:
-                return stream
-        return None
+        return self.state.registry.by_key.get(key)
 
     def _status(self) -> dict[str, dict[str, Any]]:
         now = time.time()
@@ -485,7 +563,7 @@ def pack(request: Request, spider: Any) -> bytes | Request:
     callbacks are not the spider's methods (``to_dict`` cannot name them)."""
     try:
         return zlib.compress(pickle.dumps(request.to_dict(spider=spider), protocol=5))
-    except ValueError:
+    except Exception:  # (a callback to_dict cannot name, meta pickle cannot carry)
         return request
 
 

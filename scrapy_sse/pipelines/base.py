@@ -625,11 +625,15 @@ class BatchingPipeline(abc.ABC):
         self._stat_inc("spilled_rows_left", rows)
         logger.error(
             "Sink %s closes with %d rows in %d spill file(s) under %s that it could not "
-            "write: the next crawl with this sink and SSE_SPILL_DIR writes them first",
+            "write: the next crawl with this sink and SSE_SPILL_DIR writes them first%s",
             self.name,
             rows,
             len(files),
             self.spill_dir.resolve(),
+            ""
+            if self.fences is None
+            else " (in a cluster, those of streams another worker took over since are "
+            "left out: that worker re-reads them)",
         )
 
     def buffer_rows(self, rows: Iterable[dict[str, Any]]) -> None:
