@@ -281,7 +281,7 @@ def test_a_stream_every_worker_gives_up_on_is_done_once_each_has_tried(
             settings,
             tmp_path,
             spider="cluster_spider.py",
-            args={"delay_last": "3"},  # (both workers are live when it is first tried)
+            args={"delay_last": "6"},  # (both workers are live when it is first tried)
         )
         for _ in range(2)
     ]
@@ -298,3 +298,45 @@ def test_a_stream_every_worker_gives_up_on_is_done_once_each_has_tried(
     assert [log_stat(log, "sse/cluster/given_up") for _, log in results] == [1, 1]
     ids = sorted(int(i) for (i,) in postgres.query(f'SELECT id FROM "{postgres.table}"'))
     assert ids == list(range(1, 101))
+
+
+def test_streams_are_taken_and_read_while_the_sinks_are_always_busy(
+    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path
+) -> None:
+    """Two workers start together on 8 unpaced streams with small batches, so each
+    sink writes back to back. Streams handed over and taken meanwhile must still open
+    (a take waits for its turn between two writes, and is never handed over itself
+    before it is held), and both workers must finish with every event stored once."""
+    with redis_target():
+        pass
+    name = unique_name("cluster")
+    cluster = Cluster(name)
+    tag = unique_name("s")
+    urls = [sse_server.url(f"/stream?n=3000&ascii=1&done=1&key={tag}-{i}") for i in range(8)]
+    settings = {
+        "SSE_POSTGRES_DSN": postgres.dsn,
+        "SSE_POSTGRES_TABLE": postgres.table,
+        "SSE_POSTGRES_CREATE_TABLE": "True",
+        "SSE_POSTGRES_CURSOR_TABLE": f"{postgres.table}_cursors",
+        "SSE_CLUSTER_URL": REDIS_URL,
+        "SSE_CLUSTER_NAME": name,
+        "SSE_LEASE_TTL": TTL,
+        "SSE_BATCH_SIZE": 20,
+        "SSE_MAX_BUFFER": 40,
+    }
+    workers = [
+        start_crawl("|".join(urls), PIPELINE, settings, tmp_path, spider="cluster_spider.py")
+        for _ in range(2)
+    ]
+    try:
+        results = [w.wait(timeout=90) for w in workers]
+    finally:
+        try:
+            postgres.query(f'DROP TABLE IF EXISTS "{postgres.table}_cursors"')
+        finally:
+            cluster.delete()
+    for code, log in results:
+        assert code == 0, log[-3000:]
+    counts = Counter(postgres.query(f'SELECT url, id FROM "{postgres.table}"'))
+    assert set(counts.values()) == {1}
+    assert len(counts) == 8 * 3000

@@ -153,8 +153,16 @@ class ClusterWorker:
         if reason in (HANDED_OVER, SPIDER_CLOSED) or not self.holds(key):
             return
         self.handing_over.add(key)  # (no reconnect; renewed until marked or let go)
-        finish = self._give_up(key, reason) if gave_up else self._complete(key, reason)
-        deferred_from_coro(finish).addErrback(self._log_failure)
+        deferred_from_coro(self._finish(key, reason, gave_up=gave_up)).addErrback(self._log_failure)
+
+    async def _finish(self, key: str, reason: str, *, gave_up: bool) -> None:
+        try:
+            if gave_up:
+                await self._give_up(key, reason)
+            else:
+                await self._complete(key, reason)
+        finally:
+            self.handing_over.discard(key)
 
     async def _give_up(self, key: str, reason: str) -> None:
         """This worker gave up on ``key``: another worker tries it (this one not for
@@ -332,7 +340,9 @@ class ClusterWorker:
                 for key in self.held
                 if key not in self.handing_over and key not in self._orphans
             ]
-            keeping += list(self.taking)
+            # (Streams being taken count in the share, ahead of the held ones: they are
+            # never among those handed over, the newest held ones.)
+            keeping = [*self.taking, *keeping]
             now = time.monotonic()
             free = [
                 key
@@ -351,7 +361,8 @@ class ClusterWorker:
                 free=len(free),
             )
             for key in step.hand_over:
-                deferred_from_coro(self._hand_over(key)).addErrback(self._log_failure)
+                if key in self.held:
+                    deferred_from_coro(self._hand_over(key)).addErrback(self._log_failure)
             taken: dict[str, int] = {}
             if step.take:
                 self._rng.shuffle(free)
@@ -487,6 +498,12 @@ class ClusterWorker:
         """Close the stream, wait (bounded) until what it delivered is committed, then
         release the lease: the next holder resumes where the stored rows end."""
         self.handing_over.add(key)
+        try:
+            await self._let_go(key)
+        finally:
+            self.handing_over.discard(key)
+
+    async def _let_go(self, key: str) -> None:
         stream = self._stream(key)
         if stream is not None:
             stream.close(HANDED_OVER)

@@ -396,6 +396,7 @@ class BatchingPipeline(abc.ABC):
         #: ``None`` outside a cluster (nothing is fenced).
         self.fences: dict[str, int] | None = {} if self.settings.get("SSE_CLUSTER_URL") else None
         self._replay_fences: dict[str, int] | None = None  # (a spill file's, while replayed)
+        self._claims_waiting = 0  # (claims waiting for their turn between two writes)
 
     # -- for subclasses ------------------------------------------------------------
 
@@ -490,7 +491,13 @@ class BatchingPipeline(abc.ABC):
         async def run() -> None:
             result.append(await self.claim_fence(key, token))
 
-        await self._exclusive(run())
+        # (Between two writes, ahead of the next: a sink kept busy by a fast stream
+        # would otherwise never let the claim in.)
+        self._claims_waiting += 1
+        try:
+            await self._exclusive(run(), claim=True)
+        finally:
+            self._claims_waiting -= 1
         self.fences[key] = token
         cursor = result[0]
         if cursor is None:
@@ -716,7 +723,13 @@ class BatchingPipeline(abc.ABC):
 
     def _kick(self) -> None:
         """Start a background flush if one is due and none is running."""
-        if self._flushing or not self._opened or self._closing or not self._buffer:
+        if (
+            self._flushing
+            or self._claims_waiting
+            or not self._opened
+            or self._closing
+            or not self._buffer
+        ):
             return
         if self._due or len(self._buffer) >= self.batch_size:
             self._flushing = True
@@ -729,9 +742,10 @@ class BatchingPipeline(abc.ABC):
         finally:
             self._release()
 
-    async def _exclusive(self, coro: Any) -> None:
-        """Run *coro* (a flush or a replay) as the one flush of this pipeline."""
-        while self._flushing:
+    async def _exclusive(self, coro: Any, *, claim: bool = False) -> None:
+        """Run *coro* (a flush, a replay, a cluster's claim) as the one flush of this
+        pipeline; claims go first."""
+        while self._flushing or (self._claims_waiting and not claim):
             await self._wait()
         self._flushing = True
         try:
@@ -747,6 +761,8 @@ class BatchingPipeline(abc.ABC):
 
     async def _drain(self, *, force: bool) -> None:
         while self._buffer and (force or self._due or len(self._buffer) >= self.batch_size):
+            if self._claims_waiting and not force:
+                break  # (a claim takes its turn; the release starts the next drain)
             # Group commit: what piled up while the last write ran goes in one write
             # (up to the buffer's bound), so a store that is slower per write than the
             # stream writes fewer, bigger transactions instead of falling behind.
