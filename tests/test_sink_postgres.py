@@ -174,6 +174,43 @@ def test_missing_table_fails_at_open(postgres: PostgresTarget, tmp_path: Path) -
         asyncio.run(pipeline.open())
 
 
+def test_crawls_starting_together_create_their_tables_once(
+    postgres: PostgresTarget, tmp_path: Path
+) -> None:
+    """Four crawls open at once on fresh tables (workers of a cluster starting
+    together): each creates the cursor table and, at its first batch, the data table,
+    and none fails on PostgreSQL's catalog race inside CREATE TABLE IF NOT EXISTS."""
+    rounds = 6
+
+    async def run() -> None:
+        for r in range(rounds):
+            sinks = [
+                make_pipeline(
+                    postgres,
+                    tmp_path / f"{r}-{i}",
+                    SSE_POSTGRES_TABLE=f"{postgres.table}_t{r}",
+                    SSE_POSTGRES_CREATE_TABLE=True,
+                    SSE_POSTGRES_CURSOR_TABLE=f"{postgres.table}_c{r}",
+                )
+                for i in range(4)
+            ]
+            await asyncio.gather(*(sink.open() for sink in sinks))
+            await asyncio.gather(
+                *(sink.write_batch([{"id": i, "round": r}]) for i, sink in enumerate(sinks))
+            )
+            for sink in sinks:
+                await sink.close()
+
+    try:
+        asyncio.run(run())
+        for r in range(rounds):
+            ids = postgres.query(f'SELECT id FROM "{postgres.table}_t{r}" ORDER BY 1')
+            assert [i for (i,) in ids] == [0, 1, 2, 3]
+    finally:
+        for r in range(rounds):
+            postgres.query(f'DROP TABLE IF EXISTS "{postgres.table}_t{r}", "{postgres.table}_c{r}"')
+
+
 def test_reconnects_at_next_batch_after_backend_killed(
     postgres: PostgresTarget, tmp_path: Path
 ) -> None:

@@ -225,7 +225,7 @@ class PostgresPipeline(BatchingPipeline):
             )
         if self.cursor_parts:
             sql = self._sql()
-            await conn.execute(
+            statements = [
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (sink text NOT NULL, stream_key text NOT NULL, "
                     "event_id text NOT NULL, seq bigint NOT NULL, stored_seq bigint NOT NULL, "
@@ -233,18 +233,30 @@ class PostgresPipeline(BatchingPipeline):
                     "updated_at timestamptz NOT NULL, fence bigint, "
                     "PRIMARY KEY (sink, stream_key))"
                 ).format(sql.Identifier(*self.cursor_parts))
-            )
+            ]
             if self.fences is not None:  # (a cursor table from before fencing)
-                await conn.execute(
+                statements.append(
                     sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS fence bigint").format(
                         sql.Identifier(*self.cursor_parts)
                     )
                 )
+            await self._ddl(conn, ".".join(self.cursor_parts), statements)
         elif self.fences is not None:
             raise ValueError(
                 "PostgresPipeline in a cluster (SSE_CLUSTER_URL) needs its cursor table "
                 "(SSE_POSTGRES_CURSOR_TABLE must not be empty): it holds the fences"
             )
+
+    async def _ddl(self, conn: AsyncConnection[Any], name: str, statements: list[Any]) -> None:
+        """Run DDL on table ``name`` under a transaction-scoped advisory lock: two
+        crawls creating the same table at once (workers of a cluster starting together)
+        would otherwise race inside ``CREATE TABLE IF NOT EXISTS`` and one would fail
+        with a unique violation in the catalog."""
+        lock = int.from_bytes(hashlib.sha256(f"scrapy-sse:{name}".encode()).digest()[:8], "big")
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock - (1 << 63),))
+            for statement in statements:
+                await conn.execute(statement)
 
     async def load_cursors(self) -> dict[str, Cursor]:
         if not self.cursor_parts:
@@ -560,15 +572,14 @@ class PostgresPipeline(BatchingPipeline):
                 col: postgres_type(next((r[col] for r in rows if r.get(col) is not None), None))
                 for col in wanted
             }
-            await conn.execute(
-                sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-                    self._table_sql(),
-                    sql.SQL(", ").join(
-                        sql.SQL("{} {}").format(sql.Identifier(col), sql.SQL(types[col]))
-                        for col in wanted
-                    ),
-                )
+            create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+                self._table_sql(),
+                sql.SQL(", ").join(
+                    sql.SQL("{} {}").format(sql.Identifier(col), sql.SQL(types[col]))
+                    for col in wanted
+                ),
             )
+            await self._ddl(conn, ".".join(self.table_parts), [create])
             logger.info("Sink %s: created table %s", self.name, ".".join(self.table_parts))
             table_columns = await self._table_columns(conn)
         missing = [col for col in wanted if col not in table_columns]
