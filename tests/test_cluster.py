@@ -4,11 +4,12 @@ real PostgreSQL. The whole, with real worker processes, is tests/test_cluster_cr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -252,38 +253,53 @@ def test_rows_of_an_earlier_holding_are_not_written_after_taking_the_stream_back
     assert sink_stat(a, "fenced_rows") == 3
 
 
+@contextlib.contextmanager
+def refusing_writes(postgres: PostgresTarget) -> Iterator[Callable[[], object]]:
+    """The data table, made to refuse every insert (a store that is down) until the
+    function this yields is called."""
+    refuse = f"{postgres.table}_refuse"
+    postgres.query(f'CREATE TABLE "{postgres.table}" (stream text, id bigint)')
+    postgres.query(
+        f'CREATE FUNCTION "{refuse}"() RETURNS trigger LANGUAGE plpgsql AS '
+        "$$ BEGIN RAISE EXCEPTION 'store refuses writes'; END $$"
+    )
+    postgres.query(
+        f'CREATE TRIGGER refuse BEFORE INSERT ON "{postgres.table}" '
+        f'FOR EACH ROW EXECUTE FUNCTION "{refuse}"()'
+    )
+    try:
+        yield lambda: postgres.query(f'DROP TRIGGER refuse ON "{postgres.table}"')
+    finally:
+        postgres.query(f'DROP FUNCTION IF EXISTS "{refuse}"() CASCADE')
+
+
+async def spilled(sink: PostgresPipeline, rows: int) -> None:
+    """Wait (bounded) until ``rows`` rows are in the sink's spill files."""
+    for _ in range(200):
+        if sink_stat(sink, "spilled_rows") == rows:
+            return
+        await asyncio.sleep(0.02)
+    assert sink_stat(sink, "spilled_rows") == rows
+
+
 def test_a_spill_file_is_replayed_with_the_token_its_rows_were_read_under(
     postgres: PostgresTarget, tmp_path: Path
 ) -> None:
     """A spills events 1-2 of s1 (its store refuses writes), B takes s1 over and stores
     1-2 itself, then A takes s1 back. A's spill file must not be written under A's new
     token: its rows belong to the earlier holding."""
-    refuse = f"{postgres.table}_refuse"
 
-    async def run() -> PostgresPipeline:
+    async def run(accept_writes: Callable[[], object]) -> PostgresPipeline:
         a = worker_sink(postgres, tmp_path / "a", SSE_BATCH_SIZE=2, SSE_SINK_RETRY_TIMES=0)
         b = worker_sink(postgres, tmp_path / "b", SSE_BATCH_SIZE=2)
         await a.open_spider()
         await b.open_spider()
         await a.claim("s1", 10)
-        postgres.query(f'CREATE TABLE "{postgres.table}" (stream text, id bigint)')
-        postgres.query(
-            f'CREATE FUNCTION "{refuse}"() RETURNS trigger LANGUAGE plpgsql AS '
-            "$$ BEGIN RAISE EXCEPTION 'store refuses writes'; END $$"
-        )
-        postgres.query(
-            f'CREATE TRIGGER refuse BEFORE INSERT ON "{postgres.table}" '
-            f'FOR EACH ROW EXECUTE FUNCTION "{refuse}"()'
-        )
         earlier = Track("s1")
         earlier.fence = 10
         await deliver(a, earlier, 1, 2)
-        for _ in range(200):
-            if sink_stat(a, "spilled_rows") == 2:
-                break
-            await asyncio.sleep(0.02)
-        assert sink_stat(a, "spilled_rows") == 2
-        postgres.query(f'DROP TRIGGER refuse ON "{postgres.table}"')
+        await spilled(a, 2)
+        accept_writes()
         await b.claim("s1", 11)
         await deliver(b, Track("s1"), 1, 2)
         await wait_written(b, 2)
@@ -296,10 +312,8 @@ def test_a_spill_file_is_replayed_with_the_token_its_rows_were_read_under(
         await b.close_spider()
         return a
 
-    try:
-        a = asyncio.run(run())
-    finally:
-        postgres.query(f'DROP FUNCTION IF EXISTS "{refuse}"() CASCADE')
+    with refusing_writes(postgres) as accept_writes:
+        a = asyncio.run(run(accept_writes))
     assert stored(postgres) == [("s1", i) for i in range(1, 5)]
     assert sink_stat(a, "fenced_rows") == 2
 
@@ -309,43 +323,27 @@ def test_a_spill_file_replayed_after_a_takeover_keeps_only_the_streams_still_hel
 ) -> None:
     """A's store refuses writes: a batch of s1 and s2 rows is spilled. B then takes
     s1 over. When A's store works again, A replays the file without the s1 rows."""
-    refuse = f"{postgres.table}_refuse"
 
-    async def run() -> PostgresPipeline:
+    async def run(accept_writes: Callable[[], object]) -> PostgresPipeline:
         a = worker_sink(postgres, tmp_path / "a", SSE_BATCH_SIZE=4, SSE_SINK_RETRY_TIMES=0)
         b = worker_sink(postgres, tmp_path / "b")
         await a.open_spider()
         await b.open_spider()
         await a.claim("s1", 10)
         await a.claim("s2", 10)
-        postgres.query(f'CREATE TABLE "{postgres.table}" (stream text, id bigint)')
-        postgres.query(
-            f'CREATE FUNCTION "{refuse}"() RETURNS trigger LANGUAGE plpgsql AS '
-            "$$ BEGIN RAISE EXCEPTION 'store refuses writes'; END $$"
-        )
-        postgres.query(
-            f'CREATE TRIGGER refuse BEFORE INSERT ON "{postgres.table}" '
-            f'FOR EACH ROW EXECUTE FUNCTION "{refuse}"()'
-        )
         s1, s2 = Track("s1"), Track("s2")
         await deliver(a, s1, 1, 2)
         await deliver(a, s2, 1, 2)
-        for _ in range(200):
-            if sink_stat(a, "spilled_rows") == 4:
-                break
-            await asyncio.sleep(0.02)
-        assert sink_stat(a, "spilled_rows") == 4
-        postgres.query(f'DROP TRIGGER refuse ON "{postgres.table}"')
+        await spilled(a, 4)
+        accept_writes()
         await b.claim("s1", 11)
         await deliver(a, s2, 3, 6)  # a batch that works, then the replay
         await a.close_spider()
         await b.close_spider()
         return a
 
-    try:
-        a = asyncio.run(run())
-    finally:
-        postgres.query(f'DROP FUNCTION IF EXISTS "{refuse}"() CASCADE')
+    with refusing_writes(postgres) as accept_writes:
+        a = asyncio.run(run(accept_writes))
     assert stored(postgres) == [("s2", i) for i in range(1, 7)]
     assert sink_stat(a, "fenced_rows") == 2
     assert not list((tmp_path / "a").rglob("*.jsonl"))  # (nothing left to replay)

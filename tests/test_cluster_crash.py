@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,25 +75,54 @@ class Cluster:
             self.client.delete(key)
 
 
+@pytest.fixture
+def cluster(postgres: PostgresTarget) -> Iterator[Cluster]:
+    """A cluster's name and keys, and afterwards no trace of it (keys, cursor table)."""
+    with redis_target():  # (skips, or fails in CI, when Redis is not running)
+        pass
+    target = Cluster(unique_name("cluster"))
+    try:
+        yield target
+    finally:
+        try:
+            postgres.query(f'DROP TABLE IF EXISTS "{postgres.table}_cursors"')
+        finally:
+            target.delete()
+
+
+def worker_settings(postgres: PostgresTarget, cluster: Cluster, **more: Any) -> dict[str, Any]:
+    """A worker's settings: the cluster, its lease TTL, the PostgreSQL sink."""
+    return {
+        "SSE_POSTGRES_DSN": postgres.dsn,
+        "SSE_POSTGRES_TABLE": postgres.table,
+        "SSE_POSTGRES_CREATE_TABLE": "True",
+        "SSE_POSTGRES_CURSOR_TABLE": f"{postgres.table}_cursors",
+        "SSE_CLUSTER_URL": REDIS_URL,
+        "SSE_CLUSTER_NAME": cluster.name,
+        "SSE_LEASE_TTL": TTL,
+        **more,
+    }
+
+
 @pytest.mark.parametrize("declared", ["start", "scrapy-redis"])
 def test_workers_killed_added_and_paused_store_every_event_once(
-    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path, declared: str
+    postgres: PostgresTarget,
+    cluster: Cluster,
+    sse_server: SSEServer,
+    tmp_path: Path,
+    declared: str,
 ) -> None:
     """``start``: every worker's spider yields the 24 streams from ``start()``.
     ``scrapy-redis``: a ``RedisSpider``; half the streams are pushed to its start-URL key
     before the workers start, half while they are busy reading the first half."""
-    with redis_target():  # (skips, or fails in CI, when Redis is not running)
-        pass
     if declared == "scrapy-redis":
         pytest.importorskip("scrapy_redis")
-    name = unique_name("cluster")
-    cluster = Cluster(name)
     tag = unique_name("s")
     stream_urls = [
         sse_server.url(f"/stream?n={EVENTS}&delay=0.02&ascii=1&done=1&key={tag}-{i}")
         for i in range(STREAMS)
     ]
-    start_key = f"{name}:start_urls"
+    start_key = f"{cluster.name}:start_urls"
 
     def push(urls: list[str]) -> None:
         for url in urls:
@@ -100,19 +130,14 @@ def test_workers_killed_added_and_paused_store_every_event_once(
 
     urls = "|".join(stream_urls) if declared == "start" else ""
     spider = "cluster_spider.py" if declared == "start" else "cluster_redis_spider.py"
-    settings = {
-        "SSE_POSTGRES_DSN": postgres.dsn,
-        "SSE_POSTGRES_TABLE": postgres.table,
-        "SSE_POSTGRES_CREATE_TABLE": "True",
-        "SSE_POSTGRES_CURSOR_TABLE": f"{postgres.table}_cursors",
-        "SSE_CLUSTER_URL": REDIS_URL,
-        "SSE_CLUSTER_NAME": name,
-        "SSE_LEASE_TTL": TTL,
-        "SSE_FLUSH_INTERVAL": 0.2,
+    settings = worker_settings(
+        postgres,
+        cluster,
+        SSE_FLUSH_INTERVAL=0.2,
         # (scrapy-redis: where the start URLs are; close once idle with nothing to hold)
-        "REDIS_URL": REDIS_URL,
-        "MAX_IDLE_TIME_BEFORE_CLOSE": 2,
-    }
+        REDIS_URL=REDIS_URL,
+        MAX_IDLE_TIME_BEFORE_CLOSE=2,
+    )
 
     def worker(number: int) -> Crawl:
         spill = {"SSE_SPILL_DIR": str(tmp_path / f"spill{number}")}
@@ -182,10 +207,6 @@ def test_workers_killed_added_and_paused_store_every_event_once(
             if w.running:
                 os.kill(w.process.pid, signal.SIGCONT)
                 w.process.kill()
-        try:
-            postgres.query(f'DROP TABLE IF EXISTS "{postgres.table}_cursors"')
-        finally:
-            cluster.delete()
 
     for code, log in codes_logs:
         assert code == 0, log[-3000:]
@@ -206,44 +227,25 @@ def test_workers_killed_added_and_paused_store_every_event_once(
 
 
 def test_a_stream_only_one_worker_can_open_is_read_even_past_its_share(
-    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path
+    postgres: PostgresTarget, cluster: Cluster, sse_server: SSEServer, tmp_path: Path
 ) -> None:
     """Worker B (weight 1) knows stream s; worker A (weight 0: a standby worker, share
     0) knows s and x. Nobody's share covers x, and only A can open it: A must take it
     once it has gone unheld for three lease periods, and both streams are stored once."""
-    with redis_target():
-        pass
-    name = unique_name("cluster")
-    cluster = Cluster(name)
     tag = unique_name("s")
     s, x = (sse_server.url(f"/stream?n=150&delay=0.01&ascii=1&done=1&key={tag}-{k}") for k in "sx")
-    settings = {
-        "SSE_POSTGRES_DSN": postgres.dsn,
-        "SSE_POSTGRES_TABLE": postgres.table,
-        "SSE_POSTGRES_CREATE_TABLE": "True",
-        "SSE_POSTGRES_CURSOR_TABLE": f"{postgres.table}_cursors",
-        "SSE_CLUSTER_URL": REDIS_URL,
-        "SSE_CLUSTER_NAME": name,
-        "SSE_LEASE_TTL": TTL,
-        "SSE_FLUSH_INTERVAL": 0.2,
-    }
-    b = start_crawl(s, PIPELINE, {**settings}, tmp_path, spider="cluster_spider.py")
-    try:
-        assert wait_until(lambda: len(cluster.holders()) == 1, timeout=30)
-        a = start_crawl(
-            f"{s}|{x}",
-            PIPELINE,
-            {**settings, "SSE_CLUSTER_WEIGHT": 0},
-            tmp_path,
-            spider="cluster_spider.py",
-        )
-        code_a, log_a = a.wait(timeout=60)
-        code_b, _ = b.wait(timeout=60)
-    finally:
-        try:
-            postgres.query(f'DROP TABLE IF EXISTS "{postgres.table}_cursors"')
-        finally:
-            cluster.delete()
+    settings = worker_settings(postgres, cluster, SSE_FLUSH_INTERVAL=0.2)
+    b = start_crawl(s, PIPELINE, settings, tmp_path, spider="cluster_spider.py")
+    assert wait_until(lambda: len(cluster.holders()) == 1, timeout=30)
+    a = start_crawl(
+        f"{s}|{x}",
+        PIPELINE,
+        {**settings, "SSE_CLUSTER_WEIGHT": 0},
+        tmp_path,
+        spider="cluster_spider.py",
+    )
+    code_a, log_a = a.wait(timeout=60)
+    code_b, _ = b.wait(timeout=60)
     assert (code_a, code_b) == (0, 0), log_a[-3000:]
     assert "SSE cluster: opened stream" in log_a  # (x, by the standby worker)
     counts = Counter(postgres.query(f'SELECT url, id FROM "{postgres.table}"'))
@@ -252,28 +254,16 @@ def test_a_stream_only_one_worker_can_open_is_read_even_past_its_share(
 
 
 def test_a_stream_every_worker_gives_up_on_is_done_once_each_has_tried(
-    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path
+    postgres: PostgresTarget, cluster: Cluster, sse_server: SSEServer, tmp_path: Path
 ) -> None:
     """A stream answering 404: the worker that gives up on it hands it over (maybe only
     its own proxy or credentials are refused) and does not take it back for a while;
     once both live workers have given up, it is done, and both workers finish."""
-    with redis_target():
-        pass
-    name = unique_name("cluster")
-    cluster = Cluster(name)
     tag = unique_name("s")
     good = sse_server.url(f"/stream?n=100&delay=0.01&ascii=1&done=1&key={tag}-good")
     gone = sse_server.url(f"/status?code=404&key={tag}-gone")
-    settings = {
-        "SSE_POSTGRES_DSN": postgres.dsn,
-        "SSE_POSTGRES_TABLE": postgres.table,
-        "SSE_POSTGRES_CREATE_TABLE": "True",
-        "SSE_POSTGRES_CURSOR_TABLE": f"{postgres.table}_cursors",
-        "SSE_CLUSTER_URL": REDIS_URL,
-        "SSE_CLUSTER_NAME": name,
-        "SSE_LEASE_TTL": TTL,
-        "SSE_BACKOFF_MAX": 30,  # (the cool-down: longer than the test)
-    }
+    # (The cool-down, SSE_BACKOFF_MAX: longer than the test.)
+    settings = worker_settings(postgres, cluster, SSE_BACKOFF_MAX=30)
     workers = [
         start_crawl(
             f"{good}|{gone}",
@@ -285,14 +275,8 @@ def test_a_stream_every_worker_gives_up_on_is_done_once_each_has_tried(
         )
         for _ in range(2)
     ]
-    try:
-        assert wait_until(lambda: len(cluster.live_pids()) == 2, timeout=30)
-        results = [w.wait(timeout=60) for w in workers]
-    finally:
-        try:
-            postgres.query(f'DROP TABLE IF EXISTS "{postgres.table}_cursors"')
-        finally:
-            cluster.delete()
+    assert wait_until(lambda: len(cluster.live_pids()) == 2, timeout=30)
+    results = [w.wait(timeout=60) for w in workers]
     for code, log in results:
         assert code == 0, log[-3000:]
     assert [log_stat(log, "sse/cluster/given_up") for _, log in results] == [1, 1]
@@ -301,40 +285,20 @@ def test_a_stream_every_worker_gives_up_on_is_done_once_each_has_tried(
 
 
 def test_streams_are_taken_and_read_while_the_sinks_are_always_busy(
-    postgres: PostgresTarget, sse_server: SSEServer, tmp_path: Path
+    postgres: PostgresTarget, cluster: Cluster, sse_server: SSEServer, tmp_path: Path
 ) -> None:
     """Two workers start together on 8 unpaced streams with small batches, so each
     sink writes back to back. Streams handed over and taken meanwhile must still open
     (a take waits for its turn between two writes, and is never handed over itself
     before it is held), and both workers must finish with every event stored once."""
-    with redis_target():
-        pass
-    name = unique_name("cluster")
-    cluster = Cluster(name)
     tag = unique_name("s")
     urls = [sse_server.url(f"/stream?n=3000&ascii=1&done=1&key={tag}-{i}") for i in range(8)]
-    settings = {
-        "SSE_POSTGRES_DSN": postgres.dsn,
-        "SSE_POSTGRES_TABLE": postgres.table,
-        "SSE_POSTGRES_CREATE_TABLE": "True",
-        "SSE_POSTGRES_CURSOR_TABLE": f"{postgres.table}_cursors",
-        "SSE_CLUSTER_URL": REDIS_URL,
-        "SSE_CLUSTER_NAME": name,
-        "SSE_LEASE_TTL": TTL,
-        "SSE_BATCH_SIZE": 20,
-        "SSE_MAX_BUFFER": 40,
-    }
+    settings = worker_settings(postgres, cluster, SSE_BATCH_SIZE=20, SSE_MAX_BUFFER=40)
     workers = [
         start_crawl("|".join(urls), PIPELINE, settings, tmp_path, spider="cluster_spider.py")
         for _ in range(2)
     ]
-    try:
-        results = [w.wait(timeout=90) for w in workers]
-    finally:
-        try:
-            postgres.query(f'DROP TABLE IF EXISTS "{postgres.table}_cursors"')
-        finally:
-            cluster.delete()
+    results = [w.wait(timeout=90) for w in workers]
     for code, log in results:
         assert code == 0, log[-3000:]
     counts = Counter(postgres.query(f'SELECT url, id FROM "{postgres.table}"'))

@@ -113,6 +113,7 @@ class ClusterWorker:
         self._tick_d: Deferred[None] | None = None
         self._tick_soon: Any = None
         self._closing = False
+        self._joined = 0.0
         self._started = time.time()
         self._rng = random.Random()
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
@@ -256,6 +257,7 @@ class ClusterWorker:
             self.ttl,
             self.weight,
         )
+        self._joined = time.monotonic()
         self._loop = create_looping_call(self._tick_now)
         self._loop.start(self.ttl / 3, now=False)
 
@@ -364,7 +366,9 @@ class ClusterWorker:
                 if key in self.held:
                     deferred_from_coro(self._hand_over(key)).addErrback(self._log_failure)
             taken: dict[str, int] = {}
-            if step.take:
+            if time.monotonic() < self._joined + self.ttl / 3:
+                pass  # (a tick's grace after joining: workers started together see each other)
+            elif step.take:
                 self._rng.shuffle(free)
                 taken = await store.acquire(free, step.take)
             elif free and not step.hand_over:
@@ -488,8 +492,7 @@ class ClusterWorker:
         self._orphans.discard(key)
         self.handing_over.discard(key)
         for sink in self.state.sinks:
-            if sink.fences is not None:
-                sink.fences.pop(key, None)
+            sink.forget_fence(key)
         stream = self._stream(key)
         if stream is not None:
             stream.close(HANDED_OVER)

@@ -397,6 +397,8 @@ class BatchingPipeline(abc.ABC):
         self.fences: dict[str, int] | None = {} if self.settings.get("SSE_CLUSTER_URL") else None
         self._replay_fences: dict[str, int] | None = None  # (a spill file's, while replayed)
         self._claims_waiting = 0  # (claims waiting for their turn between two writes)
+        # (A token replaced or forgotten: rows of an earlier holding may be buffered.)
+        self._stale_fences = False
 
     # -- for subclasses ------------------------------------------------------------
 
@@ -476,6 +478,11 @@ class BatchingPipeline(abc.ABC):
         fences = self._replay_fences if self._replay_fences is not None else self.fences
         return None if fences is None else fences.get(key, 0)
 
+    def forget_fence(self, key: str) -> None:
+        """This worker no longer holds stream ``key``: its rows are not written."""
+        if self.fences is not None and self.fences.pop(key, None) is not None:
+            self._stale_fences = True
+
     @property
     def spill_pending(self) -> bool:
         """Whether rows wait in spill files for the store to take them."""
@@ -498,6 +505,8 @@ class BatchingPipeline(abc.ABC):
             await self._exclusive(run(), claim=True)
         finally:
             self._claims_waiting -= 1
+        if self.fences.get(key, token) != token:
+            self._stale_fences = True  # (rows of the earlier holding may be buffered)
         self.fences[key] = token
         cursor = result[0]
         if cursor is None:
@@ -781,7 +790,7 @@ class BatchingPipeline(abc.ABC):
         self, rows: list[dict[str, Any]], marks: list[tuple[Slot, int, int] | None]
     ) -> None:
         started = time.monotonic()
-        if self.fences is not None:
+        if self._stale_fences:
             rows, marks = self._drop_stale(rows, marks)
             if not rows:
                 return
@@ -891,9 +900,8 @@ class BatchingPipeline(abc.ABC):
         """Leave out the rows of streams another worker took over (the store refused
         them): that worker resumed each stream from the cursor it found, before these
         rows, and writes them itself."""
-        if self.fences is not None:
-            for key in keys:
-                self.fences.pop(key, None)
+        for key in keys:
+            self.forget_fence(key)
         state = _crawl_state(self.crawler)
         if state is not None and state.cluster is not None:
             state.cluster.fenced(keys)

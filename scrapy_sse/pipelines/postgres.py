@@ -318,15 +318,20 @@ class PostgresPipeline(BatchingPipeline):
         """
         if not cursors or not self.cursor_parts:
             return
-        if self.fences is not None:
-            await self._save_fenced_cursors(cur, cursors)
-            return
         sql = self._sql()
-        values = sql.SQL(", ").join([sql.SQL("(%s, %s, %s, %s, %s, %s, %s, now())")] * len(cursors))
+        fenced = self.fences is not None
+        # In a cluster, a stream's row is updated only where the stored fence is not
+        # newer than this worker's token for it; a stream refused fences off the whole
+        # batch (raised inside its transaction: nothing of it is committed).
+        row = (
+            "(%s, %s, %s, %s, %s, %s, %s, now(), %s)"
+            if fenced
+            else ("(%s, %s, %s, %s, %s, %s, %s, now())")
+        )
         await cur.execute(
             sql.SQL(
                 "INSERT INTO {} AS c (sink, stream_key, event_id, seq, stored_seq, stored_item, "
-                "next_id, updated_at) VALUES {} "
+                "next_id, updated_at{}) VALUES {} "
                 "ON CONFLICT (sink, stream_key) DO UPDATE SET "
                 "event_id = CASE WHEN excluded.seq >= c.seq THEN excluded.event_id "
                 "ELSE c.event_id END, "
@@ -336,8 +341,18 @@ class PostgresPipeline(BatchingPipeline):
                 "stored_item = CASE WHEN (excluded.stored_seq, excluded.stored_item) > "
                 "(c.stored_seq, c.stored_item) THEN excluded.stored_item ELSE c.stored_item END, "
                 "stored_seq = GREATEST(c.stored_seq, excluded.stored_seq), "
-                "updated_at = now()"
-            ).format(sql.Identifier(*self.cursor_parts), values),
+                "updated_at = now(){}"
+            ).format(
+                sql.Identifier(*self.cursor_parts),
+                sql.SQL(", fence" if fenced else ""),
+                sql.SQL(", ").join([sql.SQL(row)] * len(cursors)),
+                sql.SQL(
+                    ", fence = excluded.fence WHERE COALESCE(c.fence, 0) <= excluded.fence "
+                    "RETURNING stream_key"
+                    if fenced
+                    else ""
+                ),
+            ),
             [
                 value
                 for key, c in cursors.items()
@@ -349,53 +364,14 @@ class PostgresPipeline(BatchingPipeline):
                     c.stored.seq,
                     c.stored.item,
                     c.next_id,
+                    *((self.fence_for(key),) if fenced else ()),
                 )
             ],
         )
-
-    async def _save_fenced_cursors(self, cur: Any, cursors: Cursors) -> None:
-        """In a cluster: the same upsert, only where the stored fence is not newer
-        than this worker's token for the stream; a stream refused fences off the whole
-        batch (raised inside its transaction: nothing of it is committed)."""
-        sql = self._sql()
-        values = sql.SQL(", ").join(
-            [sql.SQL("(%s, %s, %s, %s, %s, %s, %s, now(), %s)")] * len(cursors)
-        )
-        await cur.execute(
-            sql.SQL(
-                "INSERT INTO {} AS c (sink, stream_key, event_id, seq, stored_seq, stored_item, "
-                "next_id, updated_at, fence) VALUES {} "
-                "ON CONFLICT (sink, stream_key) DO UPDATE SET "
-                "event_id = CASE WHEN excluded.seq >= c.seq THEN excluded.event_id "
-                "ELSE c.event_id END, "
-                "next_id = CASE WHEN excluded.seq >= c.seq THEN excluded.next_id "
-                "ELSE c.next_id END, "
-                "seq = GREATEST(c.seq, excluded.seq), "
-                "stored_item = CASE WHEN (excluded.stored_seq, excluded.stored_item) > "
-                "(c.stored_seq, c.stored_item) THEN excluded.stored_item ELSE c.stored_item END, "
-                "stored_seq = GREATEST(c.stored_seq, excluded.stored_seq), "
-                "updated_at = now(), fence = excluded.fence "
-                "WHERE COALESCE(c.fence, 0) <= excluded.fence "
-                "RETURNING stream_key"
-            ).format(sql.Identifier(*self.cursor_parts), values),
-            [
-                value
-                for key, c in cursors.items()
-                for value in (
-                    self._sink_name,
-                    key,
-                    c.event_id,
-                    c.seq,
-                    c.stored.seq,
-                    c.stored.item,
-                    c.next_id,
-                    self.fence_for(key),
-                )
-            ],
-        )
-        written = {key for (key,) in await cur.fetchall()}
-        if len(written) < len(cursors):
-            raise Fenced(key for key in cursors if key not in written)
+        if fenced:
+            written = {key for (key,) in await cur.fetchall()}
+            if len(written) < len(cursors):
+                raise Fenced(key for key in cursors if key not in written)
 
     async def write_batch(self, rows: list[dict[str, Any]], cursors: Cursors = NO_CURSORS) -> None:
         if not rows:
