@@ -10,6 +10,13 @@ network access:
   ``retry:`` hint at the start and ``: keep-alive`` comments.
 * ``POST /v1/chat/completions`` -- an OpenAI-style streamed chat completion
   ending with ``data: [DONE]``.
+* ``POST /v1/responses`` (OpenAI Responses; ``GET /v1/responses/{id}?stream=true&
+  starting_after=N`` resumes a background one), ``POST /v1/messages`` (Anthropic) and
+  ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` (Gemini): the same
+  answers in those formats (see ``llm_frames.py``). An ``X-Demo-Scenario`` header (or
+  ``"demo_scenario"`` in the body) asks for tool calls, two choices, thinking, a
+  mid-stream error or a dropped connection. With ``llm_streams_per_key`` set, a key
+  with more streams open answers 429 with ``retry-after-ms``, as providers do.
 
 Only the standard library (asyncio) is used so that it runs anywhere the example
 runs.  Every stream is a pure function of the seed and the event offset, which
@@ -45,7 +52,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+try:  # run as a script from example_project/, or imported as example_project.demo_server
+    from llm_frames import DROP, SCENARIOS, Frame, frames
+except ImportError:  # pragma: no cover - depends on how it is imported
+    from .llm_frames import DROP, SCENARIOS, Frame, frames
 
 logger = logging.getLogger("sse_demo.server")
 
@@ -80,6 +92,10 @@ class DemoConfig:
     #: Every Nth recentchange event is a Wikimedia "canary" event (0 disables);
     #: the real feed emits those and consumers are expected to drop them.
     wiki_canary_every: int = 150
+    #: Most completion streams open at once per API key (0: no limit); beyond it, 429.
+    llm_streams_per_key: int = 0
+    #: Milliseconds a 429 asks the client to wait (``retry-after-ms``).
+    llm_retry_after_ms: int = 200
 
 
 # --------------------------------------------------------------------------
@@ -673,6 +689,13 @@ class DemoServer:
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._stop_requested: asyncio.Event | None = None
+        #: Completion streams open per API key (for llm_streams_per_key), and the most
+        #: that ever were at once (a test reads it).
+        self.open_per_key: dict[str, int] = {}
+        self.most_open_per_key = 0
+        self.rejected_429 = 0
+        #: Background Responses' events by id, for resumption (bounded).
+        self._background: dict[str, list[Frame]] = {}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Start listening; return the bound port."""
@@ -729,7 +752,15 @@ class DemoServer:
             "/v2/stream/recentchange": ("GET", self._recentchange),
             "/prices": ("GET", self._prices),
             "/v1/chat/completions": ("POST", self._chat),
+            "/v1/responses": ("POST", self._responses),
+            "/v1/messages": ("POST", self._messages),
         }
+        if request.path.startswith("/v1beta/models/") and request.path.endswith(
+            ":streamGenerateContent"
+        ):
+            routes[request.path] = ("POST", self._gemini)
+        if request.path.startswith("/v1/responses/"):
+            routes[request.path] = ("GET", self._responses_resume)
         if request.path == "/":
             index = {"endpoints": {path: method for path, (method, _) in routes.items()}}
             await send_body(writer, 200, json.dumps(index).encode())
@@ -839,25 +870,186 @@ class DemoServer:
             await send_body(writer, 200, json.dumps(body).encode())
             return
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return json.dumps({**base, "object": "chat.completion.chunk", "choices": [choice]})
+        options = payload.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        await self._stream_llm(
+            request,
+            reader,
+            writer,
+            "openai-chat",
+            tokens=tokens,
+            model=model,
+            include_usage=include_usage,
+        )
 
+    # -- the other LLM formats ----------------------------------------------------------
+
+    async def _responses(
+        self, request: HttpRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        payload = await self._llm_payload(request, writer, "input")
+        if payload is not None:
+            tokens = self._answer(payload.get("input"), payload.get("max_output_tokens"))
+            model = str(payload.get("model") or "gpt-4.1-mini")
+            background = bool(payload.get("background"))
+            await self._stream_llm(
+                request,
+                reader,
+                writer,
+                "openai-responses",
+                tokens=tokens,
+                model=model,
+                background=background,
+            )
+
+    async def _messages(
+        self, request: HttpRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        payload = await self._llm_payload(request, writer, "messages")
+        if payload is not None:
+            tokens = self._answer(payload.get("messages"), payload.get("max_tokens"))
+            model = str(payload.get("model") or "claude-sonnet-4-5")
+            await self._stream_llm(request, reader, writer, "anthropic", tokens=tokens, model=model)
+
+    async def _gemini(
+        self, request: HttpRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        payload = await self._llm_payload(request, writer, "contents")
+        if payload is not None:
+            config = payload.get("generationConfig") or {}
+            contents = [
+                {"role": "user", "content": " ".join(p.get("text", "") for p in c.get("parts", []))}
+                for c in payload.get("contents") or ()
+                if isinstance(c, dict)
+            ]
+            tokens = self._answer(contents, config.get("maxOutputTokens"))
+            model = request.path.rsplit("/", 1)[-1].split(":", 1)[0]
+            await self._stream_llm(request, reader, writer, "gemini", tokens=tokens, model=model)
+
+    async def _responses_resume(
+        self, request: HttpRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A background response's events after ``starting_after`` (OpenAI's resume)."""
+        query = parse_qs(request.query)
+        events = self._background.get(request.path.rsplit("/", 1)[-1])
+        if events is None or query.get("stream") != ["true"]:
+            await send_body(writer, 404, openai_error("No response found with that id"))
+            return
+        after = int((query.get("starting_after") or ["-1"])[0])
         stream = EventStreamWriter(reader, writer, request.version)
         await stream.start()
-        await stream.event(chunk({"role": "assistant", "content": "", "refusal": None}))
-        for token in tokens:  # bounded by the canned answer's length
-            if stream.client_gone:
-                return
+        for kind, data in events[after + 1 :]:
             await asyncio.sleep(self.config.chat_chunk_delay)
-            await stream.event(chunk({"content": token}))
-        await stream.event(chunk({}, finish_reason))
-        options = payload.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
-            final = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
-            await stream.event(json.dumps(final))
-        await stream.event("[DONE]")
+            await stream.event(data, event=kind or None)
         await stream.finish()
+
+    def _answer(self, messages: Any, limit: Any) -> list[str]:
+        """The canned answer's words for a conversation (``limit``: most words)."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        _, answer = chat_answer(self.config.seed, messages if isinstance(messages, list) else [])
+        tokens = chat_tokens(answer)
+        if isinstance(limit, int) and 0 < limit < len(tokens):
+            tokens = tokens[:limit]
+        return tokens
+
+    async def _llm_payload(
+        self, request: HttpRequest, writer: asyncio.StreamWriter, required: str
+    ) -> dict[str, Any] | None:
+        """The JSON body, or ``None`` after answering 401/400 as the APIs do."""
+        query = parse_qs(request.query)
+        key = (
+            request.headers.get("authorization", "").partition(" ")[2]
+            or request.headers.get("x-api-key", "")
+            or request.headers.get("x-goog-api-key", "")
+            or (query.get("key") or [""])[0]
+        )
+        if not key.strip():
+            await send_body(writer, 401, openai_error(_MISSING_KEY_MESSAGE))
+            return None
+        try:
+            payload = json.loads(request.body or b"null")
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict) or required not in payload:
+            await send_body(writer, 400, openai_error(f"'{required}' is a required property"))
+            return None
+        return payload
+
+    async def _stream_llm(
+        self,
+        request: HttpRequest,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        fmt: str,
+        *,
+        tokens: list[str],
+        model: str,
+        include_usage: bool = True,
+        background: bool = False,
+    ) -> None:
+        """Stream one completion in ``fmt``, the scenario the client asked for."""
+        try:
+            payload = json.loads(request.body or b"{}")
+        except ValueError:
+            payload = {}
+        scenario = request.headers.get("x-demo-scenario") or payload.get("demo_scenario") or "text"
+        if scenario not in SCENARIOS:
+            await send_body(writer, 400, openai_error(f"unknown scenario {scenario!r}"))
+            return
+        key = (
+            request.headers.get("authorization")
+            or request.headers.get("x-api-key")
+            or request.headers.get("x-goog-api-key")
+            or request.query
+        )
+        limit = self.config.llm_streams_per_key
+        if limit and self.open_per_key.get(key, 0) >= limit:
+            self.rejected_429 += 1
+            await send_body(
+                writer,
+                429,
+                openai_error("Too many concurrent requests for this key", "rate_limit_error"),
+                extra_headers={
+                    "retry-after-ms": str(self.config.llm_retry_after_ms),
+                    "Retry-After": "1",
+                },
+            )
+            return
+        seed = f"{self.config.seed}:{fmt}:{request.body.decode('utf-8', 'replace')}"
+        events = frames(
+            fmt,
+            tokens,
+            scenario=scenario,
+            model=model,
+            seed=seed,
+            include_usage=include_usage,
+            background=background,
+        )
+        if background and scenario == "drop":
+            # Generated whole, cut on this connection: the rest waits for a resume.
+            cut = events.index(DROP)
+            whole = frames(fmt, tokens, scenario="text", model=model, seed=seed, background=True)
+            events = [*whole[:cut], DROP]
+            self._background[json.loads(whole[0][1])["response"]["id"]] = whole
+            while len(self._background) > 1000:
+                del self._background[next(iter(self._background))]
+        self.open_per_key[key] = self.open_per_key.get(key, 0) + 1
+        self.most_open_per_key = max(self.most_open_per_key, self.open_per_key[key])
+        try:
+            stream = EventStreamWriter(reader, writer, request.version)
+            await stream.start()
+            for kind, data in events:  # bounded by the canned answer's length
+                if stream.client_gone:
+                    return
+                if (kind, data) == DROP:
+                    writer.transport.abort()  # no end of body: the connection breaks
+                    return
+                await asyncio.sleep(self.config.chat_chunk_delay)
+                await stream.event(data, event=kind or None)
+            await stream.finish()
+        finally:
+            self.open_per_key[key] -= 1
 
 
 # --------------------------------------------------------------------------
@@ -924,6 +1116,9 @@ async def _main(args: argparse.Namespace) -> None:
     print(f"  GET  {base}/v2/stream/recentchange", flush=True)
     print(f"  GET  {base}/prices", flush=True)
     print(f"  POST {base}/v1/chat/completions", flush=True)
+    print(f"  POST {base}/v1/responses", flush=True)
+    print(f"  POST {base}/v1/messages", flush=True)
+    print(f"  POST {base}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", flush=True)
     await server.serve_until_stopped()
 
 
