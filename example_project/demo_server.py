@@ -15,8 +15,9 @@ network access:
   ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` (Gemini): the same
   answers in those formats (see ``llm_frames.py``). An ``X-Demo-Scenario`` header (or
   ``"demo_scenario"`` in the body) asks for tool calls, two choices, thinking, a
-  mid-stream error or a dropped connection. With ``llm_streams_per_key`` set, a key
-  with more streams open answers 429 with ``retry-after-ms``, as providers do.
+  mid-stream error or a dropped connection (``drop_once``: the first time only). With
+  ``llm_streams_per_key`` set, a key with more streams open answers 429 with
+  ``retry-after-ms``, as providers do.
 
 Only the standard library (asyncio) is used so that it runs anywhere the example
 runs.  Every stream is a pure function of the seed and the event offset, which
@@ -696,6 +697,8 @@ class DemoServer:
         self.rejected_429 = 0
         #: Background Responses' events by id, for resumption (bounded).
         self._background: dict[str, list[Frame]] = {}
+        #: Request bodies already answered with a drop (``drop_once``; bounded).
+        self._dropped_once: set[bytes] = set()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Start listening; return the bound port."""
@@ -762,7 +765,13 @@ class DemoServer:
         if request.path.startswith("/v1/responses/"):
             routes[request.path] = ("GET", self._responses_resume)
         if request.path == "/":
-            index = {"endpoints": {path: method for path, (method, _) in routes.items()}}
+            index = {
+                "endpoints": {path: method for path, (method, _) in routes.items()},
+                "llm": {
+                    "most_open_per_key": self.most_open_per_key,
+                    "rejected_429": self.rejected_429,
+                },
+            }
             await send_body(writer, 200, json.dumps(index).encode())
             return
         if request.path not in routes:
@@ -994,6 +1003,11 @@ class DemoServer:
         except ValueError:
             payload = {}
         scenario = request.headers.get("x-demo-scenario") or payload.get("demo_scenario") or "text"
+        if scenario == "drop_once":  # a flaky network: this body drops once, then streams
+            first = request.body not in self._dropped_once
+            if first and len(self._dropped_once) < 100_000:
+                self._dropped_once.add(request.body)
+            scenario = "drop" if first else "text"
         if scenario not in SCENARIOS:
             await send_body(writer, 400, openai_error(f"unknown scenario {scenario!r}"))
             return

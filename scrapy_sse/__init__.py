@@ -15,11 +15,13 @@ if TYPE_CHECKING:
     from .errors import SSEError, SSEEventTooLarge, SSEResponseError, SSEStreamError
     from .events import SSEBatch, SSEComment, SSEEvent, SSEEventItem
     from .http import SSERequest, SSEResponse
+    from .llm.completion import LLMCompletion
     from .parser import SSEParser
     from .stream import SSEStream
 
 #: Where each public name lives.
 _EXPORTS = {
+    "LLMCompletion": "llm.completion",
     "SSEAddon": "addon",
     "SSEBatch": "events",
     "SSEComment": "events",
@@ -36,6 +38,7 @@ _EXPORTS = {
 }
 
 __all__ = [  # (the names of _EXPORTS, as static tools want them)
+    "LLMCompletion",
     "SSEAddon",
     "SSEBatch",
     "SSEComment",

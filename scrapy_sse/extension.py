@@ -59,7 +59,9 @@ class SSEExtension:
         self.crawler = crawler
         self.settings = SSESettings.from_settings(crawler.settings)
         self.registry = StreamRegistry(
-            self.settings.max_streams, self.settings.max_streams_per_slot
+            self.settings.max_streams,
+            self.settings.max_streams_per_slot,
+            self.settings.max_streams_per_key,
         )
         #: Features of :mod:`scrapy_sse._scrapy_private` the running Scrapy cannot give.
         self.missing = _scrapy_private.missing()

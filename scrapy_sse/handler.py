@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
+from hashlib import blake2b
+from time import time
 from typing import TYPE_CHECKING, Any
 
 from scrapy.core.downloader.handlers.base import BaseDownloadHandler
@@ -19,7 +21,7 @@ from scrapy.utils.misc import build_from_crawler, load_object
 
 from .errors import SSEResponseError, SSEStreamError
 from .extension import sse_state
-from .http import SSEResponse, is_sse_request, read_by_parse
+from .http import LLM_KEY, SENT_AT_KEY, SSEResponse, is_sse_request, read_by_parse
 from .policy import CLOSING, NO_CONTENT
 from .stream import FINGERPRINT_SALT, SSEStream
 from .transport import body_decoder
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
 
+    from .registry import Places
     from .settings import SSESettings
     from .transport import OpenedResponse, Transport
 
@@ -43,6 +46,26 @@ def download_slot(request: Request) -> str:
     """The key ``SSE_MAX_STREAMS_PER_SLOT`` counts by: Scrapy's download slot."""
     slot = request.meta.get("download_slot")
     return str(slot) if slot is not None else (urlparse_cached(request).hostname or "")
+
+
+#: Request headers that carry an API key, as LLM providers name them.
+API_KEY_HEADERS = (b"Authorization", b"X-Api-Key", b"X-Goog-Api-Key", b"Api-Key")
+
+
+def api_key(request: Request) -> str | None:
+    """What ``SSE_MAX_STREAMS_PER_KEY`` counts by: the host and a digest of the
+    request's API key (a header, or ``?key=`` as Gemini allows), never the key itself;
+    ``None`` for a request that carries none."""
+    parts = urlparse_cached(request)
+    secret = next(
+        (request.headers.get(name) for name in API_KEY_HEADERS if name in request.headers), None
+    )
+    if secret is None:
+        query = [p[4:] for p in (parts.query or "").split("&") if p.startswith("key=")]
+        if not query:
+            return None
+        secret = query[0].encode()
+    return f"{parts.hostname}:{blake2b(secret, digest_size=8).hexdigest()}"
 
 
 def is_event_stream(content_type: bytes | None) -> bool:
@@ -99,8 +122,14 @@ class SSEDownloadHandler(BaseDownloadHandler):
             fallback = self._fallback(urlparse_cached(request).scheme)
             response: Response = await fallback.download_request(request)
             return response
-        slot = download_slot(request)
+        slot: Places = download_slot(request)
+        if self._registry.counts_keys:
+            key = api_key(request)
+            if key is not None:
+                slot = (download_slot(request), key)
         await self._registry.acquire(slot)
+        if request.meta.get(LLM_KEY):
+            request.meta[SENT_AT_KEY] = time()  # (after any wait for a place: sent now)
         try:
             opened = await self._registry.opening(self._get_transport().open(request))
             if self._registry.closing:
@@ -112,7 +141,7 @@ class SSEDownloadHandler(BaseDownloadHandler):
             self._registry.release(slot)
             raise
 
-    async def _respond(self, request: Request, opened: OpenedResponse, slot: str) -> Response:
+    async def _respond(self, request: Request, opened: OpenedResponse, slot: Places) -> Response:
         """Turn an opened response into what Scrapy should see. On return without a
         live stream registered, the caller releases the stream slot."""
         status = opened.status

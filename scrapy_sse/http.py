@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 META_KEY = "sse"
 #: ``meta`` key of the name a stream's resume point is kept under.
 STREAM_KEY = "sse_stream_key"
+#: ``meta`` key that makes a stream one LLM completion (``"auto"`` or a format name).
+LLM_KEY = "sse_llm"
+#: ``meta`` key of the ``time.time()`` an LLM completion's request was sent at.
+SENT_AT_KEY = "sse_sent_at"
 
 
 class SSERequest(Request):

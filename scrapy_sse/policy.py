@@ -29,6 +29,7 @@ HTTP_ERROR = "http_error"  # the server answered, but not with a usable stream
 NETWORK_ERROR = "network_error"  # no response at all (refused, DNS, TLS, timeout)
 CLOSING = "closing"  # refused or dropped before it opened: the spider is closing
 HANDED_OVER = "handed_over"  # a cluster worker closed it: another worker holds it now
+LLM_ERROR = "llm_error"  # an LLM API's error event mid-stream (overloaded, say)
 
 RECONNECT = "reconnect"
 GIVE_UP = "give_up"
@@ -96,6 +97,9 @@ class Outcome:
     opened: bool = False  # the stream began (a 200 event stream), not a failed connect
     resumable: bool = False  # an event id is in effect: Last-Event-ID can resume it
     resend_allowed: bool = True  # a GET (or HEAD) request, or the user opted in
+    #: For an LLM completion stream: whether the completion arrived whole (``None``:
+    #: not one). A whole one is the stream's end, whatever the connection did next.
+    finished: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,19 @@ class Decision:
     reason: str = ""
     refresh_auth: bool = False
     history: History = field(default_factory=History)
+
+
+def retry_after(headers: dict[str, str], now_epoch: float) -> float | None:
+    """Seconds a refusal asks to wait: ``retry-after-ms`` (what several LLM APIs send,
+    more precise) or ``Retry-After``; header names in any case."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    millis = lowered.get("retry-after-ms", "").strip()
+    try:
+        if millis:
+            return max(0.0, float(millis) / 1000)
+    except ValueError:
+        pass
+    return parse_retry_after(lowered.get("retry-after"), now_epoch)
 
 
 def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
@@ -150,6 +167,8 @@ def decide(
 ) -> Decision:
     """What to do after one connection of a stream ended."""
     reason = outcome.reason
+    if outcome.finished:
+        return Decision(STOP, reason=COMPLETED, history=history)
     if reason in FINAL_ENDS:
         return Decision(STOP, reason=reason, history=history)
     if not reconnect_enabled:
@@ -162,7 +181,10 @@ def decide(
     ):
         # A POST stream that ran, without ids: sending it again would not resume it but
         # start a new one (for an LLM API, a second billed completion). A clean end is
-        # its end; a drop is a failure for the errback.
+        # its end (unless it is a completion cut short); a drop is a failure for the
+        # errback.
+        if outcome.finished is False:
+            return Decision(GIVE_UP, reason="incomplete", history=history)
         if reason == SERVER_CLOSED:
             return Decision(STOP, reason=reason, history=history)
         return Decision(GIVE_UP, reason="not_resendable", history=history)
@@ -222,4 +244,6 @@ def decide(
 
 
 def _is_failure(outcome: Outcome) -> bool:
+    if outcome.finished is False:
+        return True  # a completion cut short, however the connection ended
     return outcome.status is not None or outcome.reason not in ("server_closed",)

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
 
+from .completions import Completions, is_completion
 from .dispatch import callback_output
 from .errors import SSEResponseError, SSEStreamError
 from .handler import SKIP_KEY, meta_flag
 from .http import STREAM_KEY, SSERequest, redact_url
-from .policy import GIVE_UP, RECONNECT, Decision, History, Outcome, decide, parse_retry_after
+from .policy import GIVE_UP, RECONNECT, Decision, History, Outcome, decide, retry_after
 from .stream import FINGERPRINT_SALT
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class StreamEnds:
         self.crawler = crawler
         self.state = state
         self._rng = rng or random.Random()
+        self.completions = Completions(crawler, state)
 
     async def connection_failed(
         self, stream: SSEStream, errback: Callable[[Failure], Any] | None, failure: Failure
@@ -60,25 +62,28 @@ class StreamEnds:
     def _outcome(self, stream: SSEStream) -> Outcome:
         error = stream.error
         status = None
-        retry_after = None
+        wait = None
         reason = stream.end_reason or ""
         if isinstance(error, SSEResponseError):
             status = error.status
             if status == 200:
                 reason = "bad_content_type"
-            retry_after = parse_retry_after(error.headers.get("Retry-After"), time())
+            wait = retry_after(error.headers, time())
         request = stream.request
+        completion = self.completions.outcome(stream) if is_completion(request) else {}
         return Outcome(
             reason=reason,
             status=status,
             delivered=stream.events_delivered,
             retry_ms=stream.parser.retry,
-            retry_after=retry_after,
+            retry_after=wait,
             has_auth_hook=hasattr(self.crawler.spider, "sse_refresh_auth"),
             opened=stream.response is not None,
-            resumable=bool(stream.last_delivered_id),
+            resumable=bool(stream.last_delivered_id) or completion.get("resumable", False),
             resend_allowed=request.method in ("GET", "HEAD")
-            or meta_flag(self.state.settings.for_request(request, "resend_post")),
+            or meta_flag(self.state.settings.for_request(request, "resend_post"))
+            or completion.get("resend_allowed", False),
+            finished=completion.get("finished"),
         )
 
     async def after(
@@ -111,7 +116,11 @@ class StreamEnds:
         if decision.action == RECONNECT:
             async for value in self._reconnect(stream, errback, decision, outcome):
                 yield value
-        elif decision.action == GIVE_UP:
+            return
+        if is_completion(request):
+            async for value in self.completions.deliver(stream):
+                yield value
+        if decision.action == GIVE_UP:
             stats.inc_value(f"sse/give_up/{decision.reason}")
             error = stream.error or SSEStreamError(
                 f"SSE stream {redact_url(stream.url)} ended ({outcome.reason})", outcome.reason
@@ -169,6 +178,8 @@ class StreamEnds:
             kwargs["headers"] = headers
             if update.get("cookies") is not None:
                 kwargs["cookies"] = update["cookies"]
+        if is_completion(request):
+            self.completions.next_request(stream, kwargs)
         if isinstance(request, SSERequest):
             kwargs["last_event_id"] = resume_id or request.last_event_id
         new_request = request.replace(**kwargs)

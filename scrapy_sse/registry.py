@@ -5,8 +5,10 @@ shared by the download handlers (one instance per scheme), the middlewares and t
 extension (which closes everything when the spider closes).
 
 "Download slot" means Scrapy's (``meta["download_slot"]``, by default the host):
-``SSE_MAX_STREAMS_PER_SLOT`` counts open streams per download slot. The counting
-gates hand out *places*: one crawl-wide, one in the stream's download slot.
+``SSE_MAX_STREAMS_PER_SLOT`` counts open streams per download slot, and
+``SSE_MAX_STREAMS_PER_KEY`` per API key (LLM providers cap open streams per key). The
+counting gates hand out *places*: one crawl-wide, one in the stream's download slot,
+and one for its key when it has one. A stream's :data:`Places` name them.
 
 It also owns the only timers: one watchdog for read timeouts of all streams (not a
 timer per read, which would cost a reschedule per chunk), and the cancellable waits
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Where a stream holds its places: its download slot, or (download slot, API key).
+Places = str | tuple[str, str]
 
 
 def _task_cancelling() -> bool:
@@ -88,11 +93,14 @@ class _Gate:
 
 
 class StreamRegistry:
-    def __init__(self, max_streams: int = 0, max_per_slot: int = 0) -> None:
+    def __init__(self, max_streams: int = 0, max_per_slot: int = 0, max_per_key: int = 0) -> None:
         self._total = _Gate(max_streams)
         self._per_download_slot: defaultdict[str, _Gate] = defaultdict(lambda: _Gate(max_per_slot))
-        #: Open streams, each with its download slot.
-        self.streams: dict[SSEStream, str] = {}
+        self._per_key: defaultdict[str, _Gate] = defaultdict(lambda: _Gate(max_per_key))
+        #: Whether streams are counted per API key (``SSE_MAX_STREAMS_PER_KEY``).
+        self.counts_keys = max_per_key > 0
+        #: Open streams, each with its places.
+        self.streams: dict[SSEStream, Places] = {}
         #: Open streams by stream key.
         self.by_key: dict[str, SSEStream] = {}
         # One bound method for every stream's end callback (a closure per stream
@@ -110,15 +118,24 @@ class StreamRegistry:
 
     # -- caps ----------------------------------------------------------------------
 
-    async def acquire(self, download_slot: str) -> None:
+    async def acquire(self, places: Places) -> None:
         """Wait for a place among open streams: crawl-wide (``SSE_MAX_STREAMS``), then
-        in the download slot (``SSE_MAX_STREAMS_PER_SLOT``)."""
+        in the download slot (``SSE_MAX_STREAMS_PER_SLOT``), then for the API key
+        (``SSE_MAX_STREAMS_PER_KEY``)."""
+        download_slot, key = (places, None) if isinstance(places, str) else places
         await self._take(self._total)
         try:
             await self._take(self._per_download_slot[download_slot])
         except BaseException:
             self._total.release()
             raise
+        if key is not None:
+            try:
+                await self._take(self._per_key[key])
+            except BaseException:
+                self._release(self._per_download_slot, download_slot)
+                self._total.release()
+                raise
 
     async def _take(self, gate: _Gate) -> None:
         if self.closing:
@@ -166,17 +183,25 @@ class StreamRegistry:
         finally:
             self._opening.discard(dfd)
 
-    def release(self, download_slot: str) -> None:
-        gate = self._per_download_slot[download_slot]
+    def release(self, places: Places) -> None:
+        if isinstance(places, str):
+            self._release(self._per_download_slot, places)
+        else:
+            self._release(self._per_download_slot, places[0])
+            self._release(self._per_key, places[1])
+        self._total.release()
+
+    @staticmethod
+    def _release(gates: defaultdict[str, _Gate], name: str) -> None:
+        gate = gates[name]
         gate.release()
         if not gate.held and not gate.waiting:
-            del self._per_download_slot[download_slot]
-        self._total.release()
+            del gates[name]
 
     # -- open streams ----------------------------------------------------------------
 
-    def add(self, stream: SSEStream, download_slot: str) -> None:
-        self.streams[stream] = download_slot
+    def add(self, stream: SSEStream, places: Places) -> None:
+        self.streams[stream] = places
         key = stream.request.meta.get(STREAM_KEY)
         if key:
             self.by_key[key] = stream
@@ -189,9 +214,9 @@ class StreamRegistry:
         key = stream.request.meta.get(STREAM_KEY)
         if key and self.by_key.get(key) is stream:
             del self.by_key[key]
-        download_slot = self.streams.pop(stream, None)
-        if download_slot is not None:
-            self.release(download_slot)
+        places = self.streams.pop(stream, None)
+        if places is not None:
+            self.release(places)
         self.record(stream)
 
     def record(self, stream: SSEStream) -> None:
@@ -268,7 +293,7 @@ class StreamRegistry:
     def close_all(self, reason: str) -> int:
         """Close every open stream, end reconnect waits and refuse waiting streams."""
         self.closing = True
-        for gate in (self._total, *self._per_download_slot.values()):
+        for gate in (self._total, *self._per_download_slot.values(), *self._per_key.values()):
             waiting, gate.waiting = gate.waiting, deque()
             for waiter in waiting:
                 if not waiter.deferred.called:

@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "SSE_FALLBACK_HANDLERS": {},
     # Most streams open at once per download slot (meta["download_slot"]); 0: no limit.
     "SSE_MAX_STREAMS_PER_SLOT": 0,
+    # Most streams open at once per API key (Authorization, x-api-key, x-goog-api-key,
+    # api-key header or ?key=, per host): LLM providers cap open streams per key. 0: none.
+    "SSE_MAX_STREAMS_PER_KEY": 0,
     # Seconds without a byte (comments count) before a connection is dropped; 0: never.
     "SSE_READ_TIMEOUT": 300.0,
     # Seconds before reconnecting when the server sent no retry: field.
@@ -60,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     # Re-send a POST (any method but GET/HEAD) stream that ended without event ids to
     # resume from: by default it is not (it would start anew: a second LLM completion).
     "SSE_RESEND_POST": False,
+    # An LLM completion (meta["sse_llm"]) cut short (a drop, a mid-stream API error) is
+    # sent again from scratch up to this many times, its partial answer discarded
+    # (each is a new, billed completion). 0: one incomplete LLMCompletion instead.
+    "SSE_LLM_RETRIES": 0,
     # Record events whose callback raised, and items pipelines dropped, as dead letters.
     "SSE_DEAD_LETTERS": False,
     # Redis URL of the cluster this crawl is a worker of (None: a crawl on its own).
@@ -80,6 +87,7 @@ class SSESettings:
     done_data: tuple[str, ...]
     max_streams: int
     max_streams_per_slot: int
+    max_streams_per_key: int
     comments: bool
     read_timeout: float
     retry_delay: float
@@ -93,6 +101,7 @@ class SSESettings:
     release_idle_chain: float
     dead_letters: bool
     resend_post: bool
+    llm_retries: int
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> SSESettings:
@@ -106,6 +115,7 @@ class SSESettings:
             done_data=tuple(settings.getlist("SSE_DONE_DATA", DEFAULTS["SSE_DONE_DATA"])),
             max_streams=int(get("SSE_MAX_STREAMS")),
             max_streams_per_slot=int(get("SSE_MAX_STREAMS_PER_SLOT")),
+            max_streams_per_key=int(get("SSE_MAX_STREAMS_PER_KEY")),
             comments=bool(settings.getbool("SSE_COMMENTS", DEFAULTS["SSE_COMMENTS"])),
             read_timeout=float(get("SSE_READ_TIMEOUT")),
             retry_delay=float(get("SSE_RETRY_DELAY")),
@@ -119,6 +129,7 @@ class SSESettings:
             release_idle_chain=float(get("SSE_RELEASE_IDLE_CHAIN")),
             dead_letters=settings.getbool("SSE_DEAD_LETTERS", DEFAULTS["SSE_DEAD_LETTERS"]),
             resend_post=settings.getbool("SSE_RESEND_POST", DEFAULTS["SSE_RESEND_POST"]),
+            llm_retries=int(get("SSE_LLM_RETRIES")),
         )
 
     def policy(self, request: Request) -> PolicySettings:

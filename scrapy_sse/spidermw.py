@@ -4,7 +4,8 @@ Nearest the engine, so that the reconnect requests it adds are not made deeper b
 ``DepthMiddleware`` nor filtered as off-site. For each stream response it:
 
 * installs the callback that reads the stream (``process_spider_input``: per event, per
-  batch, or one item per event; see :mod:`scrapy_sse.dispatch`), and gives the stream
+  batch, or one item per event, see :mod:`scrapy_sse.dispatch`; one LLM completion, see
+  :mod:`scrapy_sse.completions`), and gives the stream
   its track, where each delivery is held until what the spider made of it is stored;
 * counts each item of the output against the delivery it was made from (the event
   being read when the item leaves the spider middlewares; see :mod:`scrapy_sse.durable`);
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import Request
 
+from .completions import completion_callback, is_completion
 from .dispatch import build_callback
 from .downloadermw import user_errback
 from .durable import CURRENT
@@ -33,7 +35,7 @@ from .policy import CALLBACK_DONE
 from .reconnect import StreamEnds
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from scrapy.crawler import Crawler
     from scrapy.http import Response
@@ -66,7 +68,11 @@ class SSESpiderMiddleware:
             stream.track = self.state.ledger.track(key)
         if request.callback is stream.request.callback:  # (the first burst)
             idle = self.state.burst_idle
-            callback = build_callback(stream.request, self.crawler, self.state, idle)
+            callback: Callable[..., Any] | None
+            if is_completion(stream.request):
+                callback = completion_callback(stream.request, idle)
+            else:
+                callback = build_callback(stream.request, self.crawler, self.state, idle)
             if callback is not None:
                 request.callback = callback
 

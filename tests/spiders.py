@@ -277,3 +277,39 @@ class PageFollower(_Base):
     def parse_page(self, response: scrapy.http.Response) -> Any:
         for n in range(20):
             yield {"kind": "page", "id": f"{response.url}#{n}"}
+
+
+class Completions(scrapy.Spider):
+    """LLM completions (``meta["sse_llm"]``) against the demo server at ``-a url``:
+    ``-a requests=`` a JSON list of ``{"path", "body", "headers", "llm", "meta"}``.
+    ``-a callback=1`` receives each completion in a callback (which adds the request's
+    ``tag``); otherwise the completion is the item (tagged by a pipeline-side field:
+    its ``url``). The errback yields nothing (it counts ``test/errbacks``), so the items
+    are exactly the completions."""
+
+    name = "completions"
+    callback = "0"
+
+    async def start(self) -> AsyncIterator[Any]:
+        for tag, spec in enumerate(json.loads(self.requests)):
+            headers = {"Content-Type": "application/json", **spec.get("headers", {})}
+            use_callback = self.callback == "1"
+            yield SSERequest(
+                self.url + spec["path"],
+                method="POST",
+                body=json.dumps(spec["body"]),
+                headers=headers,
+                meta={"sse_llm": spec.get("llm", "auto"), **spec.get("meta", {})},
+                callback=self.on_completion if use_callback else None,
+                cb_kwargs={"tag": tag} if use_callback else None,
+                errback=self.on_error,
+            )
+
+    def on_completion(self, completion: Any, tag: int) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {**asdict(completion), "tag": tag}
+
+    def on_error(self, failure: Failure) -> None:
+        assert self.crawler.stats is not None
+        self.crawler.stats.inc_value("test/errbacks")

@@ -520,6 +520,12 @@ class LLMStream:
         else:
             self.assembly = new_assembly(name)
         self.skipped = 0
+        #: The URL the completion was asked of (a resume may read another).
+        self.url = url
+        #: When its request was sent (``time.time()``), and the seconds from then to
+        #: the first content: set by whoever reads the clock.
+        self.sent_at = 0.0
+        self.ttft_s: float | None = None
 
     @property
     def started(self) -> bool:
