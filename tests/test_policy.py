@@ -143,3 +143,56 @@ def test_a_post_stream_without_ids_is_resent_only_when_the_spider_restarts_it() 
     assert action(SERVER_CLOSED) == STOP
     assert action("connection_lost") == GIVE_UP
     assert action(RESTART) == RECONNECT
+
+
+def test_retry_after_prefers_the_millisecond_header_llm_apis_send() -> None:
+    from scrapy_sse.policy import retry_after
+
+    assert retry_after({"Retry-After-Ms": "250", "Retry-After": "3"}, 0) == 0.25
+    assert retry_after({"retry-after": "3"}, 0) == 3.0
+    assert retry_after({"retry-after-ms": "soon", "Retry-After": "2"}, 0) == 2.0
+    assert retry_after({}, 0) is None
+
+
+def test_a_completion_is_ended_by_its_format_and_resent_only_when_cut_short() -> None:
+    from scrapy_sse.policy import CONNECTION_LOST, SERVER_CLOSED
+
+    post = {"opened": True, "delivered": 5, "resumable": False, "resend_allowed": False}
+    whole = decide(
+        Outcome(reason=SERVER_CLOSED, finished=True, **post),
+        History(),
+        PolicySettings(),
+        reconnect_enabled=True,
+        now=0.0,
+        rng=random.Random(1),
+    )
+    assert (whole.action, whole.reason) == (STOP, "completed")
+    # Whole even if the user allowed re-sending: never a second completion after it.
+    again = decide(
+        Outcome(reason=SERVER_CLOSED, finished=True, **{**post, "resend_allowed": True}),
+        History(),
+        PolicySettings(),
+        reconnect_enabled=True,
+        now=0.0,
+        rng=random.Random(1),
+    )
+    assert again.action == STOP
+    # Cut short by a clean close (Gemini has no end marker): a failure, not an end.
+    cut = decide(
+        Outcome(reason=SERVER_CLOSED, finished=False, **post),
+        History(),
+        PolicySettings(),
+        reconnect_enabled=True,
+        now=0.0,
+        rng=random.Random(1),
+    )
+    assert (cut.action, cut.reason) == (GIVE_UP, "incomplete")
+    retried = decide(
+        Outcome(reason=CONNECTION_LOST, finished=False, **{**post, "resend_allowed": True}),
+        History(),
+        PolicySettings(),
+        reconnect_enabled=True,
+        now=0.0,
+        rng=random.Random(1),
+    )
+    assert retried.action == RECONNECT
