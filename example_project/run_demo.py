@@ -1,7 +1,7 @@
 """Main job of the example project: run every spider against the demo server.
 
 It starts ``demo_server.py`` on a free port in a background thread, runs the
-``wikimedia``, ``prices`` and ``chat`` spiders together in one Scrapy process
+``wikimedia``, ``prices``, ``chat`` and ``completions`` spiders together in one Scrapy process
 for a bounded time each (``CLOSESPIDER_TIMEOUT``), stores their items in the
 embedded default store, SQLite (``output/demo.sqlite3``, one table per spider,
 through ``scrapy_sse.pipelines.SQLitePipeline``), and prints a summary.  It exits
@@ -35,6 +35,7 @@ SPIDER_PATHS: dict[str, str] = {
     "wikimedia": "/v2/stream/recentchange",
     "prices": "/prices",
     "chat": "/v1/chat/completions",
+    "completions": "",  # (its prompts name each provider's path)
 }
 #: The scrapy_sse stat counting events received (dispatched to the spider).
 EVENT_COUNT_STAT = "sse/events"

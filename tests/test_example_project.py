@@ -30,7 +30,7 @@ def test_main_job_fills_the_embedded_store(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "demo.sqlite3") as db:
         counts = {
             table: db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
-            for table in ("wikimedia", "prices", "chat")
+            for table in ("wikimedia", "prices", "chat", "completions")
         }
         symbols = {row[0] for row in db.execute("SELECT symbol FROM prices")}
     assert all(count > 0 for count in counts.values()), counts

@@ -7,6 +7,7 @@ types, and Scrapy's feed exports and pipelines accept them through itemadapter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -37,3 +38,21 @@ class ChatChunk:
 
     index: int
     content: str
+
+
+@dataclass
+class StoredCompletion:
+    """One prompt's whole answer, as the ``completions`` spider stores it."""
+
+    prompt_id: str
+    prompt: str
+    provider: str
+    model: str | None
+    text: str
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str | None
+    complete: bool
+    error: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    ttft_s: float | None
+    duration_s: float | None
