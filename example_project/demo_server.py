@@ -1122,6 +1122,8 @@ async def _main(args: argparse.Namespace) -> None:
         seed=args.seed,
         max_stream_seconds=args.max_stream_seconds,
         wiki_malformed_every=args.malformed_every,
+        chat_chunk_delay=args.chat_chunk_delay,
+        llm_streams_per_key=args.llm_streams_per_key,
     )
     server = DemoServer(config)
     port = await server.start(args.host, args.port)
@@ -1150,8 +1152,18 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="make every Nth recentchange event unparsable (0: never)",
     )
+    parser.add_argument(
+        "--chat-chunk-delay", type=float, default=0.02, help="seconds between LLM chunks"
+    )
+    parser.add_argument(
+        "--llm-streams-per-key",
+        type=int,
+        default=0,
+        help="answer 429 (retry-after-ms) past this many open completions per key",
+    )
+    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args))
 

@@ -178,7 +178,9 @@ def test_items_without_a_callback_are_the_completions_in_the_default_store(
         assert json.loads(row["usage"])
 
 
-def test_a_dropped_completion_is_retried_from_scratch_only_when_asked(demo: str) -> None:
+def test_a_dropped_completion_is_retried_from_scratch_only_when_asked(
+    demo: str, tmp_path: Path
+) -> None:
     flaky = [
         request_spec(fmt, "drop_once", prompt=f"flaky {fmt}")
         for fmt in ("openai-chat", "anthropic")
@@ -202,11 +204,15 @@ def test_a_dropped_completion_is_retried_from_scratch_only_when_asked(demo: str)
     assert result.stat("sse/llm/retried") == 2 + 2
     assert result.stat("test/errbacks") == 1
 
-    # Without the opt-in: the first drop is the answer, once, with its error.
+    # Without the opt-in: the first drop is the answer, once, with its error, and a
+    # dead letter when those are kept.
     again = [request_spec("anthropic", "drop_once", prompt="flaky, not retried")]
-    single = by_tag(crawl(demo, again))
+    letters = tmp_path / "dead.jsonl"
+    single = by_tag(crawl(demo, again, SSE_DEAD_LETTERS=True, SSE_DEAD_LETTER_PATH=str(letters)))
     assert single[0]["complete"] is False and single[0]["attempts"] == 1
     assert single[0]["error"]["type"] == "connection_lost"
+    [letter] = [json.loads(line) for line in letters.read_text().splitlines()]
+    assert letter["kind"] == "llm_incomplete" and letter["item"]["text"] == single[0]["text"]
 
 
 def test_a_background_response_resumes_after_its_last_sequence_number(demo: str) -> None:
