@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scrapy.extensions.feedexport import FeedExporter
+
 from .downloadermw import SSEDownloaderMiddleware
 from .extension import SSEExtension
+from .feedexport import SSEFeedExporter
 from .handler import SSEDownloadHandler
 from .logformatter import SSELogFormatter
+from .logstats import SSELogStats
 from .provenance import PRIORITY, ProvenancePipeline
 from .settings import DEFAULTS
 from .spidermw import SSESpiderMiddleware
@@ -22,6 +26,7 @@ if TYPE_CHECKING:
 
 HANDLER_PATH = "scrapy_sse.handler.SSEDownloadHandler"
 DEFAULT_LOG_FORMATTER = "scrapy.logformatter.LogFormatter"
+FEED_EXPORTER = "scrapy.extensions.feedexport.FeedExporter"
 
 
 def _is_sse_handler(handler: object) -> bool:
@@ -54,6 +59,17 @@ class SSEAddon:
             "DOWNLOADER_MIDDLEWARES", SSEDownloaderMiddleware, 950
         )
         settings.set_in_component_priority_dict("EXTENSIONS", SSEExtension, 500)
+        settings.set_in_component_priority_dict("EXTENSIONS", SSELogStats, 500)
+        # Feed exports that write a batch (SSEBatch) one line per event, where Scrapy's
+        # own FeedExporter is on (it is unless a user turned it off).
+        extensions = settings.getwithbase("EXTENSIONS")
+        priority = next(
+            (value for key, value in extensions.items() if key in (FeedExporter, FEED_EXPORTER)),
+            None,
+        )
+        if priority is not None:
+            settings.set_in_component_priority_dict("EXTENSIONS", FeedExporter, None)
+            settings.set_in_component_priority_dict("EXTENSIONS", SSEFeedExporter, priority)
         if settings.get("SSE_CLUSTER_URL"):
             from .cluster.spidermw import ClusterSpiderMiddleware
 

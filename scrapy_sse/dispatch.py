@@ -36,6 +36,7 @@ from scrapy.exceptions import CloseSpider
 from twisted.python.failure import Failure
 
 from .events import SSEBatch, SSEEventItem, parse_json_or_none
+from .extension import sse_state
 from .http import read_by_parse
 
 if TYPE_CHECKING:
@@ -206,13 +207,35 @@ async def _callback_failed(
     assert stats is not None
     stats.inc_value("sse/callback_errors")
     stats.inc_value(f"sse/callback_errors/{type(exc).__name__}")
-    logger.error(
-        "Spider callback failed on %s from %s",
-        what,
-        request.url,
-        exc_info=(type(exc), exc, exc.__traceback__),
-        extra={"spider": crawler.spider},
-    )
+    # A callback that fails on every event would log a traceback per event: the first
+    # of each kind per stream has it, repeats are summed up at the 2nd, 4th, 8th...
+    counts = sse_state(crawler).callback_errors
+    key = (request.url, type(exc).__name__)
+    count = counts[key] = counts.get(key, 0) + 1
+    if count == 1:
+        logger.error(
+            "Spider callback failed on %s from %s",
+            what,
+            request.url,
+            exc_info=(type(exc), exc, exc.__traceback__),
+            extra={"spider": crawler.spider},
+        )
+    elif count & (count - 1) == 0:
+        logger.error(
+            "Spider callback failed again on %s from %s: %s: %s (%d times on this stream "
+            "so far; a traceback was logged for the first; repeats are logged at the 2nd, "
+            "4th, 8th...; all are counted in sse/callback_errors)",
+            what,
+            request.url,
+            type(exc).__name__,
+            exc,
+            count,
+            extra={"spider": crawler.spider},
+        )
+    else:
+        logger.debug(
+            "Spider callback failed on %s: %r", what, exc, extra={"spider": crawler.spider}
+        )
     if dead_letters is not None:
         for event in failed:
             dead_letters.record("callback_error", event=event, error=exc, spider=crawler.spider)

@@ -70,6 +70,9 @@ class SSEExtension:
         #: Where each stream may resume: what the crawl's stores hold (see
         #: :mod:`scrapy_sse.durable`).
         self.ledger = Ledger()
+        #: Callback failures so far, by (stream URL, exception type): the log shows a
+        #: traceback for the first only (see scrapy_sse.dispatch).
+        self.callback_errors: dict[tuple[str, str], int] = {}
         self.registry.tracks = self.ledger.tracks
         self._dead_letters: DeadLetters | None = None
         #: The crawl's batching sinks, as each opens (the cluster claims streams in them).

@@ -13,21 +13,25 @@ from hashlib import blake2b
 from time import time
 from typing import TYPE_CHECKING, Any
 
+from pydispatch.dispatcher import getAllReceivers, liveReceivers
 from scrapy.core.downloader.handlers.base import BaseDownloadHandler
 from scrapy.exceptions import NotConfigured, NotSupported
 from scrapy.http import Headers, Response
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import build_from_crawler, load_object
 
+from . import signals
 from .errors import SSEResponseError, SSEStreamError
+from .events import SSEComment
 from .extension import sse_state
-from .http import LLM_KEY, SENT_AT_KEY, SSEResponse, is_sse_request, read_by_parse
+from .failures import FailureLog
+from .http import LLM_KEY, SENT_AT_KEY, SSEResponse, is_sse_request, read_by_parse, redact_url
 from .policy import CLOSING, NO_CONTENT
 from .stream import FINGERPRINT_SALT, SSEStream
 from .transport import body_decoder
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from scrapy import Request
     from scrapy.crawler import Crawler
@@ -188,8 +192,25 @@ class SSEDownloadHandler(BaseDownloadHandler):
         headers.pop(b"Content-Length", None)
         self._registry.add(stream, slot)
         stats.inc_value("sse/streams_opened")
-        logger.debug("Opened SSE stream %s", request.url)
+        back = FailureLog(request.meta).opened(time())
+        if back is not None:
+            logger.info(
+                "SSE stream %s is open again after %d failed attempt(s) in %.0f s",
+                redact_url(request.url),
+                *back,
+                extra={"spider": self.crawler.spider},
+            )
+        else:
+            logger.debug("Opened SSE stream %s", request.url)
         response = self._response(request, opened, stream)
+        # (Before any byte is read: a handler sees the stream before its first comment.)
+        self.crawler.signals.send_catch_log(
+            signals.stream_opened,
+            request=request,
+            response=response,
+            status=status,
+            headers=headers,
+        )
         opened.stream_into(stream, decode)
         return response
 
@@ -253,7 +274,22 @@ def new_stream(crawler: Crawler, settings: SSESettings, request: Request) -> SSE
         last_event_id=last_event_id,
         read_timeout=float(settings.for_request(request, "read_timeout") or 0),
         skip=resent_to_skip(request.meta.get(SKIP_KEY), last_event_id),
+        on_comment=_comment_signal(crawler, request),
     )
+
+
+def _comment_signal(crawler: Crawler, request: Request) -> Callable[[SSEComment], None] | None:
+    """What sends ``comment_received`` for a stream's comments: ``None`` while no
+    handler is connected (comments are then not even kept by the parser)."""
+    receivers = liveReceivers(getAllReceivers(crawler.signals.sender, signals.comment_received))
+    if next(iter(receivers), None) is None:
+        return None
+    send = crawler.signals.send_catch_log
+
+    def received(comment: SSEComment) -> None:
+        send(signals.comment_received, comment=comment, request=request)
+
+    return received
 
 
 #: ``meta`` key of a reconnect request: the events its previous connection delivered

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
 
+from . import signals
 from .completions import Completions, is_completion
 from .dispatch import callback_output
 from .errors import SSEResponseError, SSEStreamError
+from .failures import FailureLog, cause
 from .handler import SKIP_KEY, meta_flag
 from .http import STREAM_KEY, SSERequest, redact_url
 from .policy import GIVE_UP, RECONNECT, Decision, History, Outcome, decide, retry_after
@@ -113,10 +115,29 @@ class StreamEnds:
                 cluster.stream_ended(key, decision.reason, gave_up=decision.action == GIVE_UP)
             elif not cluster.holds(key):
                 return  # (handed over or lost: another worker of the cluster reads it)
+        failed = self._failed(stream, outcome, decision)
         if decision.action == RECONNECT:
-            async for value in self._reconnect(stream, errback, decision, outcome):
+            async for value in self._reconnect(stream, errback, decision, outcome, failed):
                 yield value
             return
+        if decision.action == GIVE_UP and failed is not None:
+            await self.crawler.signals.send_catch_log_async(
+                signals.connection_failed,
+                request=request,
+                reason=failed[0],
+                message=failed[1],
+                failure=stream.error,
+                response=stream.response,
+                attempt=history.failures + 1,
+                retrying=False,
+            )
+        await self.crawler.signals.send_catch_log_async(
+            signals.stream_ended,
+            request=request,
+            reason=decision.reason,
+            error=stream.error,
+            events=stream.events_delivered,
+        )
         if is_completion(request):
             async for value in self.completions.deliver(stream):
                 yield value
@@ -130,7 +151,7 @@ class StreamEnds:
                 redact_url(stream.url),
                 history.reconnects,
                 decision.reason,
-                error,
+                failed[1] if failed else error,
                 extra={"spider": self.crawler.spider},
             )
             if errback is not None:
@@ -139,29 +160,53 @@ class StreamEnds:
                 async for value in callback_output(errback(failure)):
                     yield value
 
+    def _failed(
+        self, stream: SSEStream, outcome: Outcome, decision: Decision
+    ) -> tuple[str, str] | None:
+        """``(kind, cause)`` when this connection failed (it never opened, broke, or
+        the server refused it), counted in ``sse/failures/<kind>``; ``None`` for an
+        end that is no failure (the server closed after delivering, a completion)."""
+        if (
+            outcome.opened
+            and stream.error is None
+            and outcome.status is None
+            and outcome.finished is not False
+            and (outcome.delivered or decision.action != RECONNECT)
+        ):
+            return None
+        kind, message = cause(stream.error, outcome.reason)
+        stats = self.crawler.stats
+        assert stats is not None
+        stats.inc_value(f"sse/failures/{kind}")
+        return kind, message
+
     async def _reconnect(
         self,
         stream: SSEStream,
         errback: Callable[[Failure], Any] | None,
         decision: Decision,
         outcome: Outcome,
+        failed: tuple[str, str] | None,
     ) -> AsyncIterator[Any]:
         stats = self.crawler.stats
         assert stats is not None
         request = stream.request
         resume_id = stream.last_delivered_id
         stats.inc_value(f"sse/reconnects/{outcome.reason}")
-        logger.info(
-            "Reconnecting SSE stream %s in %.2f s (%s; %d event(s) delivered on that "
-            "connection; resuming after id %r; reconnect #%d)",
-            redact_url(stream.url),
-            decision.delay,
-            outcome.reason if outcome.status is None else f"HTTP {outcome.status}",
-            outcome.delivered,
-            resume_id,
-            decision.history.reconnects,
-            extra={"spider": self.crawler.spider},
-        )
+        if failed is None:
+            logger.info(
+                "Reconnecting SSE stream %s in %.2f s (%s; %d event(s) delivered on that "
+                "connection; resuming after id %r; reconnect #%d)",
+                redact_url(stream.url),
+                decision.delay,
+                outcome.reason,
+                outcome.delivered,
+                resume_id,
+                decision.history.reconnects,
+                extra={"spider": self.crawler.spider},
+            )
+        else:
+            await self._log_failure(stream, failed, decision)
         if not await self.state.registry.sleep(decision.delay):
             return  # the spider is closing
         meta = dict(request.meta)
@@ -186,6 +231,49 @@ class StreamEnds:
         if resume_id and not isinstance(new_request, SSERequest):
             new_request.headers[b"Last-Event-ID"] = resume_id.encode("utf-8")
         yield new_request
+
+    async def _log_failure(
+        self, stream: SSEStream, failed: tuple[str, str], decision: Decision
+    ) -> None:
+        """The first failure of a kind on a stream is a WARNING in the failure's own
+        words; repeats only at the 2nd, 4th, 8th... attempt, as one summary each (the
+        rest at DEBUG). ``connection_failed`` is sent for every one."""
+        kind, message = failed
+        log = FailureLog(stream.request.meta)
+        worth_a_line, count, seconds = log.failed(kind, time(), stream.events_delivered)
+        url = redact_url(stream.url)
+        spider = {"spider": self.crawler.spider}
+        if count == 1:
+            logger.warning(
+                "SSE stream %s failed: %s; reconnecting in %.2f s",
+                url,
+                message,
+                decision.delay,
+                extra=spider,
+            )
+        elif worth_a_line:
+            logger.warning(
+                "SSE stream %s still failing after %d attempts in %.0f s: %s; next attempt "
+                "in %.2f s (repeats are logged at the 2nd, 4th, 8th... attempt)",
+                url,
+                count,
+                seconds,
+                message,
+                decision.delay,
+                extra=spider,
+            )
+        else:
+            logger.debug("SSE stream %s failed again (%d): %s", url, count, message, extra=spider)
+        await self.crawler.signals.send_catch_log_async(
+            signals.connection_failed,
+            request=stream.request,
+            reason=kind,
+            message=message,
+            failure=stream.error,
+            response=stream.response,
+            attempt=count,
+            retrying=True,
+        )
 
     async def _refresh_auth(
         self, request: Request, stream: SSEStream, required: bool

@@ -198,6 +198,11 @@ class StreamRegistry:
         if not gate.held and not gate.waiting:
             del gates[name]
 
+    def waiting(self) -> int:
+        """Streams waiting for a place (crawl-wide, in their download slot or key)."""
+        gates = (self._total, *self._per_download_slot.values(), *self._per_key.values())
+        return sum(len(gate.waiting) for gate in gates)
+
     # -- open streams ----------------------------------------------------------------
 
     def add(self, stream: SSEStream, places: Places) -> None:

@@ -67,6 +67,8 @@ DEFAULTS: dict[str, Any] = {
     # sent again from scratch up to this many times, its partial answer discarded
     # (each is a new, billed completion). 0: one incomplete LLMCompletion instead.
     "SSE_LLM_RETRIES": 0,
+    # Seconds between the "SSE: n open streams, events/s..." log lines (0: none).
+    "SSE_LOGSTATS_INTERVAL": 60.0,
     # Record events whose callback raised, and items pipelines dropped, as dead letters.
     "SSE_DEAD_LETTERS": False,
     # Redis URL of the cluster this crawl is a worker of (None: a crawl on its own).

@@ -26,7 +26,7 @@ from .parser import SSEParser
 from .policy import CLOSED, COMPLETED, EVENT_TOO_LARGE, RESTART
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Collection, Iterable
+    from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 
     from scrapy import Request
     from scrapy.statscollectors import StatsCollector
@@ -76,13 +76,16 @@ class SSEStream:
     """
 
     __slots__ = (
+        "_comments_queued",
         "_done",
         "_events_at",
         "_high",
         "_idle_timer",
         "_low",
+        "_on_comment",
         "_on_end",
         "_paused",
+        "_paused_at",
         "_producer",
         "_queue",
         "_recent",
@@ -98,6 +101,7 @@ class SSEStream:
         "last_activity",
         "last_delivered_id",
         "parser",
+        "paused_seconds",
         "pauses",
         "read_timeout",
         "request",
@@ -119,14 +123,21 @@ class SSEStream:
         last_event_id: str = "",
         read_timeout: float = 0.0,
         skip: Iterable[tuple[str, int | None]] = (),
+        on_comment: Callable[[SSEComment], object] | None = None,
     ) -> None:
         self.request = request
         self.url = request.url
         #: The SSEResponse this stream belongs to, once headers arrived.
         self.response: Any = None
         self.parser = SSEParser(
-            max_event_size=max_event_size, comments=comments, last_event_id=last_event_id
+            max_event_size=max_event_size,
+            comments=comments or on_comment is not None,
+            last_event_id=last_event_id,
         )
+        # Comments go to ``on_comment`` (a signal, say) and stay in the queue only for
+        # a reader that asked for them (``comments``).
+        self._on_comment = on_comment
+        self._comments_queued = comments
         self._queue: deque[Any] = _NO_QUEUE
         self._high = max(1, queue_size)
         self._low = self._high // 2
@@ -136,6 +147,9 @@ class SSEStream:
         self._stats = stats
         self._producer: Producer | None = None
         self._paused = False
+        self._paused_at = 0.0
+        #: Seconds the transport spent paused because the spider was behind.
+        self.paused_seconds = 0.0
         # What the consumer waits on: a future (or Deferred) while it awaits, or, while
         # it rests between bursts, the function that starts its next burst.
         self._waiter: Future[None] | Deferred[None] | Callable[[], object] | None = None
@@ -205,14 +219,28 @@ class SSEStream:
             self.finish(EVENT_TOO_LARGE, exc)
             return
         if events:
+            if self._on_comment is not None:
+                events = self._comments_out(events)
             self._enqueue(events)
         if self._producer is not None and len(self._queue) >= self._high:
             # Re-pause on every read while over the limit: Twisted resumes the transport
             # by itself after replaying bytes that arrived with the headers.
             if not self._paused:
                 self.pauses += 1
+                self._paused_at = _monotonic()
             self._paused = True
             self._producer.pause()
+
+    def _comments_out(self, events: Sequence[Any]) -> Sequence[Any]:
+        """Hand the comments among ``events`` to ``on_comment``; keep them queued only
+        for a reader that asked for comments."""
+        assert self._on_comment is not None
+        for event in events:
+            if type(event) is SSEComment:
+                self._on_comment(event)
+        if self._comments_queued:
+            return events
+        return [event for event in events if type(event) is not SSEComment]
 
     def _enqueue(self, events: Any) -> None:
         if self._queue is _NO_QUEUE:
@@ -254,6 +282,9 @@ class SSEStream:
             self._stats.inc_value("sse/comments", self.parser.comments)
             if self.pauses:
                 self._stats.inc_value("sse/backpressure_pauses", self.pauses)
+                if self._paused:
+                    self.paused_seconds += _monotonic() - self._paused_at
+                self._stats.inc_value("sse/paused_ms", round(self.paused_seconds * 1000))
         self._wake()
         callbacks, self._on_end = self._on_end, ()
         for callback in callbacks:
@@ -282,6 +313,11 @@ class SSEStream:
     def queued(self) -> int:
         """Events parsed and waiting for the spider (at most about ``queue_size``)."""
         return len(self._queue)
+
+    @property
+    def last_event_at(self) -> float:
+        """``time.monotonic()`` when the last events arrived (0: none yet)."""
+        return self._events_at
 
     @property
     def is_paused(self) -> bool:
@@ -365,6 +401,7 @@ class SSEStream:
         """Resume a paused transport once the spider has drained half the queue."""
         if self._paused and len(self._queue) <= self._low:
             self._paused = False
+            self.paused_seconds += _monotonic() - self._paused_at
             if self._producer is not None:
                 self._producer.resume()
 

@@ -280,6 +280,8 @@ def main() -> None:
     crawler.signals.connect(clock.spider_closed, signal=signals.spider_closed)
     process.crawl(crawler, **config["args"])
     process.start()
+    if getattr(process, "bootstrap_failed", False):
+        sys.exit("the crawl failed to start (see the log above)")
     extra_path = Path(config["extra"])
     extra = json.loads(extra_path.read_text(encoding="utf-8")) if extra_path.exists() else {}
     extra["monotonic"] = clock.times

@@ -313,3 +313,44 @@ class Completions(scrapy.Spider):
     def on_error(self, failure: Failure) -> None:
         assert self.crawler.stats is not None
         self.crawler.stats.inc_value("test/errbacks")
+
+
+class Watched(PerEvent):
+    """``PerEvent`` whose spider connects scrapy-sse's signals and writes what they
+    carried, in order, to the crawl's extra file (``signals``)."""
+
+    name = "watched"
+
+    @classmethod
+    def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> Watched:
+        from scrapy_sse import signals
+
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        spider.seen: list[dict[str, Any]] = []
+        for name in ("stream_opened", "comment_received", "connection_failed", "stream_ended"):
+            recorder = spider._recorder(name)
+            crawler.signals.connect(recorder, signal=getattr(signals, name), weak=False)
+        crawler.signals.connect(spider._dump, signal=scrapy.signals.spider_closed)
+        return spider  # type: ignore[no-any-return]
+
+    def _recorder(self, name: str) -> Any:
+        def record(**kwargs: Any) -> None:
+            row: dict[str, Any] = {"signal": name, "url": kwargs["request"].url}
+            for key in ("status", "reason", "message", "attempt", "retrying", "events"):
+                if key in kwargs:
+                    row[key] = kwargs[key]
+            if "comment" in kwargs:
+                row["comment"] = kwargs["comment"].text
+            if "headers" in kwargs:
+                row["content_type"] = kwargs["headers"].get(b"Content-Type", b"").decode()
+            if name == "connection_failed":
+                row["has_response"] = kwargs["response"] is not None
+                row["failure"] = type(kwargs["failure"]).__name__
+            self.seen.append(row)
+
+        return record
+
+    def _dump(self) -> None:
+        path = self.settings.get("TEST_EXTRA_PATH")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"signals": self.seen}, f)

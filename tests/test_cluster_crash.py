@@ -155,6 +155,7 @@ def test_workers_killed_added_and_paused_store_every_event_once(
             assert wait_until(lambda: len(cluster.holders()) == STREAMS // 2, timeout=30)
             assert wait_until(lambda: postgres.count() >= 300, timeout=30)
             push(stream_urls[STREAMS // 2 :])  # (while every worker is busy)
+
         # All 24 streams open, spread over the three workers (a worker slow to start,
         # on a loaded machine, is handed its share once it has joined).
         def spread() -> bool:
