@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from .dispatch import _callback_failed, callback_output
 from .errors import SSEResponseError
+from .handler import SKIP_KEY
 from .http import LLM_KEY, SENT_AT_KEY, redact_url
-from .llm.assembly import LLMStream, llm_format
+from .llm.assembly import BROKEN, CLOSED, DONE, LLMStream, llm_format
 from .policy import COMPLETED, LLM_ERROR, SERVER_CLOSED
 
 if TYPE_CHECKING:
@@ -85,8 +86,11 @@ def completion_callback(request: Request, idle: float) -> Callable[..., Any]:
     return assemble
 
 
-def _closed_cleanly(stream: SSEStream) -> bool:
-    return stream.end_reason in (COMPLETED, SERVER_CLOSED)
+def _end(stream: SSEStream) -> str:
+    """How the stream ended, as an assembly weighs it."""
+    if stream.end_reason == COMPLETED:
+        return DONE
+    return CLOSED if stream.end_reason == SERVER_CLOSED else BROKEN
 
 
 def _failure(stream: SSEStream) -> dict[str, Any]:
@@ -118,20 +122,33 @@ class Completions:
         self.crawler = crawler
         self.state = state
 
-    def outcome(self, stream: SSEStream) -> dict[str, Any]:
+    def outcome(self, stream: SSEStream) -> dict[str, bool]:
         """What the reconnect policy must know of a completion stream: whether it is
-        whole, whether it can be resumed, and whether a retry may send it again."""
+        whole, whether it can be resumed (a background OpenAI response: event ids are
+        not trusted to resume a completion, a server that ignores them would start a
+        new one), and whether a retry may send it again (``SSE_LLM_RETRIES`` alone
+        decides, whatever the method or ``SSE_RESEND_POST``)."""
         request = stream.request
         state: LLMStream | None = request.meta.get(STATE_KEY)
-        finished = state is not None and state.complete(_closed_cleanly(stream))
+        finished = state is not None and state.complete(_end(stream))
         attempts = int(request.meta.get(ATTEMPTS_KEY, 1))
         retries = int(self.state.settings.for_request(request, "llm_retries") or 0)
-        fields: dict[str, Any] = {"finished": finished}
-        if state is not None and state.resume_url(state.url) is not None:
-            fields["resumable"] = True
-        elif attempts <= retries:
-            fields["resend_allowed"] = True
-        return fields
+        resumable = state is not None and state.resume_url(state.url) is not None
+        final = state is not None and state.final
+        return {
+            "finished": finished,
+            "resumable": resumable,
+            "resend_allowed": not resumable and not final and attempts <= retries,
+        }
+
+    def refusal(self, stream: SSEStream) -> str | None:
+        """Why a completion's connection that never opened must not be tried again
+        although its status alone would be retried: OpenAI's ``insufficient_quota``
+        429 does not clear by waiting."""
+        error = stream.error
+        if isinstance(error, SSEResponseError) and b"insufficient_quota" in error.body:
+            return "insufficient_quota"
+        return None
 
     def next_request(self, stream: SSEStream, kwargs: dict[str, Any]) -> None:
         """Adjust the next request of a completion stream (``kwargs`` of
@@ -149,8 +166,7 @@ class Completions:
                 "Resuming LLM completion of %s at %s", redact_url(stream.url), redact_url(resume)
             )
             return
-        if state is not None and stream.last_delivered_id:
-            return  # (resumed with Last-Event-ID: the assembly goes on)
+        meta.pop(SKIP_KEY, None)  # (a new completion: nothing of the last one to skip)
         if stream.response is not None:  # (a connection that never opened billed nothing)
             meta[ATTEMPTS_KEY] = int(meta.get(ATTEMPTS_KEY, 1)) + 1
             stats.inc_value("sse/llm/retried")
@@ -169,7 +185,7 @@ class Completions:
         request = stream.request
         meta = request.meta
         state = _state(request)
-        completion = state.result(closed_cleanly=_closed_cleanly(stream), failure=_failure(stream))
+        completion = state.result(end=_end(stream), failure=_failure(stream))
         completion.url = state.url
         completion.attempts = int(meta.get(ATTEMPTS_KEY, 1))
         completion.ttft_s = state.ttft_s

@@ -25,7 +25,15 @@ from scrapy.exceptions import IgnoreRequest
 from .errors import SSEResponseError, SSEStreamError
 from .extension import sse_state
 from .handler import new_stream
-from .http import STREAM_KEY, SSERequest, apply_stream_defaults, is_sse_request, redact_url
+from .http import (
+    LLM_KEY,
+    STREAM_KEY,
+    SSERequest,
+    apply_stream_defaults,
+    is_sse_request,
+    redact_url,
+)
+from .llm.assembly import llm_format
 from .policy import HTTP_ERROR, NETWORK_ERROR
 
 if TYPE_CHECKING:
@@ -95,7 +103,16 @@ class SSEDownloaderMiddleware:
             if request.headers.get(b"Accept") == self._default_accept:
                 del request.headers[b"Accept"]
             apply_stream_defaults(request)
+        completion = request.meta.get(LLM_KEY)
+        if completion:
+            try:
+                llm_format(completion)
+            except ValueError as exc:
+                logger.error("Not sending %s: %s", redact_url(request.url), exc)
+                raise IgnoreRequest(str(exc)) from None
         key = assign_stream_key(self.crawler, request)
+        if completion:
+            return  # (a completion resumes by its provider's own means, never by id)
         cluster = self.state.cluster
         if cluster is not None and not cluster.holds(key):
             # A worker of a cluster opens a stream only while it holds its lease.

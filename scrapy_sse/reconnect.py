@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import random
+from dataclasses import replace
 from time import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HISTORY_KEY = "sse_history"
+#: Seconds an LLM completion's request may keep failing (refused, 429, 5xx) before it
+#: is given up, unless ``SSE_GIVE_UP_AFTER`` is set.
+LLM_GIVE_UP_AFTER = 300.0
 
 
 class StreamEnds:
@@ -72,7 +76,17 @@ class StreamEnds:
                 reason = "bad_content_type"
             wait = retry_after(error.headers, time())
         request = stream.request
-        completion = self.completions.outcome(stream) if is_completion(request) else {}
+        if is_completion(request):
+            fields = self.completions.outcome(stream)
+            resumable = fields["resumable"]
+            resend_allowed = fields["resend_allowed"]
+            finished: bool | None = fields["finished"]
+        else:
+            resumable = bool(stream.last_delivered_id)
+            resend_allowed = request.method in ("GET", "HEAD") or meta_flag(
+                self.state.settings.for_request(request, "resend_post")
+            )
+            finished = None
         return Outcome(
             reason=reason,
             status=status,
@@ -81,11 +95,9 @@ class StreamEnds:
             retry_after=wait,
             has_auth_hook=hasattr(self.crawler.spider, "sse_refresh_auth"),
             opened=stream.response is not None,
-            resumable=bool(stream.last_delivered_id) or completion.get("resumable", False),
-            resend_allowed=request.method in ("GET", "HEAD")
-            or meta_flag(self.state.settings.for_request(request, "resend_post"))
-            or completion.get("resend_allowed", False),
-            finished=completion.get("finished"),
+            resumable=resumable,
+            resend_allowed=resend_allowed,
+            finished=finished,
         )
 
     async def after(
@@ -93,21 +105,35 @@ class StreamEnds:
     ) -> AsyncIterator[Any]:
         """Reconnect, give up (``errback`` gets the error) or stop, as the policy says."""
         if self.state.registry.closing:
-            return  # the crawl is stopping: no reconnect, no errback
+            # The crawl is stopping: no reconnect, no errback; a completion in the
+            # making is still delivered, marked incomplete (spider_closed).
+            if is_completion(stream.request):
+                async for value in self.completions.deliver(stream):
+                    yield value
+            return
         stats = self.crawler.stats
         assert stats is not None
         request = stream.request
         outcome = self._outcome(stream)
         history = History.from_dict(request.meta.get(HISTORY_KEY))
+        policy = self.state.settings.policy(request)
+        if is_completion(request) and policy.give_up_after is None:
+            # (An LLM API that keeps refusing, 429 or 5xx, would hold the request forever;
+            # a rate limit clears within minutes.)
+            policy = replace(policy, give_up_after=LLM_GIVE_UP_AFTER)
         decision = decide(
             outcome,
             history,
-            self.state.settings.policy(request),
+            policy,
             reconnect_enabled=getattr(request, "reconnect", True)
             and request.meta.get("sse_reconnect", True),
             now=time(),
             rng=self._rng,
         )
+        if decision.action == RECONNECT and is_completion(request):
+            refused = self.completions.refusal(stream)
+            if refused is not None:
+                decision = Decision(GIVE_UP, reason=refused, history=history)
         cluster = self.state.cluster
         if cluster is not None:
             key = request.meta.get(STREAM_KEY, "")
@@ -191,7 +217,8 @@ class StreamEnds:
         stats = self.crawler.stats
         assert stats is not None
         request = stream.request
-        resume_id = stream.last_delivered_id
+        # (A completion is resumed by URL, never by Last-Event-ID: see Completions.)
+        resume_id = "" if is_completion(request) else stream.last_delivered_id
         stats.inc_value(f"sse/reconnects/{outcome.reason}")
         if failed is None:
             logger.info(

@@ -119,23 +119,24 @@ class StreamRegistry:
     # -- caps ----------------------------------------------------------------------
 
     async def acquire(self, places: Places) -> None:
-        """Wait for a place among open streams: crawl-wide (``SSE_MAX_STREAMS``), then
-        in the download slot (``SSE_MAX_STREAMS_PER_SLOT``), then for the API key
-        (``SSE_MAX_STREAMS_PER_KEY``)."""
+        """Wait for a place among open streams: for the API key
+        (``SSE_MAX_STREAMS_PER_KEY``), then in the download slot
+        (``SSE_MAX_STREAMS_PER_SLOT``), then crawl-wide (``SSE_MAX_STREAMS``). The
+        narrowest first: a request waiting for its key holds no place another key's
+        request could use."""
         download_slot, key = (places, None) if isinstance(places, str) else places
-        await self._take(self._total)
+        taken: list[tuple[defaultdict[str, _Gate], str]] = []
         try:
-            await self._take(self._per_download_slot[download_slot])
-        except BaseException:
-            self._total.release()
-            raise
-        if key is not None:
-            try:
+            if key is not None:
                 await self._take(self._per_key[key])
-            except BaseException:
-                self._release(self._per_download_slot, download_slot)
-                self._total.release()
-                raise
+                taken.append((self._per_key, key))
+            await self._take(self._per_download_slot[download_slot])
+            taken.append((self._per_download_slot, download_slot))
+            await self._take(self._total)
+        except BaseException:
+            for gates, name in taken:
+                self._release(gates, name)
+            raise
 
     async def _take(self, gate: _Gate) -> None:
         if self.closing:

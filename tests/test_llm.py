@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from scrapy_sse.llm import LLMStream
+from scrapy_sse.llm.assembly import CLOSED
 from scrapy_sse.parser import SSEParser
 from tests.crawl import CrawlResult, run_crawl
 from tests.llm_cases import DemoConfig, record, request_spec, serve_in_thread
@@ -52,14 +53,12 @@ def by_tag(result: CrawlResult) -> dict[int, dict[str, Any]]:
 
 
 def ours_on(raw: bytes, fmt: str) -> dict[str, Any]:
-    """Our pure assembly of the same bytes (as the crawl's callback feeds it)."""
+    """Our pure assembly of the same bytes, the server having closed after them."""
     state = LLMStream(fmt, "http://127.0.0.1/")
     for event in SSEParser().feed(raw):
-        if event.data == "[DONE]":
-            return vars_of(state.result(closed_cleanly=True, failure=None))
         if state.feed(event.event, event.data):
             break
-    return vars_of(state.result(closed_cleanly=True, failure=None))
+    return vars_of(state.result(end=CLOSED, failure=None))
 
 
 def vars_of(completion: Any) -> dict[str, Any]:
@@ -280,3 +279,115 @@ def test_a_thousand_concurrent_completions_arrive_complete() -> None:
     assert sorted(items) == list(range(1000))
     assert all(item["complete"] and item["error"] is None for item in items.values())
     assert result.stat("sse/streams_opened") == 1000
+
+
+# -- what a stream can do to a completion besides ending well ------------------------------
+
+
+def test_an_event_not_of_its_formats_shape_ends_the_completion_with_its_error() -> None:
+    state = LLMStream("openai-chat", "http://127.0.0.1/")
+    state.feed(
+        "message", json.dumps({"id": "c1", "choices": [{"index": 0, "delta": {"content": "Hi"}}]})
+    )
+    assert state.feed("message", json.dumps({"id": "c1", "choices": [{"index": 0, "delta": 7}]}))
+    got = state.result(end=CLOSED, failure=None)
+    assert got.complete is False and got.text == "Hi"
+    assert got.error is not None and got.error["type"] == "malformed_event"
+
+
+def test_a_blocked_gemini_prompt_is_final_and_an_error_first_is_kept_in_auto_mode() -> None:
+    blocked = LLMStream("gemini", "http://127.0.0.1/")
+    frame = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 3}}
+    assert blocked.feed("message", json.dumps(frame))
+    assert blocked.final
+    assert blocked.result(end=CLOSED, failure=None).error["type"] == "prompt_blocked"  # type: ignore[index]
+    for first, expected in (
+        (
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+            "anthropic",
+        ),
+        ({"error": {"message": "Rate limit", "type": "requests"}}, "openai-chat"),
+        ({"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}, "gemini"),
+    ):
+        auto = LLMStream("auto", "http://127.0.0.1/custom/path")
+        assert auto.feed("error" if expected == "anthropic" else "message", json.dumps(first))
+        got = auto.result(end=CLOSED, failure=None)
+        assert got.format == expected and got.error == first["error"], got
+
+
+def test_a_refusal_is_kept_apart_from_the_text_as_the_sdk_keeps_it() -> None:
+    chunks = [
+        {
+            "id": "c",
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "refusal": ""}}],
+        },
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"refusal": "I can't "}}]},
+        {
+            "id": "c",
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"refusal": "help with that."}}],
+        },
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    raw = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
+    from openai._models import construct_type
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    sdk: Any = ChatCompletionStreamState()
+    for chunk in chunks:
+        sdk.handle_chunk(construct_type(type_=ChatCompletionChunk, value=chunk))
+    ours = ours_on(raw, "openai-chat")
+    assert ours["refusal"] == sdk.current_completion_snapshot.choices[0].message.refusal
+    assert ours["complete"] is True and ours["text"] == ""
+
+
+def test_a_failed_background_response_is_delivered_once_not_resumed(demo: str) -> None:
+    spec = request_spec("openai-responses", "error", prompt="bg fails", background=True)
+    result = crawl(demo, [spec])
+    got = by_tag(result)[0]
+    assert got["complete"] is False and got["error"]["code"] == "server_error"
+    assert result.stat("sse/llm/resumed") == 0 and result.stat("sse/streams_opened") == 1
+
+
+def test_resend_post_does_not_resend_a_completion(demo: str) -> None:
+    spec = request_spec("anthropic", "drop", prompt="no resend")
+    result = crawl(demo, [spec], SSE_RESEND_POST=True)
+    got = by_tag(result)[0]
+    assert got["complete"] is False and got["attempts"] == 1
+    assert result.stat("sse/streams_opened") == 1
+
+
+def test_an_exhausted_quota_is_not_retried_and_a_permanent_500_gives_up(sse_server: Any) -> None:
+    quota = json.dumps(
+        {"error": {"message": "You exceeded your quota", "code": "insufficient_quota"}}
+    )
+    specs = [
+        {**request_spec("openai-chat", "text"), "path": f"/status?code=429&key=quota&body={quota}"},
+        {**request_spec("openai-chat", "text"), "path": "/status?code=500&key=down&body=down"},
+    ]
+    result = crawl(sse_server.base_url, specs, SSE_GIVE_UP_AFTER=0.3)
+    items = by_tag(result)
+    assert items[0]["error"]["status"] == 429
+    assert items[0]["error"]["body"]["error"]["code"] == "insufficient_quota"
+    assert len(sse_server.requests_for_key("quota")) == 1
+    assert items[1]["error"]["status"] == 500 and items[1]["complete"] is False
+    assert len(sse_server.requests_for_key("down")) >= 2
+    assert result.stat("sse/give_up/insufficient_quota") == 1
+    assert result.stat("test/errbacks") == 2
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.6])
+def test_a_completion_cut_by_the_spider_closing_is_delivered_incomplete(delay: float) -> None:
+    """0.3 s between chunks: the stream's burst is running at the close; 1.6 s: it is
+    resting between bursts (longer than SSE_RELEASE_IDLE_CHAIN)."""
+    base, stop = serve_in_thread(0, config=DemoConfig(chat_chunk_delay=delay))
+    try:
+        result = crawl(
+            base, [request_spec("anthropic", "text", prompt="slow")], CLOSESPIDER_TIMEOUT=2
+        )
+    finally:
+        stop()
+    got = by_tag(result)[0]
+    assert got["complete"] is False and got["error"]["type"] == "spider_closed", got

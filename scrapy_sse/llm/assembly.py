@@ -57,8 +57,18 @@ def parse_arguments(raw: str) -> Any:
         return raw
 
 
+#: How a stream ended, as :meth:`Assembly.complete` weighs it.
+DONE = "done"  # the format's end, or the stream's done marker (``[DONE]``)
+CLOSED = "closed"  # the server ended the body
+BROKEN = "broken"  # the connection broke, or the stream was stopped
+
+#: Errors in reading an event's fields: the event was not of the shape its format has.
+_MALFORMED = (TypeError, ValueError, KeyError, AttributeError, IndexError)
+
+
 class Assembly:
-    """What every format's assembly has; subclasses read their own events."""
+    """What every format's assembly has; subclasses read their own events. Text comes
+    in many small deltas: it is kept as lists of parts, joined once at the end."""
 
     format = ""
 
@@ -67,30 +77,44 @@ class Assembly:
         self.response_id: str | None = None
         self.usage: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
+        #: The error is the provider's answer, which sending the request again would
+        #: not change (a blocked prompt).
+        self.final = False
         #: The format's own end arrived (its terminal event).
         self.ended = False
         #: Some content (text, tool call, thinking) has arrived: for time to first token.
         self.started = False
         self.events = 0
+        self.refusal: list[str] = []
 
     def feed(self, event: str, data: str) -> bool:
         """Read one event; ``True`` once the format's end (or an error) has arrived,
-        after which nothing more belongs to this completion."""
+        after which nothing more belongs to this completion. An event not of its
+        format's shape ends it too, with a ``malformed_event`` error: never an
+        exception into the crawl, never a guess."""
         if self.ended:
             return True
         self.events += 1
         value = _json(data)
         if isinstance(value, dict):
-            self._read(event, value)
+            try:
+                self._read(event, value)
+            except _MALFORMED as exc:
+                self._fail(
+                    {
+                        "type": "malformed_event",
+                        "message": f"{type(exc).__name__}: {exc}",
+                        "data": data[:200],
+                    }
+                )
         return self.ended
 
     def _read(self, event: str, value: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def complete(self, closed_cleanly: bool) -> bool:
-        """Whether the completion is whole: its end arrived and no error did.
-        ``closed_cleanly``: the server ended the body (or sent ``[DONE]``) rather
-        than the connection breaking."""
+    def complete(self, end: str) -> bool:
+        """Whether the completion is whole, given how its stream ended (:data:`DONE`,
+        :data:`CLOSED` or :data:`BROKEN`): its end arrived and no error did."""
         return self.ended and self.error is None
 
     def resume_url(self, url: str) -> str | None:
@@ -114,6 +138,7 @@ class Assembly:
             usage=self.usage,
             error=self.error,
             events=self.events,
+            refusal="".join(self.refusal),
             **fields,
         )
 
@@ -123,8 +148,31 @@ class _Choice:
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        #: Tool calls by index: ``{"id", "name", "arguments": [fragments]}``.
         self.tools: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
+
+
+def _calls(choices: dict[int, _Choice]) -> list[dict[str, Any]]:
+    """The tool calls of every choice, in order (``"choice"`` when there are several)."""
+    several = len(choices) > 1
+    calls = []
+    for number in sorted(choices):
+        tools = choices[number].tools
+        for index in sorted(tools):
+            tool = tools[index]
+            arguments = tool["arguments"]
+            call = {
+                "id": tool["id"],
+                "name": tool["name"],
+                "arguments": parse_arguments("".join(arguments))
+                if isinstance(arguments, list)
+                else arguments,
+            }
+            if several:
+                call["choice"] = number
+            calls.append(call)
+    return calls
 
 
 class OpenAIChat(Assembly):
@@ -133,6 +181,11 @@ class OpenAIChat(Assembly):
     def __init__(self) -> None:
         super().__init__()
         self.choices: dict[int, _Choice] = {}
+
+    def feed(self, event: str, data: str) -> bool:
+        if data == "[DONE]":  # (also when SSE_DONE_DATA lets it through)
+            self.ended = True
+        return super().feed(event, data)
 
     def _read(self, event: str, value: dict[str, Any]) -> None:
         if "error" in value and "choices" not in value:
@@ -143,7 +196,7 @@ class OpenAIChat(Assembly):
         if value.get("usage") is not None:
             self.usage = value["usage"]
         for choice in value.get("choices") or ():
-            index = int(choice.get("index", 0))
+            index = int(choice.get("index") or 0)
             state = self.choices.get(index)
             if state is None:
                 state = self.choices[index] = _Choice()
@@ -152,10 +205,13 @@ class OpenAIChat(Assembly):
             if content:
                 state.parts.append(content)
                 self.started = True
+            if delta.get("refusal") and index == 0:
+                self.refusal.append(delta["refusal"])
+                self.started = True
             for fragment in delta.get("tool_calls") or ():
                 self.started = True
                 tool = state.tools.setdefault(
-                    int(fragment.get("index", 0)), {"id": None, "name": "", "arguments": ""}
+                    int(fragment.get("index") or 0), {"id": None, "name": "", "arguments": []}
                 )
                 if fragment.get("id"):
                     tool["id"] = fragment["id"]
@@ -163,41 +219,32 @@ class OpenAIChat(Assembly):
                 if function.get("name"):
                     tool["name"] += function["name"]
                 if function.get("arguments"):
-                    tool["arguments"] += function["arguments"]
+                    tool["arguments"].append(function["arguments"])
             if choice.get("finish_reason"):
                 state.finish_reason = choice["finish_reason"]
 
-    def complete(self, closed_cleanly: bool) -> bool:
+    def complete(self, end: str) -> bool:
         if self.error is not None:
             return False
-        # ``[DONE]`` (the stream ends "completed" on it), or, from servers that only
-        # close, a clean close once every choice has its finish reason.
+        # ``[DONE]``; or, from servers that only close, a clean close once every choice
+        # has its finish reason.
         return (
-            closed_cleanly
-            and bool(self.choices)
-            and all(choice.finish_reason for choice in self.choices.values())
+            self.ended
+            or end == DONE
+            or (
+                end == CLOSED
+                and bool(self.choices)
+                and all(choice.finish_reason for choice in self.choices.values())
+            )
         )
 
     def result(self) -> LLMCompletion:
         ordered = [self.choices[i] for i in sorted(self.choices)]
-        several = len(ordered) > 1
-        calls = []
-        for number, choice in zip(sorted(self.choices), ordered, strict=True):
-            for index in sorted(choice.tools):
-                tool = choice.tools[index]
-                call = {
-                    "id": tool["id"],
-                    "name": tool["name"],
-                    "arguments": parse_arguments(tool["arguments"]),
-                }
-                if several:
-                    call["choice"] = number
-                calls.append(call)
         texts = ["".join(choice.parts) for choice in ordered]
         return self._completion(
             text=texts[0] if texts else "",
             texts=texts,
-            tool_calls=calls,
+            tool_calls=_calls(self.choices),
             finish_reason=ordered[0].finish_reason if ordered else None,
         )
 
@@ -207,9 +254,9 @@ class OpenAIResponses(Assembly):
 
     def __init__(self) -> None:
         super().__init__()
-        # Output items by output_index: {"type", "text" parts by content_index, ...}.
+        # Output items by output_index: {"type", "text": {content_index: [parts]},
+        # "id", "name", "arguments": [fragments] or the whole string, "thinking": [...]}.
         self.items: dict[int, dict[str, Any]] = {}
-        self.status: str | None = None
         self.finish: str | None = None
         self.background = False
         self.sequence: int | None = None
@@ -223,43 +270,51 @@ class OpenAIResponses(Assembly):
             self.response_id = response.get("id") or self.response_id
             self.model = response.get("model") or self.model
             self.background = bool(response.get("background")) or self.background
-            self.status = response.get("status") or self.status
         if kind in {"response.output_item.added", "response.output_item.done"}:
             item = value.get("item") or {}
             state = self._item(value)
             state["type"] = item.get("type")
+            done = kind.endswith(".done")
             if item.get("type") == "function_call":
                 self.started = True
                 state["id"] = item.get("call_id")
                 state["name"] = item.get("name") or ""
-                if kind.endswith(".done") or item.get("arguments"):
-                    state["arguments"] = item.get("arguments") or state.get("arguments", "")
-            elif item.get("type") == "message" and kind.endswith(".done"):
+                if done or item.get("arguments"):
+                    state["arguments"] = [item.get("arguments") or "".join(state["arguments"])]
+            elif item.get("type") == "message" and done:
                 for index, part in enumerate(item.get("content") or ()):
                     if part.get("type") == "output_text":
-                        state["text"][index] = part.get("text", "")
-            elif item.get("type") == "reasoning" and kind.endswith(".done"):
+                        state["text"][index] = [part.get("text", "")]
+                    elif part.get("type") == "refusal":
+                        self.refusal[:] = [part.get("refusal", "")]
+            elif item.get("type") == "reasoning" and done:
                 summary = item.get("summary") or ()
-                state["thinking"] = "".join(part.get("text", "") for part in summary)
+                state["thinking"] = [part.get("text", "") for part in summary]
         elif kind == "response.output_text.delta":
             self.started = True
             parts = self._item(value)["text"]
-            index = int(value.get("content_index", 0))
-            parts[index] = parts.get(index, "") + (value.get("delta") or "")
+            parts.setdefault(int(value.get("content_index") or 0), []).append(
+                value.get("delta") or ""
+            )
         elif kind == "response.output_text.done":
-            self._item(value)["text"][int(value.get("content_index", 0))] = value.get("text", "")
+            index = int(value.get("content_index") or 0)
+            self._item(value)["text"][index] = [value.get("text", "")]
+        elif kind == "response.refusal.delta":
+            self.started = True
+            self.refusal.append(value.get("delta") or "")
+        elif kind == "response.refusal.done":
+            self.refusal[:] = [value.get("refusal", "")]
         elif kind == "response.function_call_arguments.delta":
             self.started = True
-            state = self._item(value)
-            state["arguments"] = state.get("arguments", "") + (value.get("delta") or "")
+            self._item(value)["arguments"].append(value.get("delta") or "")
         elif kind == "response.function_call_arguments.done":
-            self._item(value)["arguments"] = value.get("arguments", "")
+            self._item(value)["arguments"] = [value.get("arguments", "")]
         elif kind == "response.reasoning_summary_text.delta":
             self.started = True
-            state = self._item(value)
-            state["thinking"] = state.get("thinking", "") + (value.get("delta") or "")
+            self._item(value)["thinking"].append(value.get("delta") or "")
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
-            assert isinstance(response, dict)
+            if not isinstance(response, dict):
+                raise TypeError(f"{kind} without its response")
             self.usage = response.get("usage") or self.usage
             details = response.get("incomplete_details") or {}
             self.finish = details.get("reason") or response.get("status")
@@ -270,16 +325,16 @@ class OpenAIResponses(Assembly):
             self._fail({k: v for k, v in value.items() if k not in ("type", "sequence_number")})
 
     def _item(self, value: dict[str, Any]) -> dict[str, Any]:
-        index = int(value.get("output_index", 0))
+        index = int(value.get("output_index") or 0)
         state = self.items.get(index)
         if state is None:
-            state = self.items[index] = {"type": None, "text": {}}
+            state = self.items[index] = {"type": None, "text": {}, "arguments": [], "thinking": []}
         return state
 
     def resume_url(self, url: str) -> str | None:
         """``GET /responses/{id}?stream=true&starting_after=N``: what OpenAI offers a
-        background response whose stream dropped."""
-        if not self.background or not self.response_id or self.sequence is None:
+        background response whose stream dropped before its end."""
+        if self.ended or not self.background or not self.response_id or self.sequence is None:
             return None
         parts = urlsplit(url)
         path = parts.path.rstrip("/")
@@ -299,11 +354,12 @@ class OpenAIResponses(Assembly):
                     {
                         "id": state.get("id"),
                         "name": state.get("name", ""),
-                        "arguments": parse_arguments(state.get("arguments", "")),
+                        "arguments": parse_arguments("".join(state["arguments"])),
                     }
                 )
-            text.extend(state["text"][i] for i in sorted(state["text"]))
-            thinking.append(state.get("thinking", ""))
+            for content in sorted(state["text"]):
+                text.extend(state["text"][content])
+            thinking.extend(state["thinking"])
         joined = "".join(text)
         return self._completion(
             text=joined,
@@ -319,8 +375,19 @@ class Anthropic(Assembly):
 
     def __init__(self) -> None:
         super().__init__()
+        # Content blocks by index: their start's fields, plus lists of parts.
         self.blocks: dict[int, dict[str, Any]] = {}
         self.stop_reason: str | None = None
+
+    def _block(self, index: int, start: dict[str, Any] | None = None) -> dict[str, Any]:
+        block = self.blocks.get(index)
+        if block is None or start is not None:
+            block = self.blocks[index] = {
+                **(start or {"type": "text"}),
+                "parts": [],
+                "json": [],
+            }
+        return block
 
     def _read(self, event: str, value: dict[str, Any]) -> None:
         kind = value.get("type") or event
@@ -330,23 +397,23 @@ class Anthropic(Assembly):
             self.model = message.get("model")
             self.usage = dict(message.get("usage") or {})
         elif kind == "content_block_start":
-            block = dict(value.get("content_block") or {})
-            block["json"] = ""
-            self.blocks[int(value.get("index", 0))] = block
+            block = self._block(
+                int(value.get("index") or 0), dict(value.get("content_block") or {})
+            )
             if block.get("type") in ("tool_use", "server_tool_use"):
                 self.started = True
         elif kind == "content_block_delta":
-            block = self.blocks.setdefault(int(value.get("index", 0)), {"type": "text", "json": ""})
+            block = self._block(int(value.get("index") or 0))
             delta = value.get("delta") or {}
-            kind = delta.get("type")
+            delta_type = delta.get("type")
             self.started = True
-            if kind == "text_delta":
-                block["text"] = block.get("text", "") + delta.get("text", "")
-            elif kind == "input_json_delta":
-                block["json"] += delta.get("partial_json", "")
-            elif kind == "thinking_delta":
-                block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
-            elif kind == "signature_delta":
+            if delta_type == "text_delta":
+                block["parts"].append(delta.get("text", ""))
+            elif delta_type == "input_json_delta":
+                block["json"].append(delta.get("partial_json", ""))
+            elif delta_type == "thinking_delta":
+                block["parts"].append(delta.get("thinking", ""))
+            elif delta_type == "signature_delta":
                 block["signature"] = delta.get("signature")
         elif kind == "message_delta":
             delta = value.get("delta") or {}
@@ -370,15 +437,15 @@ class Anthropic(Assembly):
             block = self.blocks[index]
             kind = block.get("type")
             if kind == "text":
-                text.append(block.get("text", ""))
+                text.append(block.get("text", "") + "".join(block["parts"]))
             elif kind in ("tool_use", "server_tool_use"):
-                raw = block["json"]
+                raw = "".join(block["json"])
                 arguments = parse_arguments(raw) if raw else block.get("input", {})
                 calls.append(
                     {"id": block.get("id"), "name": block.get("name", ""), "arguments": arguments}
                 )
             elif kind == "thinking":
-                thinking.append(block.get("thinking", ""))
+                thinking.append(block.get("thinking", "") + "".join(block["parts"]))
         joined = "".join(text)
         return self._completion(
             text=joined,
@@ -405,8 +472,14 @@ class Gemini(Assembly):
         self.model = value.get("modelVersion") or self.model
         if value.get("usageMetadata") is not None:
             self.usage = value["usageMetadata"]
+        blocked = (value.get("promptFeedback") or {}).get("blockReason")
+        if blocked and not value.get("candidates"):
+            # The prompt itself was refused: the answer, not a fault to retry.
+            self.final = True
+            self._fail({"type": "prompt_blocked", "reason": blocked, **value["promptFeedback"]})
+            return
         for candidate in value.get("candidates") or ():
-            index = int(candidate.get("index", 0))
+            index = int(candidate.get("index") or 0)
             state = self.candidates.get(index)
             if state is None:
                 state = self.candidates[index] = _Choice()
@@ -429,31 +502,23 @@ class Gemini(Assembly):
             if candidate.get("finishReason"):
                 state.finish_reason = candidate["finishReason"]
 
-    def complete(self, closed_cleanly: bool) -> bool:
+    def complete(self, end: str) -> bool:
         # No end marker: the last frame has every candidate's finishReason, then the
         # server closes. A break after it may have cut the usage frame: not whole.
         return (
             self.error is None
-            and closed_cleanly
+            and end in (DONE, CLOSED)
             and bool(self.candidates)
             and all(state.finish_reason for state in self.candidates.values())
         )
 
     def result(self) -> LLMCompletion:
         ordered = [self.candidates[i] for i in sorted(self.candidates)]
-        several = len(ordered) > 1
-        calls = []
-        for number, state in zip(sorted(self.candidates), ordered, strict=True):
-            for index in sorted(state.tools):
-                call = dict(state.tools[index])
-                if several:
-                    call["choice"] = number
-                calls.append(call)
         texts = ["".join(state.parts) for state in ordered]
         return self._completion(
             text=texts[0] if texts else "",
             texts=texts,
-            tool_calls=calls,
+            tool_calls=_calls(self.candidates),
             thinking="".join(self.thoughts),
             finish_reason=ordered[0].finish_reason if ordered else None,
         )
@@ -494,8 +559,13 @@ def format_from_event(event: str, data: str) -> str | None:
             return "anthropic"
     if value.get("object") == "chat.completion.chunk" or "choices" in value:
         return "openai-chat"
-    if "candidates" in value or "usageMetadata" in value:
+    if "candidates" in value or "usageMetadata" in value or "promptFeedback" in value:
         return "gemini"
+    error = value.get("error")
+    if isinstance(error, dict):  # (an error before anything else: whose shape is it?)
+        if kind == "error":
+            return "anthropic"
+        return "gemini" if "status" in error and "code" in error else "openai-chat"
     return None
 
 
@@ -542,20 +612,32 @@ class LLMStream:
             self.assembly.events = self.skipped
         return self.assembly.feed(event, data)
 
-    def complete(self, closed_cleanly: bool) -> bool:
-        return self.assembly is not None and self.assembly.complete(closed_cleanly)
+    def complete(self, end: str) -> bool:
+        """Whether the completion is whole, given how its stream ended (:data:`DONE`,
+        :data:`CLOSED` or :data:`BROKEN`)."""
+        return self.assembly is not None and self.assembly.complete(end)
+
+    @property
+    def final(self) -> bool:
+        """Its error is the provider's answer (a blocked prompt): a retry cannot help."""
+        return self.assembly is not None and self.assembly.final
+
+    @property
+    def ended(self) -> bool:
+        """The format's end, or an error, has arrived."""
+        return self.assembly is not None and self.assembly.ended
 
     def resume_url(self, url: str) -> str | None:
         return self.assembly.resume_url(url) if self.assembly is not None else None
 
-    def result(self, *, closed_cleanly: bool, failure: dict[str, Any] | None) -> LLMCompletion:
+    def result(self, *, end: str, failure: dict[str, Any] | None) -> LLMCompletion:
         """The completion as it stands. ``failure``: why the stream ended, when it did
         not end whole (the provider's own error, if it sent one, wins)."""
         if self.assembly is None:
             completion = LLMCompletion(events=self.skipped)
         else:
             completion = self.assembly.result()
-        completion.complete = self.complete(closed_cleanly)
+        completion.complete = self.complete(end)
         if not completion.complete and completion.error is None:
             completion.error = failure or {
                 "type": "incomplete",

@@ -34,12 +34,15 @@ class LLMCompletion:
     #: fragments, or the raw string when it is not valid JSON (``"choice"``: n > 1).
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     thinking: str = ""  # reasoning text streamed apart (Anthropic thinking, Gemini thoughts)
+    refusal: str = ""  # a refusal streamed apart from the text (OpenAI)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None  # as the provider reports it
     error: dict[str, Any] | None = None
     complete: bool = False
     events: int = 0  # events read for it (over every connection)
-    ttft_s: float | None = None  # request sent -> first content delta
-    duration_s: float | None = None  # request sent -> the completion's end
+    #: Request sent -> first content delta, and -> the completion's end (of the attempt
+    #: that gave this completion, after an opted-in retry).
+    ttft_s: float | None = None
+    duration_s: float | None = None
     url: str = ""
     attempts: int = 1  # requests sent: more than one after an opted-in retry
