@@ -8,6 +8,12 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+# Install only when the packaging changed since the last install (a stamp in .venv).
+stamp=.venv/.scrapy-sse-demo-installed
+wanted=$(cat pyproject.toml setup.py 2>/dev/null | cksum)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e .
+  echo "$wanted" > "$stamp"
+fi
 exec .venv/bin/python example_project/run_demo.py "$@"
