@@ -17,6 +17,7 @@ from .feedexport import SSEFeedExporter
 from .handler import SSEDownloadHandler
 from .logformatter import SSELogFormatter
 from .logstats import SSELogStats
+from .prometheus import SSEPrometheus
 from .provenance import PRIORITY, ProvenancePipeline
 from .settings import DEFAULTS
 from .spidermw import SSESpiderMiddleware
@@ -60,6 +61,7 @@ class SSEAddon:
         )
         settings.set_in_component_priority_dict("EXTENSIONS", SSEExtension, 500)
         settings.set_in_component_priority_dict("EXTENSIONS", SSELogStats, 500)
+        settings.set_in_component_priority_dict("EXTENSIONS", SSEPrometheus, 500)
         # Feed exports that write a batch (SSEBatch) one line per event, where Scrapy's
         # own FeedExporter is on (it is unless a user turned it off).
         extensions = settings.getwithbase("EXTENSIONS")

@@ -5,8 +5,9 @@ other figures, and a quiet one needs a sign of life (hosted Scrapy platforms can
 job that logs and scrapes nothing for an hour). Every ``SSE_LOGSTATS_INTERVAL`` seconds
 (60; ``0``: off) it logs, at INFO::
 
-    SSE: 12 open streams (1 paused, 2 waiting for a place), 1,204 events/s, 310 KiB/s,
-    3 reconnects; oldest last event 41 s ago on https://feed.example/prices
+    SSE: 12 open stream(s) (1 paused, 2 waiting for a place), 1,204.0 events/s,
+    310.2 KiB/s, 3 reconnect(s), 2 event id(s) skipped; oldest last event 41 s ago on
+    https://feed.example/prices
 
 and sets the same figures as stats (``sse/now/*``), so that a monitoring pipeline or
 the stats dump at the end see what the last line said. Open streams' counters are read
@@ -26,7 +27,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import create_looping_call
 
 from .extension import sse_state
-from .http import redact_url
+from .http import STREAM_KEY, redact_url
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -37,12 +38,51 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def crawl_totals(crawler: Crawler, state: SSEExtension) -> dict[str, int]:
+    """Counters of the whole crawl so far, its open streams included (their totals
+    reach ``sse/events`` and the others only when they end)."""
+    stats = crawler.stats
+    assert stats is not None
+    values = stats.get_stats()
+    totals = {
+        "events": int(values.get("sse/events", 0)),
+        "bytes": int(values.get("sse/bytes", 0)),
+        "id_gaps": int(values.get("sse/id_gaps", 0)),
+        "reconnects": sum(
+            int(value) for name, value in values.items() if name.startswith("sse/reconnects/")
+        ),
+    }
+    for stream in state.registry.streams:
+        totals["events"] += stream.events_received
+        totals["bytes"] += stream.bytes_received
+        totals["id_gaps"] += stream.id_gaps  # (an open stream's are not in the stat yet)
+    return totals
+
+
+def stream_figures(state: SSEExtension, now: float) -> list[dict[str, Any]]:
+    """Each open stream's figures: its key, events, seconds since its last event (None:
+    none yet), integer ids skipped, and seconds paused by backpressure."""
+    rows = []
+    for stream in state.registry.streams:
+        at = stream.last_event_at
+        rows.append(
+            {
+                "stream": str(stream.request.meta.get(STREAM_KEY) or redact_url(stream.url)),
+                "events": stream.events_received,
+                "last_event_age_s": round(now - at, 3) if at else None,
+                "id_gaps": stream.id_gaps,
+                "paused_s": round(stream.paused_seconds, 3),
+            }
+        )
+    return rows
+
+
 class SSELogStats:
     def __init__(self, crawler: Crawler, interval: float) -> None:
         self.crawler = crawler
         self.interval = interval
         self._task: Any = None
-        self._last: tuple[float, int, int, int] | None = None
+        self._last: dict[str, float] | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -68,43 +108,32 @@ class SSELogStats:
         if self._task is not None and self._task.running:
             self._task.stop()
 
-    def _totals(self) -> tuple[float, int, int, int]:
-        """(clock, events, bytes, reconnects) so far, open streams included."""
-        stats = self.crawler.stats
-        assert stats is not None
-        events = int(stats.get_value("sse/events", 0))
-        received = int(stats.get_value("sse/bytes", 0))
-        for stream in self.state.registry.streams:
-            events += stream.events_received
-            received += stream.bytes_received
-        reconnects = sum(
-            int(value)
-            for name, value in stats.get_stats().items()
-            if name.startswith("sse/reconnects/")
-        )
-        return monotonic(), events, received, reconnects
+    def _totals(self) -> dict[str, float]:
+        """The crawl's counters so far, open streams included, with the clock."""
+        return {"clock": monotonic(), **crawl_totals(self.crawler, self.state)}
 
     def figures(self) -> dict[str, Any]:
         """The figures of one line, since the previous one (and the stats they set)."""
-        now, events, received, reconnects = self._totals()
-        then, events_before, received_before, reconnects_before = self._last or (now, 0, 0, 0)
-        self._last = (now, events, received, reconnects)
-        elapsed = max(now - then, 1e-9)
+        now = self._totals()
+        before = self._last or now
+        self._last = now
+        elapsed = max(now["clock"] - before["clock"], 1e-9)
         registry = self.state.registry
         streams = list(registry.streams)
         oldest_age = None
         oldest_url = None
         for stream in streams:
             at = stream.last_event_at
-            if at and (oldest_age is None or now - at > oldest_age):
-                oldest_age, oldest_url = now - at, stream.url
+            if at and (oldest_age is None or now["clock"] - at > oldest_age):
+                oldest_age, oldest_url = now["clock"] - at, stream.url
         return {
             "open_streams": len(streams),
             "paused": sum(stream.is_paused for stream in streams),
             "waiting": registry.waiting(),
-            "events_per_s": round((events - events_before) / elapsed, 1),
-            "bytes_per_s": round((received - received_before) / elapsed),
-            "reconnects": reconnects - reconnects_before,
+            "events_per_s": round((now["events"] - before["events"]) / elapsed, 1),
+            "bytes_per_s": round((now["bytes"] - before["bytes"]) / elapsed),
+            "reconnects": int(now["reconnects"] - before["reconnects"]),
+            "id_gaps": int(now["id_gaps"] - before["id_gaps"]),
             "oldest_event_age_s": None if oldest_age is None else round(oldest_age, 1),
             "oldest_event_url": oldest_url,
         }
@@ -124,13 +153,14 @@ class SSELogStats:
         )
         logger.info(
             "SSE: %d open stream(s) (%d paused, %d waiting for a place), %s events/s, "
-            "%.1f KiB/s, %d reconnect(s)%s",
+            "%.1f KiB/s, %d reconnect(s)%s%s",
             figures["open_streams"],
             figures["paused"],
             figures["waiting"],
             f"{figures['events_per_s']:,.1f}",
             figures["bytes_per_s"] / 1024,
             figures["reconnects"],
+            f", {figures['id_gaps']} event id(s) skipped" if figures["id_gaps"] else "",
             oldest,
             extra={"spider": self.crawler.spider},
         )

@@ -69,6 +69,11 @@ DEFAULTS: dict[str, Any] = {
     "SSE_LLM_RETRIES": 0,
     # Seconds between the "SSE: n open streams, events/s..." log lines (0: none).
     "SSE_LOGSTATS_INTERVAL": 60.0,
+    # Port of an HTTP endpoint serving stream metrics to Prometheus (None: none; 0: any
+    # free port), its host, and seconds between the snapshots it serves.
+    "SSE_PROMETHEUS_PORT": None,
+    "SSE_PROMETHEUS_HOST": "127.0.0.1",
+    "SSE_PROMETHEUS_INTERVAL": 5.0,
     # Record events whose callback raised, and items pipelines dropped, as dead letters.
     "SSE_DEAD_LETTERS": False,
     # Redis URL of the cluster this crawl is a worker of (None: a crawl on its own).

@@ -112,6 +112,9 @@ class SSESpiderMiddleware:
     def _output_ended(self, stream: SSEStream) -> None:
         if stream.is_open:
             stream.close(CALLBACK_DONE)
+        if stream.id_gaps and self.crawler.stats is not None:
+            # (Counted as events are delivered: all of them are, by now.)
+            self.crawler.stats.inc_value("sse/id_gaps", stream.id_gaps)
         # Now every queued event has been delivered (or dropped): checkpoint the final
         # id, which the end of the connection alone would not have seen.
         self.state.registry.record(stream)

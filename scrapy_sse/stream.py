@@ -80,6 +80,7 @@ class SSEStream:
         "_done",
         "_events_at",
         "_high",
+        "_id_number",
         "_idle_timer",
         "_low",
         "_on_comment",
@@ -98,6 +99,7 @@ class SSEStream:
         "error",
         "events_delivered",
         "events_received",
+        "id_gaps",
         "last_activity",
         "last_delivered_id",
         "parser",
@@ -169,6 +171,10 @@ class SSEStream:
         self.last_delivered_id: str = last_event_id
         self.events_received = 0
         self.events_delivered = 0
+        #: Integer ids skipped between delivered events (3 then 5: one).
+        self.id_gaps = 0
+        # The last integer id (-1: none yet; None: ids are not integers).
+        self._id_number: int | None = int(last_event_id) if last_event_id.isdigit() else -1
         self.bytes_received = 0
         self.pauses = 0
         #: Seconds without any byte after which the watchdog aborts (0: never).
@@ -362,8 +368,22 @@ class SSEStream:
                 if recent is None:
                     recent = self._recent = deque(maxlen=DEDUP_WINDOW)
                 recent.append((event_id, fingerprint(event)))
+                if self._id_number is not None:
+                    self._count_gap(event_id)
             self.events_delivered += 1
         return True
+
+    def _count_gap(self, event_id: str) -> None:
+        """Ids that are integers and skip one (5 after 3): count the ids skipped. The
+        first id that is not an integer stops the count for this connection."""
+        if not event_id.isdigit():
+            self._id_number = None
+            return
+        number = int(event_id)
+        last = self._id_number
+        if last is not None and last >= 0 and number > last + 1:
+            self.id_gaps += number - last - 1
+        self._id_number = number
 
     def _is_resent(self, event: SSEEvent) -> bool:
         """After a reconnect: whether ``event`` is one delivered before (same id and

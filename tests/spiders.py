@@ -44,6 +44,7 @@ class _Base(scrapy.Spider):
             cookies={"session": self.cookie} if getattr(self, "cookie", None) else None,
             reconnect=self.reconnect == "1",
             stream_key=getattr(self, "stream_key", None),
+            last_event_id=getattr(self, "last_event_id", ""),
             **kwargs,
         )
 
@@ -354,3 +355,27 @@ class Watched(PerEvent):
         path = self.settings.get("TEST_EXTRA_PATH")
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"signals": self.seen}, f)
+
+
+class Metered(PerEvent):
+    """``PerEvent`` that reads its own Prometheus endpoint at event ``-a at=N`` (the
+    bound port from the extension) and writes the page to the extra file."""
+
+    name = "metered"
+    at = "20"
+
+    def parse_event(self, event: SSEEvent) -> Any:
+        yield from super().parse_event(event)
+        if json.loads(event.data)["seq"] == int(self.at):
+            import urllib.request
+
+            from scrapy_sse.prometheus import SSEPrometheus
+
+            [extension] = [
+                e for e in self.crawler.extensions.middlewares if isinstance(e, SSEPrometheus)
+            ]
+            url = f"http://127.0.0.1:{extension.bound_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                page = response.read().decode()
+            with open(self.settings.get("TEST_EXTRA_PATH"), "w", encoding="utf-8") as f:
+                json.dump({"metrics": page}, f)

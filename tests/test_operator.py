@@ -136,3 +136,37 @@ def test_a_callback_failing_on_every_event_logs_one_traceback_and_summaries(
     # The stream went on: 200 events became items; the errback got each failure.
     assert sum("id" in item for item in result.items) == 200
     assert sum(item.get("error") == "ValueError" for item in result.items) == 100
+
+
+def test_skipped_integer_ids_are_counted(sse_server: SSEServer) -> None:
+    # Resuming after id 2, the server sends 6, 7, 8: ids 3, 4 and 5 were skipped.
+    result = run_crawl(
+        "PerEvent",
+        args={"url": sse_server.url("/stream?start=5&n=3&done=1"), "last_event_id": "2"},
+    )
+    assert [item["id"] for item in result.items] == ["6", "7", "8"]
+    assert result.stat("sse/id_gaps") == 3
+
+
+def test_prometheus_serves_the_streams_figures(sse_server: SSEServer) -> None:
+    urls = "|".join(
+        sse_server.url(f"/stream?n=40&delay=0.02&done=1&ascii=1&key=m{i}") for i in range(2)
+    )
+    result = run_crawl(
+        "Metered",
+        args={"url": urls, "at": "30"},
+        settings={"SSE_PROMETHEUS_PORT": 0, "SSE_PROMETHEUS_INTERVAL": 0.1},
+    )
+    assert result.returncode == 0, result.log[-3000:]
+    page = result.extra["metrics"]
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["sse_open_streams"] == 2
+    assert 40 <= values["sse_events_total"] <= 80  # (a snapshot of at most 0.1 s before)
+    per_stream = {k: v for k, v in values.items() if k.startswith("sse_stream_events_total{")}
+    assert len(per_stream) == 2 and all(v >= 20 for v in per_stream.values()), per_stream
+    assert any(k.startswith("sse_stream_last_event_age_seconds{") for k in values)
+    assert "Serving SSE metrics for Prometheus on http://127.0.0.1:" in result.log
