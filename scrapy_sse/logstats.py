@@ -9,7 +9,9 @@ job that logs and scrapes nothing for an hour). Every ``SSE_LOGSTATS_INTERVAL`` 
     310.2 KiB/s, 3 reconnect(s), 2 event id(s) skipped; oldest last event 41 s ago on
     https://feed.example/prices
 
-and sets the same figures as stats (``sse/now/*``), so that a monitoring pipeline or
+and sets the same figures as stats (``sse/now/*``; ``sse/now/streams`` lists the 20
+streams quiet the longest, each with its events, last-event age, skipped ids and
+paused seconds, as of the last line with streams open), so that a monitoring pipeline or
 the stats dump at the end see what the last line said. Open streams' counters are read
 from the streams themselves (their totals reach ``sse/events`` and ``sse/bytes`` only
 when they end).
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from .extension import SSEExtension
 
 logger = logging.getLogger(__name__)
+
+#: Streams listed in the ``sse/now/streams`` stat (the longest quiet first).
+STREAMS_IN_STATS = 20
 
 
 def crawl_totals(crawler: Crawler, state: SSEExtension) -> dict[str, int]:
@@ -145,6 +150,11 @@ class SSELogStats:
         for name, value in figures.items():
             if value is not None:
                 stats.set_value(f"sse/now/{name}", value)
+        # Per stream, the ones an operator looks at first: those quiet the longest.
+        rows = stream_figures(self.state, monotonic())
+        if rows:  # (kept as of the last line with streams open, for the final dump)
+            rows.sort(key=lambda row: -(row["last_event_age_s"] or 0))
+            stats.set_value("sse/now/streams", rows[:STREAMS_IN_STATS])
         oldest = (
             f"; oldest last event {figures['oldest_event_age_s']:.0f} s ago on "
             f"{redact_url(figures['oldest_event_url'])}"

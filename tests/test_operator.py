@@ -100,6 +100,10 @@ def test_the_periodic_line_reports_what_the_stats_say(sse_server: SSEServer) -> 
     last = found[-1]
     assert f"{result.stat('sse/now/open_streams')} open stream(s)" in last
     assert result.stat("sse/events") == 180
+    streams = result.stat("sse/now/streams")
+    assert streams and {"stream", "events", "last_event_age_s", "id_gaps", "paused_s"} <= set(
+        streams[0]
+    )
 
 
 def test_batch_delivery_into_a_feed_export_writes_one_line_per_event(
