@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from scrapy.extensions.feedexport import FeedExporter
+from scrapy.utils.misc import load_object
 
 from .downloadermw import SSEDownloaderMiddleware
 from .extension import SSEExtension
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 HANDLER_PATH = "scrapy_sse.handler.SSEDownloadHandler"
 DEFAULT_LOG_FORMATTER = "scrapy.logformatter.LogFormatter"
-FEED_EXPORTER = "scrapy.extensions.feedexport.FeedExporter"
 
 
 def _is_sse_handler(handler: object) -> bool:
@@ -60,18 +60,22 @@ class SSEAddon:
             "DOWNLOADER_MIDDLEWARES", SSEDownloaderMiddleware, 950
         )
         settings.set_in_component_priority_dict("EXTENSIONS", SSEExtension, 500)
-        settings.set_in_component_priority_dict("EXTENSIONS", SSELogStats, 500)
-        settings.set_in_component_priority_dict("EXTENSIONS", SSEPrometheus, 500)
-        # Feed exports that write a batch (SSEBatch) one line per event, where Scrapy's
-        # own FeedExporter is on (it is unless a user turned it off).
-        extensions = settings.getwithbase("EXTENSIONS")
+        # (setdefault: a user who turned one of these off keeps it off.)
+        settings.setdefault_in_component_priority_dict("EXTENSIONS", SSELogStats, 500)
+        settings.setdefault_in_component_priority_dict("EXTENSIONS", SSEPrometheus, 500)
+        # Feed exports that write a batch (SSEBatch) one line per event, in the place of
+        # Scrapy's FeedExporter, unless a user turned that off (by class or path) or
+        # set ours already.
+        extensions = settings.get_component_priority_dict_with_base("EXTENSIONS")
         priority = next(
-            (value for key, value in extensions.items() if key in (FeedExporter, FEED_EXPORTER)),
+            (value for key, value in extensions.items() if load_object(key) is FeedExporter),
             None,
         )
-        if priority is not None:
-            settings.set_in_component_priority_dict("EXTENSIONS", FeedExporter, None)
+        if priority is not None and not any(
+            load_object(key) is SSEFeedExporter for key in extensions
+        ):
             settings.set_in_component_priority_dict("EXTENSIONS", SSEFeedExporter, priority)
+            settings.set_in_component_priority_dict("EXTENSIONS", FeedExporter, None)
         if settings.get("SSE_CLUSTER_URL"):
             from .cluster.spidermw import ClusterSpiderMiddleware
 

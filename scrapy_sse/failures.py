@@ -27,9 +27,14 @@ BODY_QUOTE = 200
 
 
 def _unwrap(error: BaseException) -> BaseException:
-    """The innermost meaningful error: Twisted's ``ResponseNeverReceived`` and
-    friends carry a list of failures; aiohttp's connector errors carry the OS's."""
-    for _ in range(5):
+    """The innermost meaningful error: Scrapy's download errors wrap the transport's
+    (as ``__cause__``), Twisted's ``ResponseNeverReceived`` and friends carry a list of
+    failures, aiohttp's connector errors carry the OS's."""
+    for _ in range(8):
+        cause = error.__cause__
+        if type(error).__module__.startswith("scrapy.") and isinstance(cause, BaseException):
+            error = cause
+            continue
         reasons = getattr(error, "reasons", None)
         if reasons:
             inner = getattr(reasons[0], "value", reasons[0])
@@ -37,7 +42,9 @@ def _unwrap(error: BaseException) -> BaseException:
                 error = inner
                 continue
         os_error = getattr(error, "os_error", None)
-        if isinstance(os_error, BaseException):
+        if isinstance(os_error, BaseException) and not _named(
+            error, "ClientConnectorCertificateError", "ClientConnectorSSLError"
+        ):
             error = os_error
             continue
         break
@@ -64,23 +71,24 @@ def cause(error: BaseException | None, reason: str) -> tuple[str, str]:
                 f"Content-Type {error.content_type or '(none)'!r}, not text/event-stream",
             )
         return f"http_{error.status}", f"HTTP {error.status}" + (f": {quoted}" if quoted else "")
+    if _named(error, "DownloadTimeoutError"):  # (its own message says it all)
+        return "header_timeout", str(error)
     inner = _unwrap(error)
-    if _named(inner, "DownloadFailedError") and isinstance(inner.__cause__, BaseException):
-        inner = _unwrap(inner.__cause__)  # (Scrapy's wrapper of a transport error)
-    if _named(inner, "ConnectionRefusedError", "DownloadConnectionRefusedError") or (
-        getattr(inner, "errno", None) == errno.ECONNREFUSED
+    if (
+        isinstance(inner, ssl.SSLError)
+        or type(inner).__module__.startswith(("OpenSSL", "service_identity"))
+        or _named(inner, "ClientSSLError", "ClientConnectorCertificateError", "VerificationError")
+    ):
+        return "tls", f"TLS error: {getattr(inner, 'verify_message', None) or inner}"
+    if _named(inner, "ConnectionRefusedError") or getattr(inner, "errno", None) == (
+        errno.ECONNREFUSED
     ):
         return "connection_refused", "Connection refused"
     if _named(
         inner, "DNSLookupError", "gaierror", "ClientConnectorDNSError", "CannotResolveHostError"
     ):
-        return "dns", f"DNS lookup failed ({inner})"
-    if (
-        isinstance(inner, ssl.SSLError)
-        or type(inner).__module__.startswith("OpenSSL")
-        or _named(inner, "ClientSSLError", "ClientConnectorCertificateError")
-    ):
-        return "tls", f"TLS error: {inner}"
+        text = str(inner)
+        return "dns", text if "dns" in text.lower() else f"DNS lookup failed: {text}"
     if _named(inner, "DownloadTimeoutError"):
         return "header_timeout", str(inner)
     if _named(inner, "TCPTimedOutError", "TimeoutError", "ConnectTimeoutError"):
@@ -94,10 +102,11 @@ def cause(error: BaseException | None, reason: str) -> tuple[str, str]:
 class FailureLog:
     """What to log about one stream's failed connections (state in ``meta``).
 
-    An *episode* is a run of failures with no event delivered in between: its first
-    failure of a kind is logged, then its 2nd, 4th, 8th... as summaries, and the first
-    connection that opens after it is announced once. A connection that delivered
-    events before it failed starts a new episode.
+    An *episode* is a run of failures with no event delivered in between (it ends when
+    a connection delivers events, see :meth:`clear`). In it, the first failure of each
+    kind is logged, then that kind's 2nd, 4th, 8th... as summaries (kinds that take
+    turns, 502 and 503 say, are each limited), and the first connection that opens
+    after failures is announced once.
     """
 
     KEY = "sse_failing"
@@ -107,13 +116,13 @@ class FailureLog:
 
     def failed(self, kind: str, now: float, delivered: int) -> tuple[bool, int, float]:
         """Record one failure; ``(worth a line, failures of this kind in the episode,
-        seconds since the first)``."""
+        seconds since the episode began)``. A connection that delivered events before
+        failing begins a new episode."""
         state = self.meta.get(self.KEY)
-        if not state or delivered or state.get("kind") != kind:
-            state = {"kind": kind, "count": 0, "since": now, "opened": False}
-            self.meta[self.KEY] = state
-        state["count"] += 1
-        count = int(state["count"])
+        if not state or delivered:
+            state = self.meta[self.KEY] = {"since": now, "opened": False, "kinds": {}}
+        kinds = state["kinds"]
+        count = kinds[kind] = int(kinds.get(kind, 0)) + 1
         return count & (count - 1) == 0, count, now - float(state["since"])
 
     def opened(self, now: float) -> tuple[int, float] | None:
@@ -123,4 +132,8 @@ class FailureLog:
         if not state or state.get("opened"):
             return None
         state["opened"] = True
-        return int(state["count"]), now - float(state["since"])
+        return sum(state["kinds"].values()), now - float(state["since"])
+
+    def clear(self) -> None:
+        """A connection delivered events: the episode, if any, is over."""
+        self.meta.pop(self.KEY, None)

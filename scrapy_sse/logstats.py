@@ -65,16 +65,17 @@ def crawl_totals(crawler: Crawler, state: SSEExtension) -> dict[str, int]:
 
 
 def stream_figures(state: SSEExtension, now: float) -> list[dict[str, Any]]:
-    """Each open stream's figures: its key, events, seconds since its last event (None:
-    none yet), integer ids skipped, and seconds paused by backpressure."""
+    """Each open stream's figures (this connection's): its key, events, seconds since
+    its last event (or since it opened), integer ids skipped, and seconds paused by
+    backpressure."""
     rows = []
     for stream in state.registry.streams:
-        at = stream.last_event_at
+        at = stream.last_event_at or stream.opened_at  # (no event yet: since it opened)
         rows.append(
             {
                 "stream": str(stream.request.meta.get(STREAM_KEY) or redact_url(stream.url)),
                 "events": stream.events_received,
-                "last_event_age_s": round(now - at, 3) if at else None,
+                "last_event_age_s": round(now - at, 3),
                 "id_gaps": stream.id_gaps,
                 "paused_s": round(stream.paused_seconds, 3),
             }
@@ -127,10 +128,12 @@ class SSELogStats:
         streams = list(registry.streams)
         oldest_age = None
         oldest_url = None
+        quiet_since_open = False
         for stream in streams:
-            at = stream.last_event_at
-            if at and (oldest_age is None or now["clock"] - at > oldest_age):
+            at = stream.last_event_at or stream.opened_at  # (no event yet: since it opened)
+            if oldest_age is None or now["clock"] - at > oldest_age:
                 oldest_age, oldest_url = now["clock"] - at, stream.url
+                quiet_since_open = not stream.last_event_at
         return {
             "open_streams": len(streams),
             "paused": sum(stream.is_paused for stream in streams),
@@ -138,13 +141,17 @@ class SSELogStats:
             "events_per_s": round((now["events"] - before["events"]) / elapsed, 1),
             "bytes_per_s": round((now["bytes"] - before["bytes"]) / elapsed),
             "reconnects": int(now["reconnects"] - before["reconnects"]),
-            "id_gaps": int(now["id_gaps"] - before["id_gaps"]),
+            # (Clamped: a stream that ended leaves the open ones before its last events
+            # are delivered and counted.)
+            "id_gaps": max(0, int(now["id_gaps"] - before["id_gaps"])),
             "oldest_event_age_s": None if oldest_age is None else round(oldest_age, 1),
             "oldest_event_url": oldest_url,
+            "oldest_quiet_since_open": quiet_since_open,
         }
 
     def log(self) -> None:
         figures = self.figures()
+        quiet_since_open = figures.pop("oldest_quiet_since_open")
         stats = self.crawler.stats
         assert stats is not None
         for name, value in figures.items():
@@ -155,8 +162,9 @@ class SSELogStats:
         if rows:  # (kept as of the last line with streams open, for the final dump)
             rows.sort(key=lambda row: -(row["last_event_age_s"] or 0))
             stats.set_value("sse/now/streams", rows[:STREAMS_IN_STATS])
+        what = "no event since it opened" if quiet_since_open else "oldest last event"
         oldest = (
-            f"; oldest last event {figures['oldest_event_age_s']:.0f} s ago on "
+            f"; {what} {figures['oldest_event_age_s']:.0f} s ago on "
             f"{redact_url(figures['oldest_event_url'])}"
             if figures["oldest_event_url"]
             else ""

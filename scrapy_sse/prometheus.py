@@ -18,6 +18,7 @@ streams the reactor is changing: the figures are a snapshot taken in the reactor
 from __future__ import annotations
 
 import logging
+import threading
 from functools import cached_property
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
     from .extension import SSEExtension
 
 logger = logging.getLogger(__name__)
+
+
+def _stop(server: Any) -> None:
+    server.shutdown()
+    server.server_close()
 
 
 class SSEPrometheus:
@@ -102,8 +108,9 @@ class SSEPrometheus:
         if self._task is not None and self._task.running:
             self._task.stop()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            # (shutdown() waits for the serving thread's next poll: not in the reactor.)
+            server, self._server = self._server, None
+            threading.Thread(target=_stop, args=(server,), daemon=True).start()
 
     @property
     def bound_port(self) -> int | None:

@@ -107,6 +107,13 @@ class StreamEnds:
         if self.state.registry.closing:
             # The crawl is stopping: no reconnect, no errback; a completion in the
             # making is still delivered, marked incomplete (spider_closed).
+            await self.crawler.signals.send_catch_log_async(
+                signals.stream_ended,
+                request=stream.request,
+                reason="spider_closed",
+                error=stream.error,
+                events=stream.events_delivered,
+            )
             if is_completion(stream.request):
                 async for value in self.completions.deliver(stream):
                     yield value
@@ -142,11 +149,12 @@ class StreamEnds:
             elif not cluster.holds(key):
                 return  # (handed over or lost: another worker of the cluster reads it)
         failed = self._failed(stream, outcome, decision)
-        if decision.action == RECONNECT:
-            async for value in self._reconnect(stream, errback, decision, outcome, failed):
-                yield value
-            return
-        if decision.action == GIVE_UP and failed is not None:
+        attempt = 0
+        if failed is None:
+            if stream.events_delivered:
+                FailureLog(request.meta).clear()
+        else:
+            attempt = self._log_failure(stream, failed, decision)
             await self.crawler.signals.send_catch_log_async(
                 signals.connection_failed,
                 request=request,
@@ -154,9 +162,13 @@ class StreamEnds:
                 message=failed[1],
                 failure=stream.error,
                 response=stream.response,
-                attempt=history.failures + 1,
-                retrying=False,
+                attempt=attempt,
+                retrying=decision.action == RECONNECT,
             )
+        if decision.action == RECONNECT:
+            async for value in self._reconnect(stream, errback, decision, outcome, failed):
+                yield value
+            return
         await self.crawler.signals.send_catch_log_async(
             signals.stream_ended,
             request=request,
@@ -232,10 +244,16 @@ class StreamEnds:
                 decision.history.reconnects,
                 extra={"spider": self.crawler.spider},
             )
-        else:
-            await self._log_failure(stream, failed, decision)
         if not await self.state.registry.sleep(decision.delay):
-            return  # the spider is closing
+            # The spider is closing: this stream ends here.
+            await self.crawler.signals.send_catch_log_async(
+                signals.stream_ended,
+                request=request,
+                reason="spider_closed",
+                error=stream.error,
+                events=stream.events_delivered,
+            )
+            return
         meta = dict(request.meta)
         meta[HISTORY_KEY] = decision.history.to_dict()
         meta[SKIP_KEY] = {"salt": FINGERPRINT_SALT, "events": stream.recent}
@@ -259,15 +277,16 @@ class StreamEnds:
             new_request.headers[b"Last-Event-ID"] = resume_id.encode("utf-8")
         yield new_request
 
-    async def _log_failure(
-        self, stream: SSEStream, failed: tuple[str, str], decision: Decision
-    ) -> None:
-        """The first failure of a kind on a stream is a WARNING in the failure's own
-        words; repeats only at the 2nd, 4th, 8th... attempt, as one summary each (the
-        rest at DEBUG). ``connection_failed`` is sent for every one."""
+    def _log_failure(self, stream: SSEStream, failed: tuple[str, str], decision: Decision) -> int:
+        """Log a failed connection that is to be retried: the first failure of a kind
+        in an episode as a WARNING in the failure's own words, that kind's repeats only
+        at the 2nd, 4th, 8th... attempt, the rest at DEBUG (a give-up has its own
+        ERROR line). Returns the failures of this kind in the episode."""
         kind, message = failed
         log = FailureLog(stream.request.meta)
         worth_a_line, count, seconds = log.failed(kind, time(), stream.events_delivered)
+        if decision.action != RECONNECT:
+            return count
         url = redact_url(stream.url)
         spider = {"spider": self.crawler.spider}
         if count == 1:
@@ -291,16 +310,7 @@ class StreamEnds:
             )
         else:
             logger.debug("SSE stream %s failed again (%d): %s", url, count, message, extra=spider)
-        await self.crawler.signals.send_catch_log_async(
-            signals.connection_failed,
-            request=stream.request,
-            reason=kind,
-            message=message,
-            failure=stream.error,
-            response=stream.response,
-            attempt=count,
-            retrying=True,
-        )
+        return count
 
     async def _refresh_auth(
         self, request: Request, stream: SSEStream, required: bool

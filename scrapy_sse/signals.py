@@ -21,13 +21,16 @@ stream_opened = object()
 #: A connection failed (it never opened, or broke, or the server refused it):
 #: ``request``, ``reason`` (a short kind: ``connection_refused``, ``dns``, ``tls``,
 #: ``header_timeout``, ``http_500``, ``connection_lost``...), ``message`` (the cause in
-#: the words of the OS or server), ``failure`` (the error, or ``None``), ``response``
-#: (the ``SSEResponse`` if it had opened, else ``None``), ``attempt`` (failures in a
-#: row) and ``retrying`` (whether a reconnect follows).
+#: the words of the OS or server), ``failure`` (the exception, or ``None``; for an HTTP
+#: error an ``SSEResponseError`` with the ``status``, ``headers`` and ``body``),
+#: ``response`` (the ``SSEResponse`` if the connection had opened, else ``None``),
+#: ``attempt`` (failures of this kind since the stream last delivered events) and
+#: ``retrying`` (whether a reconnect follows).
 connection_failed = object()
 
 #: A stream ended for good (no reconnect follows): ``request``, ``reason`` (the
-#: decision's: ``completed``, ``closed``, ``not_resendable``, ``http_404``...),
+#: decision's: ``completed``, ``closed``, ``not_resendable``, ``http_404``...;
+#: ``spider_closed`` when the crawl ends first),
 #: ``error`` (the error it gave up on, or ``None``) and ``events`` (events delivered on
 #: its last connection).
 stream_ended = object()

@@ -44,6 +44,9 @@ class Producer(Protocol):
     def abort(self) -> None: ...
 
 
+#: Longest integer id whose gaps are counted (18 digits: any counter, and int() is cheap).
+MAX_ID_DIGITS = 18
+
 #: How many recently delivered events a reconnect remembers to skip if resent.
 DEDUP_WINDOW = 64
 
@@ -79,14 +82,17 @@ class SSEStream:
         "_comments_queued",
         "_done",
         "_events_at",
+        "_gaps_pending",
         "_high",
         "_id_number",
         "_idle_timer",
+        "_ids_count",
         "_low",
         "_on_comment",
         "_on_end",
         "_paused",
         "_paused_at",
+        "_paused_total",
         "_producer",
         "_queue",
         "_recent",
@@ -102,8 +108,8 @@ class SSEStream:
         "id_gaps",
         "last_activity",
         "last_delivered_id",
+        "opened_at",
         "parser",
-        "paused_seconds",
         "pauses",
         "read_timeout",
         "request",
@@ -150,8 +156,9 @@ class SSEStream:
         self._producer: Producer | None = None
         self._paused = False
         self._paused_at = 0.0
-        #: Seconds the transport spent paused because the spider was behind.
-        self.paused_seconds = 0.0
+        self._paused_total = 0.0
+        #: ``time.monotonic()`` when this connection's stream was made.
+        self.opened_at = _monotonic()
         # What the consumer waits on: a future (or Deferred) while it awaits, or, while
         # it rests between bursts, the function that starts its next burst.
         self._waiter: Future[None] | Deferred[None] | Callable[[], object] | None = None
@@ -174,7 +181,13 @@ class SSEStream:
         #: Integer ids skipped between delivered events (3 then 5: one).
         self.id_gaps = 0
         # The last integer id (-1: none yet; None: ids are not integers).
-        self._id_number: int | None = int(last_event_id) if last_event_id.isdigit() else -1
+        self._id_number: int | None = -1
+        if last_event_id.isascii() and last_event_id.isdigit():
+            self._id_number = int(last_event_id[:MAX_ID_DIGITS])
+        # Whether ids have gone up by one: only then is a jump a gap (ids that are
+        # timestamps jump every time).
+        self._ids_count = False
+        self._gaps_pending = 0
         self.bytes_received = 0
         self.pauses = 0
         #: Seconds without any byte after which the watchdog aborts (0: never).
@@ -225,8 +238,6 @@ class SSEStream:
             self.finish(EVENT_TOO_LARGE, exc)
             return
         if events:
-            if self._on_comment is not None:
-                events = self._comments_out(events)
             self._enqueue(events)
         if self._producer is not None and len(self._queue) >= self._high:
             # Re-pause on every read while over the limit: Twisted resumes the transport
@@ -249,6 +260,8 @@ class SSEStream:
         return [event for event in events if type(event) is not SSEComment]
 
     def _enqueue(self, events: Any) -> None:
+        if self._on_comment is not None:
+            events = self._comments_out(events)
         if self._queue is _NO_QUEUE:
             self._queue = deque()
         done = self._done
@@ -282,14 +295,12 @@ class SSEStream:
             self._stats.inc_value(f"sse/ends/{reason}")
             # (Comments handed to response.events readers are counted apart.)
             comments = self.parser.comments
-            events = self.events_received - (comments if self.parser.keeps_comments else 0)
+            events = self.events_received - (comments if self._comments_queued else 0)
             self._stats.inc_value("sse/events", events)
             self._stats.inc_value("sse/bytes", self.bytes_received)
             self._stats.inc_value("sse/comments", self.parser.comments)
             if self.pauses:
                 self._stats.inc_value("sse/backpressure_pauses", self.pauses)
-                if self._paused:
-                    self.paused_seconds += _monotonic() - self._paused_at
                 self._stats.inc_value("sse/paused_ms", round(self.paused_seconds * 1000))
         self._wake()
         callbacks, self._on_end = self._on_end, ()
@@ -319,6 +330,14 @@ class SSEStream:
     def queued(self) -> int:
         """Events parsed and waiting for the spider (at most about ``queue_size``)."""
         return len(self._queue)
+
+    @property
+    def paused_seconds(self) -> float:
+        """Seconds the transport spent paused because the spider was behind (a pause
+        in progress included)."""
+        if self._paused:
+            return self._paused_total + (_monotonic() - self._paused_at)
+        return self._paused_total
 
     @property
     def last_event_at(self) -> float:
@@ -374,15 +393,25 @@ class SSEStream:
         return True
 
     def _count_gap(self, event_id: str) -> None:
-        """Ids that are integers and skip one (5 after 3): count the ids skipped. The
-        first id that is not an integer stops the count for this connection."""
-        if not event_id.isdigit():
+        """Ids that count events (integers that go up by one, at least once) and skip
+        some (5 after 3): count the ids skipped. Jumps before the first step of one
+        wait until it comes; ids that are not short integers, or never go up by one
+        (timestamps), are not counted."""
+        if not (event_id.isascii() and event_id.isdigit() and len(event_id) <= MAX_ID_DIGITS):
             self._id_number = None
             return
         number = int(event_id)
         last = self._id_number
-        if last is not None and last >= 0 and number > last + 1:
-            self.id_gaps += number - last - 1
+        if last is not None and last >= 0:
+            if number == last + 1:
+                if not self._ids_count:  # (they count: the jumps seen so far were gaps)
+                    self._ids_count = True
+                    self.id_gaps += self._gaps_pending
+            elif number > last + 1:
+                if self._ids_count:
+                    self.id_gaps += number - last - 1
+                else:
+                    self._gaps_pending += number - last - 1
         self._id_number = number
 
     def _is_resent(self, event: SSEEvent) -> bool:
@@ -421,7 +450,7 @@ class SSEStream:
         """Resume a paused transport once the spider has drained half the queue."""
         if self._paused and len(self._queue) <= self._low:
             self._paused = False
-            self.paused_seconds += _monotonic() - self._paused_at
+            self._paused_total += _monotonic() - self._paused_at
             if self._producer is not None:
                 self._producer.resume()
 

@@ -107,3 +107,23 @@ def test_event_items_carry_the_data_parsed_as_json_when_it_is_json(
     data: str, expected: object
 ) -> None:
     assert parse_json_or_none(data) == expected
+
+
+def test_addon_puts_its_feed_exporter_in_place_unless_feeds_are_turned_off() -> None:
+    from scrapy.extensions.feedexport import FeedExporter
+    from scrapy.utils.conf import build_component_list
+
+    from scrapy_sse.feedexport import SSEFeedExporter
+    from scrapy_sse.logstats import SSELogStats
+
+    def extensions(user: dict[object, object]) -> list[object]:
+        settings = Settings({"EXTENSIONS": user})
+        SSEAddon().update_settings(settings)
+        return build_component_list(settings.get_component_priority_dict_with_base("EXTENSIONS"))
+
+    default = extensions({})
+    assert SSEFeedExporter in default and FeedExporter not in default
+    for off in ({FeedExporter: None}, {"scrapy.extensions.feedexport.FeedExporter": None}):
+        chosen = extensions(off)
+        assert SSEFeedExporter not in chosen and FeedExporter not in chosen
+    assert SSELogStats not in extensions({SSELogStats: None})  # (kept off)

@@ -118,3 +118,30 @@ def test_a_terminal_gets_a_live_status_line(sse_server: SSEServer, tmp_path: Pat
     text = status.decode()
     assert "\r" in text and "events," in text and "reconnects" in text
     assert text.rstrip().splitlines()[-1].split("\r")[-1].lstrip("\x1b[2K").startswith("30 events")
+
+
+def test_inside_a_startproject_project_it_streams_at_once_and_a_dead_url_fails(
+    sse_server: SSEServer, tmp_path: Path
+) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "scrapy", "startproject", "shop"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    project = tmp_path / "shop"
+    settings = (project / "shop" / "settings.py").read_text()
+    assert "ROBOTSTXT_OBEY = True" in settings  # (what startproject writes)
+    with open(project / "shop" / "settings.py", "a") as f:
+        f.write("\nDOWNLOAD_DELAY = 5\n")
+    started = time.monotonic()
+    result = tail(sse_server.url("/stream?n=2&done=1&key=inproject"), "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2 and time.monotonic() - started < 20
+    assert not sse_server.requests_for("/robots.txt")
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/s"
+    failed = tail(dead, "--max-time", "2", cwd=project)
+    assert failed.returncode == 1 and "never opened" in failed.stderr

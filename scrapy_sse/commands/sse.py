@@ -20,7 +20,9 @@ import scrapy
 from scrapy import signals
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import CloseSpider, UsageError
+from scrapy.utils.asyncio import create_looping_call
 
+from .. import signals as sse_signals
 from ..http import SSERequest
 
 if TYPE_CHECKING:
@@ -82,12 +84,30 @@ class TailSpider(scrapy.Spider):
         self.started = time.monotonic()
         self._status_at = 0.0
         self._status_shown = False
+        self.opened = False
+        self._refresh: Any = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> TailSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
         crawler.signals.connect(spider.closed_status, signal=signals.spider_closed)
+        crawler.signals.connect(spider.opened_stream, signal=sse_signals.stream_opened)
+        crawler.signals.connect(spider.ended_stream, signal=sse_signals.stream_ended)
+        if spider.tail["status"]:
+            crawler.signals.connect(spider.start_status, signal=signals.spider_opened)
         return spider
+
+    def opened_stream(self) -> None:
+        self.opened = True
+
+    def ended_stream(self, reason: str, error: BaseException | None) -> None:
+        if error is not None and reason not in ("completed", "closed", "spider_closed"):
+            self.tail["failed"] = f"gave up ({reason}): {error}"
+
+    def start_status(self) -> None:
+        """Refresh the status line between events too (while reconnecting, say)."""
+        self._refresh = create_looping_call(self._status)
+        self._refresh.start(STATUS_EVERY, now=False)
 
     async def start(self) -> AsyncIterator[SSERequest]:
         tail = self.tail
@@ -135,6 +155,10 @@ class TailSpider(scrapy.Spider):
             self._status_shown = False
 
     def closed_status(self) -> None:
+        if self._refresh is not None and self._refresh.running:
+            self._refresh.stop()
+        if not self.opened and "failed" not in self.tail:
+            self.tail["failed"] = "the stream never opened (see the log above)"
         self._clear_status()
         self._status_at = 0.0
         if self.tail["status"]:
@@ -143,15 +167,21 @@ class TailSpider(scrapy.Spider):
             sys.stderr.flush()
 
 
+#: What a tail needs whatever the project says (a project's robots.txt rule or download
+#: delay would hold the stream back; its log and periodic lines would mix with events):
+#: set at the command line's priority unless given with ``-s`` there.
+TAIL_SETTINGS: dict[str, Any] = {
+    "LOG_LEVEL": "WARNING",
+    "SSE_LOGSTATS_INTERVAL": 0,
+    "TELNETCONSOLE_ENABLED": False,
+    "ROBOTSTXT_OBEY": False,
+    "DOWNLOAD_DELAY": 0,
+}
+
+
 class Command(ScrapyCommand):
     requires_project = False
-    default_settings: ClassVar[dict[str, Any]] = {
-        "LOG_LEVEL": "WARNING",
-        "SSE_LOGSTATS_INTERVAL": 0,
-        "TELNETCONSOLE_ENABLED": False,
-        "ROBOTSTXT_OBEY": False,
-        "DOWNLOAD_DELAY": 0,
-    }
+    default_settings: ClassVar[dict[str, Any]] = {}
 
     def syntax(self) -> str:
         return "[options] URL"
@@ -188,6 +218,10 @@ class Command(ScrapyCommand):
         from ..addon import SSEAddon
 
         self.settings.set_in_component_priority_dict("ADDONS", SSEAddon, 500)
+        given = {pair.split("=", 1)[0] for pair in getattr(opts, "set", None) or ()}
+        for name, value in TAIL_SETTINGS.items():
+            if name not in given and not (name == "LOG_LEVEL" and opts.loglevel):
+                self.settings.set(name, value, priority="cmdline")
         if opts.max_time:
             self.settings.set("CLOSESPIDER_TIMEOUT", opts.max_time, priority="cmdline")
 
@@ -214,5 +248,8 @@ class Command(ScrapyCommand):
         assert self.crawler_process is not None
         self.crawler_process.crawl(TailSpider, tail=tail)
         self.crawler_process.start()
-        if self.crawler_process.bootstrap_failed:
+        if self.crawler_process.bootstrap_failed or tail.get("failed"):
+            # (It never opened, or gave up: a script piping events must be told.)
+            if tail.get("failed"):
+                print(f"scrapy sse: {tail['failed']}", file=sys.stderr)
             self.exitcode = 1

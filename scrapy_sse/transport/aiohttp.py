@@ -25,6 +25,7 @@ from scrapy.http import Headers
 from .. import _scrapy_private
 from ..errors import SSEStreamError
 from ..extension import sse_state
+from ..http import redact_url
 from ..policy import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
 
 if TYPE_CHECKING:
@@ -104,7 +105,10 @@ class _AiohttpOpenedResponse:
         except (aiohttp.ClientError, OSError) as exc:
             stream.finish(
                 CONNECTION_LOST,
-                SSEStreamError(f"Connection to {stream.url} lost: {exc}", CONNECTION_LOST),
+                SSEStreamError(
+                    f"Connection to {redact_url(stream.url)} lost: {exc or type(exc).__name__}",
+                    CONNECTION_LOST,
+                ),
             )
         finally:
             self._response.close()
@@ -179,7 +183,7 @@ class AiohttpTransport:
             response = await asyncio.wait_for(opening, timeout)
         except (TimeoutError, asyncio.TimeoutError) as exc:
             raise DownloadTimeoutError(
-                f"Opening stream {request.url} took longer than {timeout} seconds "
+                f"Opening stream {redact_url(request.url)} took longer than {timeout} seconds "
                 "(DOWNLOAD_TIMEOUT bounds connect and headers only)"
             ) from exc
         except aiohttp.ClientConnectorDNSError as exc:

@@ -34,6 +34,7 @@ from zope.interface import implementer
 from .. import _scrapy_private
 from ..errors import SSEStreamError
 from ..extension import sse_state
+from ..http import redact_url
 from ..policy import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
 
 if TYPE_CHECKING:
@@ -149,10 +150,21 @@ class _StreamProtocol(Protocol):
             self._stream.finish(
                 CONNECTION_LOST,
                 SSEStreamError(
-                    f"Connection to {self._stream.url} lost: {reason.getErrorMessage()}",
+                    f"Connection to {redact_url(self._stream.url)} lost: {_why_lost(reason)}",
                     CONNECTION_LOST,
                 ),
             )
+
+
+def _why_lost(reason: Failure) -> str:
+    """How a connection broke, in words: Twisted reports a body cut mid-chunk as a
+    list of failures (the close, then the data loss)."""
+    failures = getattr(reason.value, "reasons", None) or [reason]
+    names = {type(getattr(failure, "value", failure)).__name__ for failure in failures}
+    if "_DataLoss" in names:
+        return "the server closed the connection in the middle of a chunk (data lost)"
+    inner = getattr(failures[-1], "value", failures[-1])
+    return str(getattr(inner, "strerror", None) or inner or type(inner).__name__)
 
 
 class _PrefixReader(Protocol):
@@ -297,7 +309,7 @@ class TwistedTransport:
         except Exception as exc:
             if not timer.active():  # (the timer cancelled it: however the cancel shows)
                 raise DownloadTimeoutError(
-                    f"Opening stream {url} took longer than {timeout} seconds "
+                    f"Opening stream {redact_url(url)} took longer than {timeout} seconds "
                     "(DOWNLOAD_TIMEOUT bounds connect and headers only)"
                 ) from exc
             raise
