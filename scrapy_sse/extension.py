@@ -64,6 +64,11 @@ class SSEExtension:
             self.settings.max_streams_per_key,
         )
         #: Features of :mod:`scrapy_sse._scrapy_private` the running Scrapy cannot give.
+        if not self.settings.tls_verify:
+            logger.warning(
+                "SSE_TLS_VERIFY is False: the TLS certificates of streams are not verified, "
+                "so their credentials may be sent to any server that answers"
+            )
         self.missing = _scrapy_private.missing()
         if self.missing:
             logger.error(_scrapy_private.describe_gaps(self.missing, scrapy.__version__))

@@ -27,6 +27,7 @@ from .extension import sse_state
 from .failures import FailureLog
 from .http import LLM_KEY, SENT_AT_KEY, SSEResponse, is_sse_request, read_by_parse, redact_url
 from .policy import CLOSING, NO_CONTENT
+from .settings import meta_flag
 from .stream import FINGERPRINT_SALT, SSEStream
 from .transport import body_decoder
 
@@ -235,14 +236,6 @@ class SSEDownloadHandler(BaseDownloadHandler):
             await self._transport.close()
         for handler in self._fallbacks.values():
             await handler.close()
-
-
-def meta_flag(value: Any) -> bool:
-    """A flag from ``meta`` read as Scrapy's ``getbool`` reads settings (``"0"``,
-    ``"false"`` are false)."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 @lru_cache(maxsize=16)

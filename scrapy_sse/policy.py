@@ -30,6 +30,7 @@ NETWORK_ERROR = "network_error"  # no response at all (refused, DNS, TLS, timeou
 CLOSING = "closing"  # refused or dropped before it opened: the spider is closing
 HANDED_OVER = "handed_over"  # a cluster worker closed it: another worker holds it now
 LLM_ERROR = "llm_error"  # an LLM API's error event mid-stream (overloaded, say)
+TLS_ERROR = "tls_error"  # the server's certificate was refused: final, not a network fault
 
 RECONNECT = "reconnect"
 GIVE_UP = "give_up"
@@ -199,7 +200,7 @@ def decide(
     elif status is not None and 300 <= status < 500 and status != 429:
         # (A 3xx reaches here only when it could not be followed: no Location.)
         return Decision(GIVE_UP, reason=f"http_{status}", history=history)
-    elif reason in ("bad_content_type", "event_too_large", "unsupported_encoding"):
+    elif reason in ("bad_content_type", "event_too_large", "unsupported_encoding", TLS_ERROR):
         return Decision(GIVE_UP, reason=reason, history=history)
 
     retry_ms = outcome.retry_ms if outcome.retry_ms is not None else history.retry_ms

@@ -26,9 +26,10 @@ from .completions import Completions, is_completion
 from .dispatch import callback_output
 from .errors import SSEResponseError, SSEStreamError
 from .failures import FailureLog, cause
-from .handler import SKIP_KEY, meta_flag
+from .handler import SKIP_KEY
 from .http import STREAM_KEY, SSERequest, redact_url
 from .policy import GIVE_UP, RECONNECT, Decision, History, Outcome, decide, retry_after
+from .settings import meta_flag
 from .stream import FINGERPRINT_SALT
 
 if TYPE_CHECKING:

@@ -67,6 +67,10 @@ DEFAULTS: dict[str, Any] = {
     # sent again from scratch up to this many times, its partial answer discarded
     # (each is a new, billed completion). 0: one incomplete LLMCompletion instead.
     "SSE_LLM_RETRIES": 0,
+    # Verify the TLS certificates of streams (chain and host); pages keep Scrapy's way.
+    "SSE_TLS_VERIFY": True,
+    # A PEM bundle of CAs to trust besides the system's (a private CA, tests).
+    "SSE_TLS_CA_FILE": None,
     # Seconds between the "SSE: n open streams, events/s..." log lines (0: none).
     "SSE_LOGSTATS_INTERVAL": 60.0,
     # Port of an HTTP endpoint serving stream metrics to Prometheus (None: none; 0: any
@@ -108,6 +112,8 @@ class SSESettings:
     release_idle_chain: float
     dead_letters: bool
     resend_post: bool
+    tls_verify: bool
+    tls_ca_file: str | None
     llm_retries: int
 
     @classmethod
@@ -136,6 +142,8 @@ class SSESettings:
             release_idle_chain=float(get("SSE_RELEASE_IDLE_CHAIN")),
             dead_letters=settings.getbool("SSE_DEAD_LETTERS", DEFAULTS["SSE_DEAD_LETTERS"]),
             resend_post=settings.getbool("SSE_RESEND_POST", DEFAULTS["SSE_RESEND_POST"]),
+            tls_verify=settings.getbool("SSE_TLS_VERIFY", DEFAULTS["SSE_TLS_VERIFY"]),
+            tls_ca_file=settings.get("SSE_TLS_CA_FILE") or None,
             llm_retries=int(get("SSE_LLM_RETRIES")),
         )
 
@@ -157,3 +165,11 @@ class SSESettings:
 def _optional(value: Any, kind: type[Any]) -> Any:
     """``None`` and ``""`` mean "no limit" (a setting given as ``-s X=`` on the CLI)."""
     return None if value in (None, "") else kind(value)
+
+
+def meta_flag(value: Any) -> bool:
+    """A flag from ``meta`` read as Scrapy's ``getbool`` reads settings (``"0"``,
+    ``"false"`` are false)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

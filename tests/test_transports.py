@@ -15,34 +15,72 @@ from .servers.tls import TemporaryTLS
 
 
 @pytest.fixture(scope="module")
-def tls_server() -> Iterator[SSEServer]:
-    with TemporaryTLS() as tls, SSEServer(ssl_context=tls.server_context()) as server:
-        yield server
+def tls() -> Iterator[tuple[SSEServer, str]]:
+    """An HTTPS server whose certificate chains to a CA no system trusts, and that CA."""
+    with TemporaryTLS() as files, SSEServer(ssl_context=files.server_context()) as server:
+        yield server, str(files.ca_path)
 
 
 def ids(result: object) -> list[str]:
-    return [item["id"] for item in result.items]  # type: ignore[attr-defined]
+    return [item["id"] for item in result.items if "id" in item]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("reactorless", [False, True], ids=["twisted", "aiohttp"])
-def test_https_with_self_signed_certificate(tls_server: SSEServer, reactorless: bool) -> None:
-    url = tls_server.url("/stream?n=20&chunk=9")
-    assert url.startswith("https://")
-    result = run_crawl("PerEvent", args={"url": url}, reactorless=reactorless)
-    assert result.returncode == 0, result.log
-    assert ids(result) == [str(i) for i in range(1, 21)]
+TRANSPORTS = pytest.mark.parametrize("reactorless", [False, True], ids=["twisted", "aiohttp"])
 
 
-@pytest.mark.parametrize("reactorless", [False, True], ids=["twisted", "aiohttp"])
-def test_https_through_connect_proxy(tls_server: SSEServer, reactorless: bool) -> None:
-    url = tls_server.url("/stream?n=10&key=proxied")
-    with ConnectProxy() as proxy:
+@TRANSPORTS
+def test_an_untrusted_certificate_is_refused_at_once_with_the_reason(
+    tls: tuple[SSEServer, str], reactorless: bool
+) -> None:
+    server, _ = tls
+    key = f"untrusted-{reactorless}"
+    url = server.url(f"/stream?n=20&key={key}")
+    result = run_crawl("PerEvent", args={"url": url, "reconnect": "1"}, reactorless=reactorless)
+    assert result.returncode == 0, result.log[-3000:]
+    assert ids(result) == []
+    [error] = [item for item in result.items if "error" in item]
+    assert error["error"] == "SSEStreamError"
+    assert "The TLS certificate of 127.0.0.1 was refused" in error["message"]
+    assert "issuer" in error["message"] or "self-signed" in error["message"], error["message"]
+    assert result.stat("sse/give_up/tls_error") == 1
+    assert not any(name.startswith("sse/reconnects/") for name in result.stats)
+    assert server.requests_for_key(key) == []  # (refused in the handshake: no request)
+
+
+@TRANSPORTS
+def test_https_with_its_ca_trusted_or_verification_off(
+    tls: tuple[SSEServer, str], reactorless: bool
+) -> None:
+    server, ca = tls
+    url = server.url("/stream?n=20&chunk=9")
+    for settings in ({"SSE_TLS_CA_FILE": ca}, {"SSE_TLS_VERIFY": False}):
         result = run_crawl(
+            "PerEvent", args={"url": url}, settings=settings, reactorless=reactorless
+        )
+        assert result.returncode == 0, result.log
+        assert ids(result) == [str(i) for i in range(1, 21)], settings
+
+
+@TRANSPORTS
+def test_https_through_connect_proxy_is_verified_too(
+    tls: tuple[SSEServer, str], reactorless: bool
+) -> None:
+    server, ca = tls
+    url = server.url("/stream?n=10&key=proxied")
+    with ConnectProxy() as proxy:
+        refused = run_crawl(
             "PerEvent", args={"url": url, "proxy": proxy.url}, reactorless=reactorless
         )
+        trusted = run_crawl(
+            "PerEvent",
+            args={"url": url, "proxy": proxy.url},
+            settings={"SSE_TLS_CA_FILE": ca},
+            reactorless=reactorless,
+        )
         targets = proxy.connect_targets
-    assert result.returncode == 0, result.log
-    assert ids(result) == [str(i) for i in range(1, 11)]
+    assert ids(refused) == [] and refused.stat("sse/give_up/tls_error") == 1
+    assert trusted.returncode == 0, trusted.log
+    assert ids(trusted) == [str(i) for i in range(1, 11)]
     host_port = url.split("/")[2]
     assert host_port in targets
 

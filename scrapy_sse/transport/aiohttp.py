@@ -9,6 +9,7 @@ buffer is full.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import zlib
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -27,9 +28,10 @@ from ..errors import SSEStreamError
 from ..extension import sse_state
 from ..http import redact_url
 from ..policy import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
+from ..settings import meta_flag
+from ..tls import ssl_context, tls_refused
 
 if TYPE_CHECKING:
-    import ssl
     from collections.abc import Callable
 
     from scrapy import Request
@@ -140,6 +142,8 @@ class AiohttpTransport:
             if sse_state(crawler).has(_scrapy_private.TLS_SETTINGS)
             else True
         )
+        self._settings = sse_state(crawler).settings
+        self._verifying: ssl.SSLContext | None = None
         bind = crawler.settings.get("DOWNLOAD_BIND_ADDRESS")
         self._local_addr = (bind, 0) if isinstance(bind, str) else bind
         self._session: aiohttp.ClientSession | None = None
@@ -173,7 +177,7 @@ class AiohttpTransport:
             request.url.split("#", 1)[0],
             data=request.body or None,
             headers=headers,
-            ssl=self._ssl,
+            ssl=self._context(request),
             proxy=proxy,
             proxy_headers=proxy_headers,
             allow_redirects=False,
@@ -186,6 +190,8 @@ class AiohttpTransport:
                 f"Opening stream {redact_url(request.url)} took longer than {timeout} seconds "
                 "(DOWNLOAD_TIMEOUT bounds connect and headers only)"
             ) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise tls_refused(request, exc, None) from exc
         except aiohttp.ClientConnectorDNSError as exc:
             raise CannotResolveHostError(str(exc)) from exc
         except aiohttp.ClientConnectorError as exc:
@@ -194,6 +200,14 @@ class AiohttpTransport:
             raise DownloadFailedError(str(exc)) from exc
         request.meta["download_latency"] = monotonic() - started
         return _AiohttpOpenedResponse(response, timeout)
+
+    def _context(self, request: Request) -> ssl.SSLContext | bool:
+        """Verifying TLS for a stream (see :mod:`scrapy_sse.tls`), unless turned off."""
+        if not meta_flag(self._settings.for_request(request, "tls_verify")):
+            return self._ssl
+        if self._verifying is None:
+            self._verifying = ssl_context(self._settings.tls_ca_file)
+        return self._verifying
 
     async def close(self) -> None:
         if self._session is not None:

@@ -36,6 +36,8 @@ from ..errors import SSEStreamError
 from ..extension import sse_state
 from ..http import redact_url
 from ..policy import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
+from ..settings import meta_flag
+from ..tls import VerifyingPolicy, is_verification_failure, tls_refused
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -266,14 +268,25 @@ class TwistedTransport:
         )
         self._bind_address = crawler.settings.get("DOWNLOAD_BIND_ADDRESS")
         self._timeout = crawler.settings.getfloat("DOWNLOAD_TIMEOUT")
+        self._settings = state.settings
+        self._verifying: VerifyingPolicy | None = None
+
+    def _policy(self, request: Request) -> Any:
+        """Verifying TLS for a stream (see :mod:`scrapy_sse.tls`), unless turned off."""
+        if not meta_flag(self._settings.for_request(request, "tls_verify")):
+            return self._tls_policy
+        if self._verifying is None:
+            self._verifying = VerifyingPolicy(self._settings.tls_ca_file)
+        return self._verifying
 
     def _agent(self, request: Request, timeout: float) -> tuple[Any, bool]:
         """The agent for ``request`` and whether it tunnels (see ``_scrapy_private``)."""
+        policy = self._policy(request)
         if self._scrapy_agent:
             return _scrapy_private.build_twisted_agent(
                 request,
                 crawler=self._crawler,
-                tls_policy=self._tls_policy,
+                tls_policy=policy,
                 pool=self._pool,
                 bind_address=self._bind_address,
                 timeout=timeout,
@@ -285,7 +298,7 @@ class TwistedTransport:
                 "ERROR line at start)"
             )
         bind = self._bind_address
-        agent = Agent(_reactor(), self._tls_policy, timeout, bind, self._pool)
+        agent = Agent(_reactor(), policy, timeout, bind, self._pool)
         return agent, False
 
     async def open(self, request: Request) -> _TwistedOpenedResponse:
@@ -312,6 +325,8 @@ class TwistedTransport:
                     f"Opening stream {redact_url(url)} took longer than {timeout} seconds "
                     "(DOWNLOAD_TIMEOUT bounds connect and headers only)"
                 ) from exc
+            if url.startswith("https:") and is_verification_failure(exc):
+                raise tls_refused(request, exc, self._verifying) from exc
             raise
         finally:
             if timer.active():
