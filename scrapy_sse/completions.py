@@ -30,6 +30,7 @@ from .handler import SKIP_KEY
 from .http import LLM_KEY, SENT_AT_KEY, redact_url
 from .llm.assembly import BROKEN, CLOSED, DONE, LLMStream, llm_format
 from .policy import COMPLETED, LLM_ERROR, SERVER_CLOSED
+from .secrets import mask_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -186,7 +187,7 @@ class Completions:
         meta = request.meta
         state = _state(request)
         completion = state.result(end=_end(stream), failure=_failure(stream))
-        completion.url = state.url
+        completion.url = mask_url(state.url, self.state.settings.secret_params)
         completion.attempts = int(meta.get(ATTEMPTS_KEY, 1))
         completion.ttft_s = state.ttft_s
         completion.duration_s = time() - state.sent_at

@@ -103,7 +103,7 @@ def build_callback(
         async def events_as_items(response: SSEResponse, **_: Any) -> AsyncIterator[Any]:
             stream = response.stream
             assert stream is not None
-            url = response.url
+            url = response.safe_url  # (credentials masked: items are records)
             async for event in stream.burst(idle):
                 data = event.data
                 json = parse_json_or_none(data)

@@ -103,6 +103,8 @@ class SSEDownloaderMiddleware:
             if request.headers.get(b"Accept") == self._default_accept:
                 del request.headers[b"Accept"]
             apply_stream_defaults(request)
+        # What the request carries that no record may show (see scrapy_sse.secrets).
+        self.state.secrets.add_request(request.url, request.headers, request.meta.get("proxy"))
         completion = request.meta.get(LLM_KEY)
         if completion:
             try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .secrets import mask_url
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -50,7 +52,7 @@ class SSEResponseError(SSEError):
     ) -> None:
         snippet = body.decode("utf-8", "replace")
         super().__init__(
-            f"{url} did not return an event stream: HTTP {status}, "
+            f"{mask_url(url)} did not return an event stream: HTTP {status}, "
             f"Content-Type {content_type or '(none)'!r}, body starts {snippet!r}"
         )
         self.url = url

@@ -25,7 +25,7 @@ class SSEFeedExporter(FeedExporter):
         if not isinstance(item, SSEBatch):
             super().item_scraped(item, spider)
             return
-        url = item.url or ""
+        url = getattr(item.response, "safe_url", None) or item.url or ""
         received = time()
         for event in item:
             data = event.data

@@ -27,6 +27,7 @@ from .extension import sse_state
 from .failures import FailureLog
 from .http import LLM_KEY, SENT_AT_KEY, SSEResponse, is_sse_request, read_by_parse, redact_url
 from .policy import CLOSING, NO_CONTENT
+from .secrets import DEFAULT_SECRET_PARAMS, mask_url
 from .settings import meta_flag
 from .stream import FINGERPRINT_SALT, SSEStream
 from .transport import body_decoder
@@ -219,6 +220,15 @@ class SSEDownloadHandler(BaseDownloadHandler):
         return new_stream(self.crawler, self._settings, request)
 
     def _response(self, request: Request, opened: OpenedResponse, stream: SSEStream) -> SSEResponse:
+        response = self._stream_response(request, opened, stream)
+        params = self._settings.secret_params
+        if params != DEFAULT_SECRET_PARAMS:
+            response.safe_url = mask_url(response.url, params)
+        return response
+
+    def _stream_response(
+        self, request: Request, opened: OpenedResponse, stream: SSEStream
+    ) -> SSEResponse:
         return stream_response(
             request,
             stream,

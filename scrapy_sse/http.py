@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 from scrapy import Request, Spider
 from scrapy.http import Response
 
+from .secrets import mask_url
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
@@ -127,11 +129,15 @@ class SSEResponse(Response):
     """
 
     attributes: tuple[str, ...] = (*Response.attributes, "stream")
-    __slots__ = ("stream",)  # Response is slotted: no instance dict per open stream
+    # (Response is slotted: no instance dict per open stream.)
+    __slots__ = ("safe_url", "stream")
 
     def __init__(self, *args: Any, stream: SSEStream | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream = stream
+        #: The URL as items and errors store it: no user info, credential query values
+        #: masked (``SSE_SECRET_PARAMS``; see :mod:`scrapy_sse.secrets`).
+        self.safe_url = mask_url(self.url)
 
     @property
     def events(self) -> AsyncIterator[SSEEvent]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .parser import DEFAULT_MAX_EVENT_SIZE
 from .policy import PolicySettings
+from .secrets import DEFAULT_SECRET_PARAMS
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -71,6 +72,8 @@ DEFAULTS: dict[str, Any] = {
     "SSE_TLS_VERIFY": True,
     # A PEM bundle of CAs to trust besides the system's (a private CA, tests).
     "SSE_TLS_CA_FILE": None,
+    # Query parameters whose values are credentials: masked in items, errors and logs.
+    "SSE_SECRET_PARAMS": list(DEFAULT_SECRET_PARAMS),
     # Seconds between the "SSE: n open streams, events/s..." log lines (0: none).
     "SSE_LOGSTATS_INTERVAL": 60.0,
     # Port of an HTTP endpoint serving stream metrics to Prometheus (None: none; 0: any
@@ -114,6 +117,7 @@ class SSESettings:
     resend_post: bool
     tls_verify: bool
     tls_ca_file: str | None
+    secret_params: tuple[str, ...]
     llm_retries: int
 
     @classmethod
@@ -144,6 +148,9 @@ class SSESettings:
             resend_post=settings.getbool("SSE_RESEND_POST", DEFAULTS["SSE_RESEND_POST"]),
             tls_verify=settings.getbool("SSE_TLS_VERIFY", DEFAULTS["SSE_TLS_VERIFY"]),
             tls_ca_file=settings.get("SSE_TLS_CA_FILE") or None,
+            secret_params=tuple(
+                settings.getlist("SSE_SECRET_PARAMS", DEFAULTS["SSE_SECRET_PARAMS"])
+            ),
             llm_retries=int(get("SSE_LLM_RETRIES")),
         )
 

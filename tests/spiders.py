@@ -41,6 +41,9 @@ class _Base(scrapy.Spider):
             body=self.body or None,
             errback=self.on_error,
             meta={"proxy": proxy} if proxy else None,
+            headers={"Authorization": f"Bearer {self.auth}"}
+            if getattr(self, "auth", None)
+            else None,
             cookies={"session": self.cookie} if getattr(self, "cookie", None) else None,
             reconnect=self.reconnect == "1",
             stream_key=getattr(self, "stream_key", None),

@@ -170,7 +170,7 @@ def sink_row(item: Any) -> dict[str, Any]:
 def _event_row(event: SSEEvent, json_value: Any) -> dict[str, Any]:
     """An event's row (the fields of an ``SSEEventItem``), received now."""
     return {
-        "url": event.url,
+        "url": getattr(event.response, "safe_url", None) or event.url,
         "event": event.event,
         "id": event.id,
         "data": event.data,
@@ -194,7 +194,7 @@ def batch_rows(batch: SSEBatch, *, check_json: bool = True) -> list[dict[str, An
     """The rows of a batch of events (batch delivery): :func:`sink_row` of each, with
     one clock reading and one URL lookup per batch (``check_json``: see
     :func:`event_json`)."""
-    url = batch.url
+    url = getattr(batch.response, "safe_url", None) or batch.url
     now = time.time()
     return [
         {
