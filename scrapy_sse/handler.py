@@ -26,7 +26,7 @@ from .events import SSEComment
 from .extension import sse_state
 from .failures import FailureLog
 from .http import LLM_KEY, SENT_AT_KEY, SSEResponse, is_sse_request, read_by_parse, redact_url
-from .policy import CLOSING, NO_CONTENT
+from .policy import BAD_HEADERS, CLOSING, NO_CONTENT
 from .secrets import DEFAULT_SECRET_PARAMS, mask_url
 from .settings import meta_flag
 from .stream import FINGERPRINT_SALT, SSEStream
@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 #: Bytes of an error body kept in SSEResponseError (APIs explain errors there).
 ERROR_BODY_LIMIT = 1024
+#: Most response headers, and header bytes, a stream is read with (a hostile server's
+#: head is refused, with a clear reason).
+MAX_HEADERS = 100
+MAX_HEAD = 64 * 1024
 
 
 def download_slot(request: Request) -> str:
@@ -160,6 +164,20 @@ class SSEDownloadHandler(BaseDownloadHandler):
             self._registry.release(slot)
             return Response(opened.url, status=status, headers=headers, request=request)
         content_type = headers.get(b"Content-Type")
+        too_many = len(headers) > MAX_HEADERS
+        if too_many or sum(len(k) + sum(map(len, v)) for k, v in headers.items()) > MAX_HEAD:
+            opened.abort()
+            stats.inc_value("sse/errors/bad_headers")
+            raise SSEStreamError(
+                f"{redact_url(request.url)} answered with "
+                + (
+                    f"more than {MAX_HEADERS} headers"
+                    if too_many
+                    else f"headers over {MAX_HEAD} bytes"
+                )
+                + ": not an event stream a client should read",
+                BAD_HEADERS,
+            )
         if status == 204:
             opened.abort()
             stream = self._new_stream(request)

@@ -30,6 +30,8 @@ NETWORK_ERROR = "network_error"  # no response at all (refused, DNS, TLS, timeou
 CLOSING = "closing"  # refused or dropped before it opened: the spider is closing
 HANDED_OVER = "handed_over"  # a cluster worker closed it: another worker holds it now
 LLM_ERROR = "llm_error"  # an LLM API's error event mid-stream (overloaded, say)
+BAD_HEADERS = "bad_headers"  # a response head too large, or with too many headers
+DECOMPRESSION_BOMB = "decompression_bomb"  # a compressed body that expands without bound
 TLS_ERROR = "tls_error"  # the server's certificate was refused: final, not a network fault
 
 RECONNECT = "reconnect"
@@ -43,6 +45,8 @@ FINAL_ENDS = frozenset({COMPLETED, NO_CONTENT, CLOSED, SPIDER_CLOSED, CALLBACK_D
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
     retry_delay: float = 1.0  # seconds, when the server sent no retry:
+    retry_min: float = 0.25  # the least a server's retry: is taken as
+    retry_max: float = 3600.0  # the most
     backoff_max: float = 60.0
     backoff_reset_after: int = 1  # events delivered on one connection
     max_reconnects: int | None = None
@@ -148,7 +152,12 @@ def backoff_delay(settings: PolicySettings, history: History, rng: random.Random
     ``SSE_BACKOFF_MAX``) and the delay is drawn uniformly between base and ceiling
     (jitter spreads reconnects of many clients after an outage).
     """
-    base = history.retry_ms / 1000 if history.retry_ms is not None else settings.retry_delay
+    if history.retry_ms is not None:
+        # The server's word, within reason: a "retry: 0" is no reconnect storm, and a
+        # year is no wait (SSE_RETRY_MIN, SSE_RETRY_MAX).
+        base = min(max(history.retry_ms / 1000, settings.retry_min), settings.retry_max)
+    else:
+        base = settings.retry_delay
     if history.failures <= 0:
         return base
     ceiling = min(settings.backoff_max, base * (2 ** min(history.failures, 32)))
@@ -200,7 +209,14 @@ def decide(
     elif status is not None and 300 <= status < 500 and status != 429:
         # (A 3xx reaches here only when it could not be followed: no Location.)
         return Decision(GIVE_UP, reason=f"http_{status}", history=history)
-    elif reason in ("bad_content_type", "event_too_large", "unsupported_encoding", TLS_ERROR):
+    elif reason in (
+        "bad_content_type",
+        "event_too_large",
+        "unsupported_encoding",
+        TLS_ERROR,
+        DECOMPRESSION_BOMB,
+        BAD_HEADERS,
+    ):
         return Decision(GIVE_UP, reason=reason, history=history)
 
     retry_ms = outcome.retry_ms if outcome.retry_ms is not None else history.retry_ms

@@ -41,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
     "SSE_READ_TIMEOUT": 300.0,
     # Seconds before reconnecting when the server sent no retry: field.
     "SSE_RETRY_DELAY": 1.0,
+    # The range a server's "retry:" is held to, in seconds (no reconnect storm, no
+    # year-long wait).
+    "SSE_RETRY_MIN": 0.25,
+    "SSE_RETRY_MAX": 3600.0,
     # Ceiling of the exponential backoff between consecutive failed connections.
     "SSE_BACKOFF_MAX": 60.0,
     # Events a connection must deliver to count as healthy (resets the backoff).
@@ -105,6 +109,8 @@ class SSESettings:
     comments: bool
     read_timeout: float
     retry_delay: float
+    retry_min: float
+    retry_max: float
     backoff_max: float
     backoff_reset_after: int
     max_reconnects: int | None
@@ -136,6 +142,8 @@ class SSESettings:
             comments=bool(settings.getbool("SSE_COMMENTS", DEFAULTS["SSE_COMMENTS"])),
             read_timeout=float(get("SSE_READ_TIMEOUT")),
             retry_delay=float(get("SSE_RETRY_DELAY")),
+            retry_min=float(get("SSE_RETRY_MIN")),
+            retry_max=float(get("SSE_RETRY_MAX")),
             backoff_max=float(get("SSE_BACKOFF_MAX")),
             backoff_reset_after=int(get("SSE_BACKOFF_RESET_AFTER")),
             max_reconnects=_optional(settings.get("SSE_MAX_RECONNECTS"), int),
@@ -158,6 +166,8 @@ class SSESettings:
         """Reconnect settings for one request (``meta["sse_<name>"]`` overrides)."""
         return PolicySettings(
             retry_delay=float(self.for_request(request, "retry_delay")),
+            retry_min=float(self.for_request(request, "retry_min")),
+            retry_max=float(self.for_request(request, "retry_max")),
             backoff_max=float(self.for_request(request, "backoff_max")),
             backoff_reset_after=int(self.for_request(request, "backoff_reset_after")),
             max_reconnects=_optional(self.for_request(request, "max_reconnects"), int),

@@ -17,7 +17,11 @@ def _error_row(failure: Failure) -> dict[str, Any]:
     exc = failure.value
     row: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
     if isinstance(exc, SSEResponseError):
-        row.update(status=exc.status, content_type=exc.content_type, body=exc.body.decode())
+        row.update(
+            status=exc.status,
+            content_type=exc.content_type,
+            body=exc.body.decode("utf-8", "replace"),
+        )
     event = getattr(failure, "event", None)
     if event is not None:
         row["event_id"] = event.id

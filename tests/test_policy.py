@@ -196,3 +196,11 @@ def test_a_completion_is_ended_by_its_format_and_resent_only_when_cut_short() ->
         rng=random.Random(1),
     )
     assert retried.action == RECONNECT
+
+
+def test_a_servers_retry_is_held_to_a_sane_range() -> None:
+    storm = backoff_delay(SETTINGS, History(retry_ms=0), random.Random(1))
+    year = backoff_delay(SETTINGS, History(retry_ms=365 * 86400 * 1000), random.Random(1))
+    assert storm == SETTINGS.retry_min == 0.25
+    assert year == SETTINGS.retry_max == 3600
+    assert backoff_delay(SETTINGS, History(retry_ms=2500), random.Random(1)) == 2.5

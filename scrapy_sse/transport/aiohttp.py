@@ -27,9 +27,10 @@ from .. import _scrapy_private
 from ..errors import SSEStreamError
 from ..extension import sse_state
 from ..http import redact_url
-from ..policy import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
+from ..policy import CONNECTION_LOST, DECODE_ERROR, DECOMPRESSION_BOMB, SERVER_CLOSED
 from ..settings import meta_flag
 from ..tls import ssl_context, tls_refused
+from . import DecompressionBomb
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -96,8 +97,10 @@ class _AiohttpOpenedResponse:
                         data = decode(data)
                     except zlib.error as exc:
                         stream.finish(
-                            DECODE_ERROR,
-                            SSEStreamError(f"Could not decompress the stream: {exc}", DECODE_ERROR),
+                            _decode_reason(exc),
+                            SSEStreamError(
+                                f"Could not decompress the stream: {exc}", _decode_reason(exc)
+                            ),
                         )
                         break
                 stream.feed(data)
@@ -212,3 +215,7 @@ class AiohttpTransport:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _decode_reason(error: Exception) -> str:
+    return DECOMPRESSION_BOMB if isinstance(error, DecompressionBomb) else DECODE_ERROR

@@ -35,9 +35,10 @@ from .. import _scrapy_private
 from ..errors import SSEStreamError
 from ..extension import sse_state
 from ..http import redact_url
-from ..policy import CONNECTION_LOST, DECODE_ERROR, SERVER_CLOSED
+from ..policy import CONNECTION_LOST, DECODE_ERROR, DECOMPRESSION_BOMB, SERVER_CLOSED
 from ..settings import meta_flag
 from ..tls import VerifyingPolicy, is_verification_failure, tls_refused
+from . import DecompressionBomb
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -128,8 +129,8 @@ class _StreamProtocol(Protocol):
             except zlib.error as exc:
                 self._flush()
                 self._stream.finish(
-                    DECODE_ERROR,
-                    SSEStreamError(f"Could not decompress the stream: {exc}", DECODE_ERROR),
+                    _decode_reason(exc),
+                    SSEStreamError(f"Could not decompress the stream: {exc}", _decode_reason(exc)),
                 )
                 return
         pieces = self._pieces
@@ -336,3 +337,7 @@ class TwistedTransport:
 
     async def close(self) -> None:
         await maybe_deferred_to_future(self._pool.closeCachedConnections())
+
+
+def _decode_reason(error: Exception) -> str:
+    return DECOMPRESSION_BOMB if isinstance(error, DecompressionBomb) else DECODE_ERROR
