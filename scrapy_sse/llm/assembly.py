@@ -129,6 +129,23 @@ class Assembly:
     def result(self) -> LLMCompletion:
         raise NotImplementedError
 
+    def _one_choice(
+        self,
+        text: list[str],
+        calls: list[dict[str, Any]],
+        thinking: list[str],
+        finish_reason: str | None,
+    ) -> LLMCompletion:
+        """The completion of a format with one answer per response."""
+        joined = "".join(text)
+        return self._completion(
+            text=joined,
+            texts=[joined],
+            tool_calls=calls,
+            thinking="".join(thinking),
+            finish_reason=finish_reason,
+        )
+
     def _completion(self, **fields: Any) -> LLMCompletion:
         return LLMCompletion(
             provider=PROVIDERS[self.format],
@@ -360,14 +377,7 @@ class OpenAIResponses(Assembly):
             for content in sorted(state["text"]):
                 text.extend(state["text"][content])
             thinking.extend(state["thinking"])
-        joined = "".join(text)
-        return self._completion(
-            text=joined,
-            texts=[joined],
-            tool_calls=calls,
-            thinking="".join(thinking),
-            finish_reason=self.finish,
-        )
+        return self._one_choice(text, calls, thinking, self.finish)
 
 
 class Anthropic(Assembly):
@@ -446,14 +456,7 @@ class Anthropic(Assembly):
                 )
             elif kind == "thinking":
                 thinking.append(block.get("thinking", "") + "".join(block["parts"]))
-        joined = "".join(text)
-        return self._completion(
-            text=joined,
-            texts=[joined],
-            tool_calls=calls,
-            thinking="".join(thinking),
-            finish_reason=self.stop_reason,
-        )
+        return self._one_choice(text, calls, thinking, self.stop_reason)
 
 
 class Gemini(Assembly):
