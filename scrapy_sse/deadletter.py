@@ -36,6 +36,7 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.misc import load_object
 
 from .events import SSEEvent
+from .extension import sse_state
 from .http import redact_url
 from .pipelines.base import BatchingPipeline, item_fields, json_default
 
@@ -154,7 +155,8 @@ class DeadLetters:
             ),
             "item": None if item is None else item_as_data(item),
             "error_type": type(error).__name__ if isinstance(error, BaseException) else None,
-            "error_message": str(error),
+            # (An error's words may quote a request: the crawl's credentials masked.)
+            "error_message": sse_state(self.crawler).secrets.redact(str(error)),
         }
 
     def _write_line(self, row: dict[str, Any]) -> None:

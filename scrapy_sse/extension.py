@@ -30,8 +30,9 @@ from .http import SSEResponse
 from .logformatter import SSELogFormatter
 from .policy import SPIDER_CLOSED
 from .registry import StreamRegistry
-from .secrets import RedactingFilter, Secrets
+from .secrets import Secrets, redact_logs, stop_redacting
 from .settings import SSESettings
+from .tls import check_ca_file
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -65,6 +66,7 @@ class SSEExtension:
             self.settings.max_streams_per_key,
         )
         #: Features of :mod:`scrapy_sse._scrapy_private` the running Scrapy cannot give.
+        check_ca_file(self.settings.tls_ca_file)
         if not self.settings.tls_verify:
             logger.warning(
                 "SSE_TLS_VERIFY is False: the TLS certificates of streams are not verified, "
@@ -76,11 +78,10 @@ class SSEExtension:
         #: Where each stream may resume: what the crawl's stores hold (see
         #: :mod:`scrapy_sse.durable`).
         self.ledger = Ledger()
-        #: The credentials the crawl's streams carry, kept out of every log record by
-        #: a filter on the log handlers for as long as the crawl runs.
+        #: The credentials the crawl's streams carry, kept out of every log record for
+        #: as long as the crawl runs.
         self.secrets = Secrets(self.settings.secret_params)
-        self._redacting = RedactingFilter(self.secrets)
-        self._filtered: list[logging.Handler] = []
+        redact_logs(self.secrets)
         #: Callback failures so far, by (stream URL, exception type): the log shows a
         #: traceback for the first only (see scrapy_sse.dispatch).
         self.callback_errors: dict[tuple[str, str], int] = {}
@@ -110,7 +111,6 @@ class SSEExtension:
         crawler.signals.connect(self._spider_idle, signal=signals.spider_idle)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(self._engine_stopped, signal=signals.engine_stopped)
-        crawler.signals.connect(self._filter_logs, signal=signals.spider_opened)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -226,18 +226,9 @@ class SSEExtension:
                 reason,
             )
 
-    def _filter_logs(self) -> None:
-        # (Not at init: the crawl replaces Scrapy's root handler after extensions are
-        # made; the spider opens before any request is made or logged.)
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(self._redacting)
-            self._filtered.append(handler)
-
     def _engine_stopped(self) -> None:
-        # (After the stats dump: the last records of the crawl are filtered too.)
-        for handler in self._filtered:
-            handler.removeFilter(self._redacting)
-        self._filtered = []
+        # (After the stats dump: the last records of the crawl are redacted too.)
+        stop_redacting(self.secrets)
 
     def _spider_closed(self) -> None:
         self.registry.close_all(SPIDER_CLOSED)

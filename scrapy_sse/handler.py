@@ -164,8 +164,14 @@ class SSEDownloadHandler(BaseDownloadHandler):
             self._registry.release(slot)
             return Response(opened.url, status=status, headers=headers, request=request)
         content_type = headers.get(b"Content-Type")
-        too_many = len(headers) > MAX_HEADERS
-        if too_many or sum(len(k) + sum(map(len, v)) for k, v in headers.items()) > MAX_HEAD:
+        # (Counted as sent: each value a line of ``name: value\r\n``.)
+        lines = size = 0
+        for name, values in headers.items():
+            for value in values or ():
+                lines += 1
+                size += len(name) + len(value) + 4
+        too_many = lines > MAX_HEADERS
+        if too_many or size > MAX_HEAD:
             opened.abort()
             stats.inc_value("sse/errors/bad_headers")
             raise SSEStreamError(

@@ -128,16 +128,22 @@ class SSEResponse(Response):
     downloader middlewares, keeps it.
     """
 
-    attributes: tuple[str, ...] = (*Response.attributes, "stream")
+    attributes: tuple[str, ...] = (*Response.attributes, "stream", "safe_url")
     # (Response is slotted: no instance dict per open stream.)
     __slots__ = ("safe_url", "stream")
 
-    def __init__(self, *args: Any, stream: SSEStream | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        stream: SSEStream | None = None,
+        safe_url: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.stream = stream
         #: The URL as items and errors store it: no user info, credential query values
         #: masked (``SSE_SECRET_PARAMS``; see :mod:`scrapy_sse.secrets`).
-        self.safe_url = mask_url(self.url)
+        self.safe_url = safe_url or mask_url(self.url)
 
     @property
     def events(self) -> AsyncIterator[SSEEvent]:

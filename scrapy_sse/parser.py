@@ -63,6 +63,10 @@ _LONG_TEXT = 8192
 _DATA = 0
 #: Blocks of ``event:``/``id:`` lines and one data line: one regex match per block.
 _BLOCKS = 1
+#: The longest ``retry:`` kept, in milliseconds (ten digits: 115 days); a reconnect
+#: policy holds it to its own range anyway.
+MAX_RETRY_MS = 9_999_999_999
+
 #: Anything else (multi-line data, comments, retry...): one loop over all lines.
 _LINES = 2
 #: In line mode, every this many reads go through the block path, which measures the
@@ -676,7 +680,9 @@ class SSEParser:
                         id_buffer = value
                         own_id = True
                 elif field == "retry" and value.isdigit() and value.isascii():
-                    event_retry = self.retry = int(value)
+                    # (A value of thousands of digits would not even convert: any
+                    # retry longer than MAX_RETRY_MS is that long.)
+                    event_retry = self.retry = int(value) if len(value) <= 10 else MAX_RETRY_MS
                 # Any other field is ignored, as the spec requires.
             if len(data) > counted:
                 data_size += sum(map(len, data[counted:])) + len(data) - counted

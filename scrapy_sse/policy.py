@@ -155,7 +155,8 @@ def backoff_delay(settings: PolicySettings, history: History, rng: random.Random
     if history.retry_ms is not None:
         # The server's word, within reason: a "retry: 0" is no reconnect storm, and a
         # year is no wait (SSE_RETRY_MIN, SSE_RETRY_MAX).
-        base = min(max(history.retry_ms / 1000, settings.retry_min), settings.retry_max)
+        milliseconds = min(history.retry_ms, int(settings.retry_max * 1000))
+        base = max(milliseconds / 1000, settings.retry_min)
     else:
         base = settings.retry_delay
     if history.failures <= 0:

@@ -10,9 +10,9 @@ log service, a row in a table, a dead letter. Two measures, standard library onl
 * :class:`Secrets`: the credentials the crawl's stream requests actually carry
   (``Authorization`` and other key headers, cookie values, a proxy's password, secret
   query values), collected as requests go out, and :meth:`Secrets.redact`, which
-  replaces them (and anything shaped like them) in a text. :class:`RedactingFilter`
-  applies it to every log record the process's log handlers see, Scrapy's own
-  included, at any level, tracebacks included.
+  replaces them (and anything shaped like them) in a text. :func:`redact_logs` applies
+  it to every log record of the process as it is made, Scrapy's own included, at any
+  level, tracebacks included.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import base64
 import contextlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 #: Query parameters whose values are credentials (``SSE_SECRET_PARAMS``), lower case.
@@ -61,22 +62,40 @@ SECRET_HEADERS = (
     b"x-auth-token",
 )
 
+#: Words that make any parameter name a credential's, once lower-cased with ``-`` and
+#: ``_`` removed (``auth_token``, ``private-token``, ``accessToken``, ``client_secret``).
+SECRET_WORDS = ("token", "secret", "password", "passwd", "signature", "credential", "jwt")
+
 MASK = "***"
 #: Shorter values are not replaced as literals (they would match ordinary words).
 MIN_SECRET = 6
+#: Literal credentials remembered at most (each rotation of a token adds one).
+MAX_SECRETS = 512
+
+
+def is_secret_param(name: str, params: Iterable[str] = DEFAULT_SECRET_PARAMS) -> bool:
+    """Whether a query parameter's value is a credential: its name is one of ``params``,
+    or, lower-cased without ``-`` and ``_``, holds one of :data:`SECRET_WORDS` or ends
+    in ``key`` (``api-key``, ``accessKey``; not ``keyword``)."""
+    lowered = name.lower()
+    if lowered in params:
+        return True
+    plain = lowered.replace("-", "").replace("_", "")
+    return plain.endswith("key") or any(word in plain for word in SECRET_WORDS)
 
 
 def mask_url(url: str, params: Iterable[str] = DEFAULT_SECRET_PARAMS) -> str:
     """``url`` without user info, the values of credential parameters masked."""
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
-    names = {name.lower() for name in params}
+    names = tuple(name.lower() for name in params)
     query = parts.query
-    if query and names:
+    if query:
         pieces = []
         for piece in query.split("&"):
             name, sep, _ = piece.partition("=")
-            pieces.append(f"{name}={MASK}" if sep and unquote(name).lower() in names else piece)
+            secret = sep and is_secret_param(unquote(name), names)
+            pieces.append(f"{name}={MASK}" if secret else piece)
         query = "&".join(pieces)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
@@ -86,25 +105,23 @@ class Secrets:
 
     def __init__(self, params: Iterable[str] = DEFAULT_SECRET_PARAMS) -> None:
         self.params = tuple(name.lower() for name in params)
-        self._values: set[str] = set()
+        self._values: dict[str, None] = {}  # (ordered: the oldest first)
         self._pattern: re.Pattern[str] | None = None
-        names = "|".join(re.escape(name) for name in sorted(self.params, key=len, reverse=True))
         # ``name=value`` in a query string or a form, ``name: value`` in a header dump,
         # ``user:password@`` in a URL: each with what replaces it.
         self._shapes: list[tuple[re.Pattern[str], str]] = [
             (
                 re.compile(
                     r"(?i)((?:proxy-)?authorization|cookie|x-api-key|x-goog-api-key|api-key)"
-                    r"(['\"]?\s*[:=]\s*\[?b?['\"]?)[^'\"\]\r\n]+"
+                    r"(['\"]?\s*[:=]\s*\[?(?:b(?=['\"]))?['\"]?)[^'\"\]\r\n]+"
                 ),
                 rf"\1\2{MASK}",
             ),
             (re.compile(r"(?i)(\w+://)[^/@\s:]+:[^/@\s]+@"), rf"\1{MASK}@"),
         ]
-        if names:
-            self._shapes.append(
-                (re.compile(rf"(?i)([?&;](?:{names})=)[^&\s'\"#<>]+"), rf"\1{MASK}")
-            )
+        # ``name=value`` in a query string or a form, for every name that is a
+        # credential's (see is_secret_param).
+        self._query = re.compile(r"([?&;])([^=&\s'\"#<>]+)=([^&\s'\"#<>]+)")
 
     def add(self, value: str | bytes | None) -> None:
         """Remember one credential (and its parts after a scheme word, URL-quoted)."""
@@ -114,7 +131,9 @@ class Secrets:
         candidates = {text, text.partition(" ")[2], quote(text, safe=""), unquote(text)}
         for candidate in candidates:
             if len(candidate) >= MIN_SECRET and candidate not in self._values:
-                self._values.add(candidate)
+                if len(self._values) >= MAX_SECRETS:  # (rotating tokens: the oldest go)
+                    self._values.pop(next(iter(self._values)))
+                self._values[candidate] = None
                 self._pattern = None
 
     def add_request(self, url: str, headers: dict[bytes, list[bytes]], proxy: str | None) -> None:
@@ -132,7 +151,7 @@ class Secrets:
                         with contextlib.suppress(ValueError):
                             self.add(base64.b64decode(credentials).partition(b":")[2])
         for param, text in parse_qsl(urlsplit(url).query, keep_blank_values=False):
-            if param.lower() in self.params:
+            if is_secret_param(param, self.params):
                 self.add(text)
         for address in (url, proxy or ""):
             password = urlsplit(address).password
@@ -148,28 +167,66 @@ class Secrets:
             text = self._pattern.sub(MASK, text)
         for shape, replacement in self._shapes:
             text = shape.sub(replacement, text)
-        return text
+        return self._query.sub(self._mask_param, text)
 
-
-class RedactingFilter(logging.Filter):
-    """A log filter that redacts a crawl's credentials from each record's message and
-    traceback before any handler formats it."""
-
-    def __init__(self, secrets: Secrets) -> None:
-        super().__init__()
-        self.secrets = secrets
-        self._formatter = logging.Formatter()
-
-    def filter(self, record: logging.LogRecord) -> bool:
+    def redact_record(self, record: logging.LogRecord) -> None:
+        """Redact one log record's message and traceback in place."""
         try:
             message = record.getMessage()
-        except Exception:  # (a record whose arguments do not format: left as it is)
-            return True
-        redacted = self.secrets.redact(message)
+        except Exception:  # (arguments that do not format: left as they are)
+            return
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, ()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.secrets.redact(self._formatter.formatException(record.exc_info))
-        elif record.exc_text:
-            record.exc_text = self.secrets.redact(record.exc_text)
-        return True
+        if record.exc_info and record.exc_info[0] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            redacted = self.redact(text)
+            if redacted != text:  # (a traceback only in its redacted form)
+                record.exc_text, record.exc_info = redacted, None
+
+    def _mask_param(self, match: re.Match[str]) -> str:
+        if is_secret_param(unquote(match.group(2)), self.params):
+            return f"{match.group(1)}{match.group(2)}={MASK}"
+        return match.group(0)
+
+
+class _Redaction:
+    """Every crawl's :class:`Secrets`, applied to each log record as it is made.
+
+    A log record factory sees every record of the process, whichever handlers, hooks
+    or formatters take it later (Scrapy's root handler, a handler on ``scrapy`` alone,
+    a JSON formatter reading ``exc_info``): redacting there leaves nothing to miss.
+    Each crawl registers its secrets while it runs (see the extension).
+    """
+
+    def __init__(self) -> None:
+        self.active: list[Secrets] = []
+        self.previous: Callable[..., logging.LogRecord] | None = None
+
+    def make(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        assert self.previous is not None
+        record = self.previous(*args, **kwargs)
+        for secrets in self.active:
+            secrets.redact_record(record)
+        return record
+
+
+_REDACTION = _Redaction()
+
+
+def redact_logs(secrets: Secrets) -> None:
+    """Redact ``secrets`` from every log record of the process from now on."""
+    if not _REDACTION.active:
+        _REDACTION.previous = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(_REDACTION.make)
+    _REDACTION.active.append(secrets)
+
+
+def stop_redacting(secrets: Secrets) -> None:
+    """The crawl of ``secrets`` is over (the factory goes once no crawl needs it)."""
+    if secrets in _REDACTION.active:
+        _REDACTION.active.remove(secrets)
+    if not _REDACTION.active and _REDACTION.previous is not None:
+        if logging.getLogRecordFactory() == _REDACTION.make:
+            logging.setLogRecordFactory(_REDACTION.previous)
+        _REDACTION.previous = None

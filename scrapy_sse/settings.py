@@ -154,7 +154,7 @@ class SSESettings:
             release_idle_chain=float(get("SSE_RELEASE_IDLE_CHAIN")),
             dead_letters=settings.getbool("SSE_DEAD_LETTERS", DEFAULTS["SSE_DEAD_LETTERS"]),
             resend_post=settings.getbool("SSE_RESEND_POST", DEFAULTS["SSE_RESEND_POST"]),
-            tls_verify=settings.getbool("SSE_TLS_VERIFY", DEFAULTS["SSE_TLS_VERIFY"]),
+            tls_verify=verify_wanted(settings.get("SSE_TLS_VERIFY", True)),
             tls_ca_file=settings.get("SSE_TLS_CA_FILE") or None,
             secret_params=tuple(
                 settings.getlist("SSE_SECRET_PARAMS", DEFAULTS["SSE_SECRET_PARAMS"])
@@ -190,3 +190,12 @@ def meta_flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def verify_wanted(value: object) -> bool:
+    """Whether a stream's certificate must be verified, given ``SSE_TLS_VERIFY`` or
+    ``meta["sse_tls_verify"]``: only an explicit no turns it off (``False``, ``0``,
+    ``"false"``, ``"no"``, ``"off"``); anything else, a typo included, keeps it on."""
+    if value is False or value == 0:
+        return False
+    return not (isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"))

@@ -17,6 +17,7 @@ last handshake to say which.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from typing import Any
@@ -35,6 +36,8 @@ from zope.interface import implementer
 
 from .errors import SSEStreamError
 from .policy import TLS_ERROR
+
+logger = logging.getLogger(__name__)
 
 #: OpenSSL's X509_V_ERR_* codes a verification most often fails with, in words.
 VERIFY_ERRORS = {
@@ -193,3 +196,31 @@ def tls_refused(
         "to trust; SSE_TLS_VERIFY = False (or meta['sse_tls_verify']) turns verification off",
         TLS_ERROR,
     )
+
+
+def check_ca_file(path: str | None) -> None:
+    """Fail at start, in words, when ``SSE_TLS_CA_FILE`` cannot be used (else every
+    stream would fail later, one by one, as a network fault)."""
+    if not path:
+        return
+    try:
+        certificates = _pem_certificates(path)
+    except Exception as exc:
+        raise ValueError(
+            f"SSE_TLS_CA_FILE {path!r} cannot be read as PEM certificates: {exc}"
+        ) from exc
+    if not certificates:
+        raise ValueError(f"SSE_TLS_CA_FILE {path!r} holds no PEM certificate")
+
+
+def unverified(request: Any, warned: set[str]) -> None:
+    """One WARNING per host whose streams a request's meta leaves unverified (the
+    setting has its own, at start)."""
+    host = urlsplit(request.url).hostname or ""
+    if request.meta.get("sse_tls_verify") is not None and host not in warned:
+        warned.add(host)
+        logger.warning(
+            "TLS certificates of streams to %s are not verified (meta['sse_tls_verify']): "
+            "their credentials may be sent to any server that answers",
+            host,
+        )

@@ -397,3 +397,11 @@ def test_an_event_completed_before_an_oversized_line_in_the_same_read_is_kept() 
     with pytest.raises(SSEEventTooLarge) as raised:
         parser.feed(b"data: a\n\n" + b"x" * 200)
     assert raised.value.events == [SSEEvent(data="a")]
+
+
+def test_a_retry_of_thousands_of_digits_is_kept_as_the_longest() -> None:
+    from scrapy_sse.parser import MAX_RETRY_MS
+
+    parser = SSEParser()
+    parser.feed(b"retry: " + b"9" * 5000 + b"\ndata: x\n\n")
+    assert parser.retry == MAX_RETRY_MS

@@ -121,3 +121,60 @@ def test_masks_and_redaction() -> None:
     )
     text = "tried https://h/s?key=Gem1n1Key with Ant0pic-Key-1 via Pr0xyPass; ok"
     assert secrets.redact(text) == "tried https://h/s?key=*** with *** via ***; ok"
+
+
+def test_credential_names_are_recognised_by_their_words() -> None:
+    url = "https://h/s?auth_token=a1&private-token=a2&accessToken=a3&jwt=a4&keyword=python&n=1"
+    assert mask_url(url) == (
+        "https://h/s?auth_token=***&private-token=***&accessToken=***&jwt=***&keyword=python&n=1"
+    )
+
+
+def test_every_log_record_is_redacted_whatever_handler_takes_it() -> None:
+    import io
+    import logging
+
+    from scrapy_sse.secrets import redact_logs, stop_redacting
+
+    secrets = Secrets()
+    secrets.add("Bearer Tok3nForLogs")
+    stream = io.StringIO()
+    logger = logging.getLogger("scrapy.test_secrets")
+    handler = logging.StreamHandler(stream)  # (a handler of its own, not the root's)
+    logger.addHandler(handler)
+    logger.propagate = False
+    redact_logs(secrets)
+    try:
+        logger.warning("sent %s to %s", "Tok3nForLogs", "https://h/s?sig=abcdef123")
+        try:
+            raise ValueError("refused Tok3nForLogs")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        stop_redacting(secrets)
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "Tok3nForLogs" not in text and "abcdef123" not in text
+    assert "sent *** to https://h/s?sig=***" in text and "ValueError: refused ***" in text
+
+
+def test_an_unusable_ca_file_stops_the_crawl_at_start(
+    tmp_path: Path, sse_server: SSEServer
+) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    result = run_crawl(
+        "PerEvent",
+        args={"url": sse_server.url("/stream?n=1")},
+        settings={"SSE_TLS_CA_FILE": str(bad)},
+    )
+    assert (
+        result.returncode != 0 and "SSE_TLS_CA_FILE" in result.log and "holds no PEM" in result.log
+    )
+
+
+def test_only_an_explicit_no_turns_verification_off() -> None:
+    from scrapy_sse.settings import verify_wanted
+
+    assert [verify_wanted(v) for v in (False, 0, "0", "false", "No", "off")] == [False] * 6
+    assert [verify_wanted(v) for v in (True, None, "", "required", "ture", 1)] == [True] * 6

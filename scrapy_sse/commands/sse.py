@@ -93,12 +93,18 @@ class TailSpider(scrapy.Spider):
         crawler.signals.connect(spider.closed_status, signal=signals.spider_closed)
         crawler.signals.connect(spider.opened_stream, signal=sse_signals.stream_opened)
         crawler.signals.connect(spider.ended_stream, signal=sse_signals.stream_ended)
+        crawler.signals.connect(spider.opened_secrets, signal=signals.spider_opened)
         if spider.tail["status"]:
             crawler.signals.connect(spider.start_status, signal=signals.spider_opened)
         return spider
 
     def opened_stream(self) -> None:
         self.opened = True
+
+    def opened_secrets(self) -> None:
+        from ..extension import sse_state
+
+        self.tail["redact"] = sse_state(self.crawler).secrets.redact
 
     def ended_stream(self, reason: str, error: BaseException | None) -> None:
         if error is not None and reason not in ("completed", "closed", "spider_closed"):
@@ -244,6 +250,7 @@ class Command(ScrapyCommand):
             "format": "json" if opts.json else "raw" if opts.raw else "pretty",
             "max_events": opts.max_events,
             "status": not opts.no_status and sys.stderr.isatty(),
+            "redact": str,  # (the crawl's redaction, once it runs)
         }
         assert self.crawler_process is not None
         self.crawler_process.crawl(TailSpider, tail=tail)
@@ -251,5 +258,5 @@ class Command(ScrapyCommand):
         if self.crawler_process.bootstrap_failed or tail.get("failed"):
             # (It never opened, or gave up: a script piping events must be told.)
             if tail.get("failed"):
-                print(f"scrapy sse: {tail['failed']}", file=sys.stderr)
+                print(f"scrapy sse: {tail['redact'](tail['failed'])}", file=sys.stderr)
             self.exitcode = 1

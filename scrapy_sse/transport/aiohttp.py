@@ -28,8 +28,8 @@ from ..errors import SSEStreamError
 from ..extension import sse_state
 from ..http import redact_url
 from ..policy import CONNECTION_LOST, DECODE_ERROR, DECOMPRESSION_BOMB, SERVER_CLOSED
-from ..settings import meta_flag
-from ..tls import ssl_context, tls_refused
+from ..settings import verify_wanted
+from ..tls import ssl_context, tls_refused, unverified
 from . import DecompressionBomb
 
 if TYPE_CHECKING:
@@ -147,6 +147,7 @@ class AiohttpTransport:
         )
         self._settings = sse_state(crawler).settings
         self._verifying: ssl.SSLContext | None = None
+        self._unverified: set[str] = set()
         bind = crawler.settings.get("DOWNLOAD_BIND_ADDRESS")
         self._local_addr = (bind, 0) if isinstance(bind, str) else bind
         self._session: aiohttp.ClientSession | None = None
@@ -206,7 +207,8 @@ class AiohttpTransport:
 
     def _context(self, request: Request) -> ssl.SSLContext | bool:
         """Verifying TLS for a stream (see :mod:`scrapy_sse.tls`), unless turned off."""
-        if not meta_flag(self._settings.for_request(request, "tls_verify")):
+        if not verify_wanted(self._settings.for_request(request, "tls_verify")):
+            unverified(request, self._unverified)
             return self._ssl
         if self._verifying is None:
             self._verifying = ssl_context(self._settings.tls_ca_file)

@@ -36,8 +36,8 @@ from ..errors import SSEStreamError
 from ..extension import sse_state
 from ..http import redact_url
 from ..policy import CONNECTION_LOST, DECODE_ERROR, DECOMPRESSION_BOMB, SERVER_CLOSED
-from ..settings import meta_flag
-from ..tls import VerifyingPolicy, is_verification_failure, tls_refused
+from ..settings import verify_wanted
+from ..tls import VerifyingPolicy, is_verification_failure, tls_refused, unverified
 from . import DecompressionBomb
 
 if TYPE_CHECKING:
@@ -271,10 +271,12 @@ class TwistedTransport:
         self._timeout = crawler.settings.getfloat("DOWNLOAD_TIMEOUT")
         self._settings = state.settings
         self._verifying: VerifyingPolicy | None = None
+        self._unverified: set[str] = set()
 
     def _policy(self, request: Request) -> Any:
         """Verifying TLS for a stream (see :mod:`scrapy_sse.tls`), unless turned off."""
-        if not meta_flag(self._settings.for_request(request, "tls_verify")):
+        if not verify_wanted(self._settings.for_request(request, "tls_verify")):
+            unverified(request, self._unverified)
             return self._tls_policy
         if self._verifying is None:
             self._verifying = VerifyingPolicy(self._settings.tls_ca_file)
@@ -294,7 +296,7 @@ class TwistedTransport:
             )
         if request.meta.get("proxy"):
             raise NotSupported(
-                f"Cannot open stream {request.url} through a proxy: this Scrapy lacks "
+                f"Cannot open stream {redact_url(request.url)} through a proxy: this Scrapy lacks "
                 "the private agent scrapy-sse builds proxied streams with (see the "
                 "ERROR line at start)"
             )
@@ -326,7 +328,7 @@ class TwistedTransport:
                     f"Opening stream {redact_url(url)} took longer than {timeout} seconds "
                     "(DOWNLOAD_TIMEOUT bounds connect and headers only)"
                 ) from exc
-            if url.startswith("https:") and is_verification_failure(exc):
+            if is_verification_failure(exc):  # (also an https proxy's certificate)
                 raise tls_refused(request, exc, self._verifying) from exc
             raise
         finally:

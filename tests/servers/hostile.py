@@ -83,7 +83,9 @@ def response(seed: int) -> tuple[bytes, float]:
         data = chunked_head + body[:cut] + junk + body[cut:]
     elif kind == "many_headers":
         count = rng.choice([150, 1000, 5000])
-        data = head + b"".join(b"X-H%d: v\r\n" % i for i in range(count)) + b"\r\n"
+        same = rng.random() < 0.5  # (one name repeated, or a name each)
+        lines = (b"X-H: v\r\n" if same else b"X-H%d: v\r\n" % i for i in range(count))
+        data = head + b"".join(lines) + b"\r\n"
         data += _stream_body(rng)
     elif kind == "long_header":
         data = head + b"X-Long: " + b"a" * rng.choice([70_000, 200_000]) + b"\r\n\r\n"
