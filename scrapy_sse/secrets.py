@@ -81,7 +81,8 @@ def is_secret_param(name: str, params: Iterable[str] = DEFAULT_SECRET_PARAMS) ->
     if lowered in params:
         return True
     plain = lowered.replace("-", "").replace("_", "")
-    return plain.endswith("key") or any(word in plain for word in SECRET_WORDS)
+    # (``key`` itself only when listed: it is Gemini's, and also a common word.)
+    return (plain.endswith("key") and plain != "key") or any(w in plain for w in SECRET_WORDS)
 
 
 def mask_url(url: str, params: Iterable[str] = DEFAULT_SECRET_PARAMS) -> str:

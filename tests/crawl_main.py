@@ -17,6 +17,11 @@ from scrapy.crawler import AsyncCrawlerProcess, CrawlerProcess
 from scrapy.utils.misc import load_object
 
 from scrapy_sse.pipelines.base import item_fields
+from scrapy_sse.secrets import DEFAULT_SECRET_PARAMS
+
+#: The credential parameter names of test crawls: the default ones but ``key``, which
+#: the test servers use for a scenario's state (``/stream?...&key=batch1``).
+TEST_SECRET_PARAMS = [name for name in DEFAULT_SECRET_PARAMS if name != "key"]
 
 
 async def pause(seconds: float) -> None:
@@ -258,6 +263,8 @@ def main() -> None:
         ),
         "LOG_LEVEL": "INFO",
         "TELNETCONSOLE_ENABLED": False,
+        # The test servers name a scenario's state ``key=``: not a credential here.
+        "SSE_SECRET_PARAMS": TEST_SECRET_PARAMS,
         "TEST_ITEMS_PATH": config["items"],
         "TEST_EXTRA_PATH": config["extra"],
         **config["settings"],

@@ -38,6 +38,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from scrapy_sse.secrets import DEFAULT_SECRET_PARAMS
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_ENV = "SCRAPY_SSE_REQUIRE_SERVICES"
 POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -314,6 +316,9 @@ def start_crawl(
         json.dumps({pipeline: 300}).join(["ITEM_PIPELINES=", ""]),
         "-s",
         "TELNETCONSOLE_ENABLED=False",
+        "-s",
+        # (The test servers name a scenario's state key=: not a credential here.)
+        "SSE_SECRET_PARAMS=" + ",".join(name for name in DEFAULT_SECRET_PARAMS if name != "key"),
         "-s",
         "LOG_LEVEL=INFO",
     ]

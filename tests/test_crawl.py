@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from scrapy_sse.secrets import mask_url
-
 from .crawl import run_crawl
 from .reference_parser import reference_parse
 from .servers.garbage import GARBAGE_BYTES
@@ -58,7 +56,7 @@ def test_no_callback_yields_event_items(sse_server: SSEServer) -> None:
     assert result.returncode == 0, result.log
     assert [item["_type"] for item in result.items] == ["SSEEventItem"] * 5
     item = result.items[0]
-    assert item["url"] == mask_url(url)  # (key= is a credential)
+    assert item["url"] == url
     assert (item["event"], item["id"]) == ("price", "1")
     assert item["json"] == {"seq": 1, "text": TEXT}
     assert json.loads(item["data"]) == item["json"]
