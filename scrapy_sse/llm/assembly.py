@@ -625,11 +625,6 @@ class LLMStream:
         """Its error is the provider's answer (a blocked prompt): a retry cannot help."""
         return self.assembly is not None and self.assembly.final
 
-    @property
-    def ended(self) -> bool:
-        """The format's end, or an error, has arrived."""
-        return self.assembly is not None and self.assembly.ended
-
     def resume_url(self, url: str) -> str | None:
         return self.assembly.resume_url(url) if self.assembly is not None else None
 
